@@ -1,0 +1,62 @@
+//! The idempotency engine behind idem: at most one execution per idempotency key, and a
+//! deterministic replay of its result to every retry.
+//!
+//! - [`IdempotencyKey`] parses the client's `Idempotency-Key`; [`Scope`] says whose key it
+//!   is; both hash into the [`RecordId`] a store keeps (never the key in clear).
+//! - [`Fingerprint`] says what makes two requests the same: a reused key with another
+//!   fingerprint is a mismatch, never a replay.
+//! - [`Store`] is the narrow backend interface, one atomic call per state transition;
+//!   [`MemoryStore`] is the in-process backend. Other crates add durable ones.
+//! - [`Engine`] runs the protocol: [`Begin`] answers acquired, replay, in flight or mismatch,
+//!   and a [`Lease`] completes or releases the key.
+//!
+//! ```
+//! use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, KeyPolicy, MemoryStore};
+//! use idem_core::{RecordId, Scope, StoredResponse};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Engine::new(MemoryStore::new());
+//! let key = IdempotencyKey::parse(b"\"8e03978e-40d5-43e8-bc93-6894a57f9324\"", KeyPolicy::UuidV4)?;
+//! let id = RecordId::new(&Scope::from_secret("Bearer sk_test_alice"), &key);
+//! let charge = || Fingerprint::builder().method("POST").path_and_query("/charges").body(b"{\"amount\":1000}").finish();
+//!
+//! // The first attempt owns the key and executes.
+//! let Begin::Acquired(lease) = engine.begin(id, charge()).await? else { unreachable!() };
+//! let response = StoredResponse { status: 201, headers: vec![], body: Some("ch_1".into()) };
+//! lease.complete(response.clone()).await?;
+//!
+//! // A retry with the same key and request gets the stored result, and executes nothing.
+//! let Begin::Replay(replayed) = engine.begin(id, charge()).await? else { unreachable!() };
+//! assert_eq!(replayed, response);
+//! # Ok(())
+//! # }
+//! ```
+
+mod clock;
+mod engine;
+mod fingerprint;
+mod key;
+mod memory;
+mod record;
+mod scope;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{Begin, DEFAULT_LEASE, DEFAULT_TTL, Engine, EngineBuilder, Lease, SweeperHandle};
+pub use fingerprint::{Fingerprint, FingerprintBuilder};
+pub use key::{IdempotencyKey, KeyError, KeyPolicy, MAX_KEY_LEN};
+pub use memory::MemoryStore;
+pub use record::{LeaseToken, Record, RecordDecodeError, RecordState, StoredResponse, Timestamp};
+pub use scope::{RecordId, Scope};
+pub use store::{
+    BeginOutcome, BeginRequest, BoxError, CompleteRequest, ErasedStore, Store, StoreError,
+    TransitionOutcome,
+};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio;
+}

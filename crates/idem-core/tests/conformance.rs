@@ -1,0 +1,5 @@
+//! The store conformance suite against [`MemoryStore`].
+
+use idem_core::MemoryStore;
+
+idem_core::store_conformance_tests!(async { MemoryStore::new() });
