@@ -1,0 +1,168 @@
+//! Durability of the embedded store: completed records survive `kill -9`, and concurrent
+//! writes share fsyncs (group commit).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use idem_core::{
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, RecordId, Store,
+    StoredResponse, SystemClock,
+};
+use idem_embedded::EmbeddedStore;
+
+/// The environment variable that turns the `crash_child` test into the process being killed.
+const CHILD_DIR: &str = "IDEM_EMBEDDED_CRASH_CHILD_DIR";
+
+fn id(n: u32) -> RecordId {
+    let mut bytes = [0u8; 32];
+    bytes[..4].copy_from_slice(&n.to_be_bytes());
+    RecordId::from_bytes(bytes)
+}
+
+fn fingerprint(n: u32) -> Fingerprint {
+    Fingerprint::builder().part("n", &n.to_be_bytes()).finish()
+}
+
+fn response(n: u32) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![],
+        body: Some(Bytes::from(format!("result {n}"))),
+    }
+}
+
+/// Not a test on its own: run by `completed_records_survive_kill_9` as the child process. It
+/// completes records forever, printing each number once `complete` has returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child half of completed_records_survive_kill_9"]
+async fn crash_child() {
+    let Ok(directory) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let store = EmbeddedStore::open(directory).expect("store opens");
+    let mut stdout = std::io::stdout().lock();
+    for n in 0.. {
+        let now = SystemClock.now();
+        let token = LeaseToken::random();
+        let begin = BeginRequest {
+            id: id(n),
+            fingerprint: fingerprint(n),
+            token,
+            now,
+            lease_until: now.plus(Duration::from_secs(60)),
+            expires_at: now.plus(Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            store.begin(begin).await.expect("begin"),
+            BeginOutcome::Acquired
+        );
+        let complete = CompleteRequest {
+            id: id(n),
+            token,
+            response: response(n),
+            now,
+            expires_at: now.plus(Duration::from_secs(3600)),
+        };
+        store.complete(complete).await.expect("complete");
+        writeln!(stdout, "completed {n}").expect("stdout");
+        stdout.flush().expect("stdout");
+    }
+}
+
+#[tokio::test]
+async fn completed_records_survive_kill_9() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, directory.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let mut completed = Vec::new();
+    while completed.len() < 200 {
+        let line = lines
+            .next()
+            .expect("child still running")
+            .expect("readable line");
+        if let Some(n) = line.strip_prefix("completed ") {
+            completed.push(n.parse::<u32>().expect("a number"));
+        }
+    }
+    // SIGKILL: no destructor, no flush, no clean close of the database.
+    child.kill().expect("kill -9");
+    child.wait().expect("child reaped");
+
+    let store = EmbeddedStore::open(directory.path()).expect("store reopens after a crash");
+    let now = SystemClock.now();
+    for n in completed {
+        let retry = BeginRequest {
+            id: id(n),
+            fingerprint: fingerprint(n),
+            token: LeaseToken::random(),
+            now,
+            lease_until: now.plus(Duration::from_secs(60)),
+            expires_at: now.plus(Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            store.begin(retry).await.expect("begin"),
+            BeginOutcome::Replay(response(n)),
+            "record {n} was acknowledged as completed before the crash and must replay"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_commits() {
+    const WRITES: u32 = 400;
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let store = Arc::new(EmbeddedStore::open(directory.path()).expect("store opens"));
+    let before = store.commit_stats();
+    let now = SystemClock.now();
+    let tasks: Vec<_> = (0..WRITES)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let request = BeginRequest {
+                    id: id(n),
+                    fingerprint: fingerprint(n),
+                    token: LeaseToken::random(),
+                    now,
+                    lease_until: now.plus(Duration::from_secs(60)),
+                    expires_at: now.plus(Duration::from_secs(3600)),
+                };
+                store.begin(request).await.expect("begin")
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), BeginOutcome::Acquired);
+    }
+    let after = store.commit_stats();
+    let commits = after.commits - before.commits;
+    assert_eq!(after.operations - before.operations, u64::from(WRITES));
+    assert!(
+        commits < u64::from(WRITES) / 2,
+        "{WRITES} concurrent writes took {commits} commits: group commit is not batching"
+    );
+}
+
+#[test]
+fn a_store_in_use_cannot_be_opened_twice() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let _store = EmbeddedStore::open(directory.path()).expect("store opens");
+    assert!(
+        EmbeddedStore::open(directory.path()).is_err(),
+        "redb locks the file"
+    );
+}
