@@ -1,0 +1,195 @@
+//! Turning an inner service's response into a [`StoredResponse`] and back: which headers are
+//! kept, and how a body larger than the storage limit is handled.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
+use idem_core::{BoxError, StoredResponse};
+
+/// The body type of every response the layer returns.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Headers that describe one connection or one transfer, not the response (RFC 9110 §7.6.1,
+/// plus the framing headers that are recomputed for the replayed body). They are never
+/// stored or replayed.
+const PER_CONNECTION_HEADERS: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONTENT_LENGTH,
+];
+
+/// The end-to-end headers of a response, in order: per-connection headers and any header the
+/// `Connection` header names are left out.
+pub(crate) fn storable_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
+    let named_by_connection: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    headers
+        .iter()
+        .filter(|(name, _)| !PER_CONNECTION_HEADERS.contains(name))
+        .filter(|(name, _)| {
+            !named_by_connection
+                .iter()
+                .any(|listed| listed == name.as_str())
+        })
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            )
+        })
+        .collect()
+}
+
+/// Rebuilds the response a replay returns. Headers the store returns that are no longer
+/// valid HTTP (impossible unless the store was tampered with) are dropped.
+pub(crate) fn replay_response(stored: &StoredResponse, body: Bytes) -> Response<ResponseBody> {
+    let mut response = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() =
+        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    for (name, value) in &stored.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(value.clone()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    response
+}
+
+/// A response body read up to a limit.
+pub(crate) enum Buffered {
+    /// The whole body, within the limit.
+    Complete(Bytes),
+    /// The body went past the limit (or failed mid-way): what was read so far, and the
+    /// rest, still to be sent to the client.
+    Partial(ResponseBody),
+}
+
+/// Reads `body` until its end or until more than `limit` bytes arrived. Trailers are not
+/// stored (HTTP/1.1 clients rarely see them), but they reach the client on a partial body.
+pub(crate) async fn buffer_body<B>(body: B, limit: usize) -> Buffered
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // Boxed so that, past the limit, the rest of the body can be handed on to the client.
+    let mut body = Box::pin(body);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut size = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    size += data.len();
+                    chunks.push(data);
+                    if size > limit {
+                        return Buffered::Partial(prefixed(chunks, Ok(body)));
+                    }
+                }
+                // Trailers end the body; keep reading in case more follows.
+                Err(_trailers) => {}
+            },
+            Some(Err(error)) => {
+                return Buffered::Partial(prefixed::<B>(chunks, Err(error.into())));
+            }
+        }
+    }
+    let mut whole = BytesMut::with_capacity(size);
+    for chunk in chunks {
+        whole.extend_from_slice(&chunk);
+    }
+    Buffered::Complete(whole.freeze())
+}
+
+/// A body that yields `chunks`, then whatever `rest` yields (or the error that cut it).
+fn prefixed<B>(chunks: Vec<Bytes>, rest: Result<std::pin::Pin<Box<B>>, BoxError>) -> ResponseBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let head = futures_util::stream::iter(chunks.into_iter().map(|chunk| Ok(Frame::data(chunk))));
+    match rest {
+        Ok(rest) => {
+            let rest = BodyStream::new(rest).map(|frame| frame.map_err(Into::into));
+            StreamBody::new(head.chain(rest)).boxed_unsync()
+        }
+        Err(error) => {
+            StreamBody::new(head.chain(futures_util::stream::iter([Err(error)]))).boxed_unsync()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_connection_headers_are_not_stored() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-trace-hop"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-trace-hop", HeaderValue::from_static("1"));
+        headers.append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
+        let stored = storable_headers(&headers);
+        let names: Vec<&str> = stored.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["content-type", "set-cookie", "set-cookie"]);
+    }
+
+    #[tokio::test]
+    async fn body_within_limit_is_complete() {
+        match buffer_body(Full::new(Bytes::from_static(b"hello")), 5).await {
+            Buffered::Complete(bytes) => assert_eq!(bytes, "hello"),
+            Buffered::Partial(_) => panic!("5 bytes fit a 5-byte limit"),
+        }
+    }
+
+    #[tokio::test]
+    async fn body_over_limit_still_reaches_the_client_whole() {
+        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..10)
+            .map(|n| Ok(Frame::data(Bytes::from(format!("chunk{n};")))))
+            .collect();
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        match buffer_body(body, 20).await {
+            Buffered::Partial(rest) => {
+                let all = rest.collect().await.unwrap().to_bytes();
+                let expected: String = (0..10).map(|n| format!("chunk{n};")).collect();
+                assert_eq!(all, expected.as_bytes());
+            }
+            Buffered::Complete(_) => panic!("70 bytes exceed a 20-byte limit"),
+        }
+    }
+}
