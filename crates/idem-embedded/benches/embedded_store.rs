@@ -29,8 +29,18 @@ async fn execute_once<S: Store>(store: &S) {
         expires_at: now.plus(Duration::from_secs(3600)),
     };
     store.begin(begin).await.unwrap();
-    let response = StoredResponse { status: 201, headers: vec![], body: Some(Bytes::from_static(b"{\"id\":\"ch_1\"}")) };
-    let complete = CompleteRequest { id, token, response, now, expires_at: now.plus(Duration::from_secs(3600)) };
+    let response = StoredResponse {
+        status: 201,
+        headers: vec![],
+        body: Some(Bytes::from_static(b"{\"id\":\"ch_1\"}")),
+    };
+    let complete = CompleteRequest {
+        id,
+        token,
+        response,
+        now,
+        expires_at: now.plus(Duration::from_secs(3600)),
+    };
     store.complete(complete).await.unwrap();
 }
 
@@ -66,7 +76,11 @@ fn main() {
         .measurement_time(Duration::from_secs(4))
         .sample_size(10)
         .configure_from_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let directory = tempfile::tempdir().unwrap();
     let embedded = Arc::new(EmbeddedStore::open(directory.path()).unwrap());
     let memory = Arc::new(MemoryStore::new());
@@ -74,12 +88,22 @@ fn main() {
     let mut group = criterion.benchmark_group("execute");
     group.throughput(Throughput::Elements(1));
     for concurrency in [1u64, 64] {
-        group.bench_with_input(BenchmarkId::new("embedded", concurrency), &concurrency, |b, &concurrency| {
-            b.to_async(&runtime).iter_custom(|iterations| run(Arc::clone(&embedded), iterations, concurrency));
-        });
-        group.bench_with_input(BenchmarkId::new("memory", concurrency), &concurrency, |b, &concurrency| {
-            b.to_async(&runtime).iter_custom(|iterations| run(Arc::clone(&memory), iterations, concurrency));
-        });
+        group.bench_with_input(
+            BenchmarkId::new("embedded", concurrency),
+            &concurrency,
+            |b, &concurrency| {
+                b.to_async(&runtime)
+                    .iter_custom(|iterations| run(Arc::clone(&embedded), iterations, concurrency));
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("memory", concurrency),
+            &concurrency,
+            |b, &concurrency| {
+                b.to_async(&runtime)
+                    .iter_custom(|iterations| run(Arc::clone(&memory), iterations, concurrency));
+            },
+        );
     }
     group.finish();
     criterion.final_summary();
@@ -87,5 +111,8 @@ fn main() {
     let stats = embedded.commit_stats();
     #[allow(clippy::cast_precision_loss)]
     let batching = stats.operations as f64 / stats.commits.max(1) as f64;
-    println!("\nembedded store: {} operations in {} commits over the whole run, {batching:.1} per fsync", stats.operations, stats.commits);
+    println!(
+        "\nembedded store: {} operations in {} commits over the whole run, {batching:.1} per fsync",
+        stats.operations, stats.commits
+    );
 }

@@ -117,12 +117,12 @@ impl EmbeddedStore {
     }
 
     /// Reads one record in a read transaction, which never waits for the writer.
-    async fn read(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
-        let database = Arc::clone(&self.database);
-        // Reads may touch the disk: keep them off the async worker threads.
-        tokio::task::spawn_blocking(move || read_record(&database, &id))
-            .await
-            .map_err(StoreError::unavailable)?
+    ///
+    /// The read runs on the calling task rather than on the blocking pool: a record is one
+    /// B-tree lookup, almost always in redb's page cache, and a hop to the blocking pool
+    /// costs more than the read itself (measured in `docs/benchmarks.md`).
+    fn read(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
+        read_record(&self.database, &id)
     }
 }
 
@@ -152,7 +152,7 @@ impl Store for EmbeddedStore {
         // transaction, with no write and no fsync. Completion is final until expiry, so the
         // snapshot's answer is still the answer; anything else goes through the writer, which
         // decides again atomically.
-        let current = self.read(request.id).await?;
+        let current = self.read(request.id)?;
         if let Some(
             record @ Record {
                 state: RecordState::Completed { .. },
@@ -191,7 +191,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, id: RecordId, now: Timestamp) -> Result<Option<RecordState>, StoreError> {
-        Ok(transition::visible(self.read(id).await?.as_ref(), now))
+        Ok(transition::visible(self.read(id)?.as_ref(), now))
     }
 
     async fn sweep_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {

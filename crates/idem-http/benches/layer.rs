@@ -24,7 +24,11 @@ fn handler_router() -> Router {
     Router::new().route(
         "/charges",
         post(|body: String| async move {
-            (http::StatusCode::CREATED, [("content-type", "application/json")], format!("{{\"id\":\"ch_1\",\"len\":{}}}", body.len()))
+            (
+                http::StatusCode::CREATED,
+                [("content-type", "application/json")],
+                format!("{{\"id\":\"ch_1\",\"len\":{}}}", body.len()),
+            )
         }),
     )
 }
@@ -34,13 +38,21 @@ async fn call(app: &Router, key: Option<String>) {
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
     }
-    let response = app.clone().oneshot(request.body(Body::from(BODY)).unwrap()).await.unwrap();
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(BODY)).unwrap())
+        .await
+        .unwrap();
     assert!(response.status().is_success());
     response.into_body().collect().await.unwrap();
 }
 
 fn bench_layer(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let directory = tempfile::tempdir().unwrap();
     let embedded = {
         let _guard = runtime.enter();
@@ -48,8 +60,14 @@ fn bench_layer(c: &mut Criterion) {
     };
     let variants: [(&str, Router); 3] = [
         ("without_layer", handler_router()),
-        ("memory", handler_router().layer(IdempotencyLayer::new(MemoryStore::new()))),
-        ("embedded", handler_router().layer(IdempotencyLayer::new(embedded))),
+        (
+            "memory",
+            handler_router().layer(IdempotencyLayer::new(MemoryStore::new())),
+        ),
+        (
+            "embedded",
+            handler_router().layer(IdempotencyLayer::new(embedded)),
+        ),
     ];
     let counter = AtomicU64::new(0);
 
@@ -70,7 +88,8 @@ fn bench_layer(c: &mut Criterion) {
     for (name, app) in &variants {
         runtime.block_on(call(app, Some("replayed-key".into())));
         group.bench_with_input(BenchmarkId::from_parameter(name), app, |b, app| {
-            b.to_async(&runtime).iter(|| call(app, Some("replayed-key".into())));
+            b.to_async(&runtime)
+                .iter(|| call(app, Some("replayed-key".into())));
         });
     }
     group.finish();
@@ -80,22 +99,30 @@ fn bench_layer(c: &mut Criterion) {
 fn print_ratios() {
     let estimate = |group: &str, id: &str| -> Option<f64> {
         let path = format!("{}/criterion/{group}/{id}/new/estimates.json", target_dir());
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
         json["mean"]["point_estimate"].as_f64()
     };
     println!("\nratio of time per request to the handler alone (same run):");
     for group in ["new_key", "replay"] {
-        let Some(baseline) = estimate(group, "without_layer") else { continue };
+        let Some(baseline) = estimate(group, "without_layer") else {
+            continue;
+        };
         for id in ["without_layer", "memory", "embedded"] {
             if let Some(ns) = estimate(group, id) {
-                println!("  {group:8} {id:14} {:>10.1} µs  x{:.2}", ns / 1000.0, ns / baseline);
+                println!(
+                    "  {group:8} {id:14} {:>10.1} µs  x{:.2}",
+                    ns / 1000.0,
+                    ns / baseline
+                );
             }
         }
     }
 }
 
 fn target_dir() -> String {
-    std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into())
+    std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into())
 }
 
 fn main() {

@@ -291,14 +291,7 @@ where
                 return Err(error);
             }
         };
-        // The handler has run: from here on the record must be completed even if the client
-        // disconnects, so storing runs in its own task that this future merely awaits.
-        let config = Arc::clone(&self.config);
-        let storing = tokio::spawn(store_response(response, lease, config));
-        match storing.await {
-            Ok(response) => Ok(response),
-            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-        }
+        Ok(store_response(response, lease, &self.config).await)
     }
 
     fn replay(&self, stored: &StoredResponse) -> Response<ResponseBody> {
@@ -358,35 +351,31 @@ where
     }
 }
 
-/// Buffers the inner response up to the storage limit, stores it, and returns what the
-/// client receives.
-async fn store_response<St, ResBody>(
-    response: Response<ResBody>,
-    lease: idem_core::Lease<St>,
-    config: Arc<Config>,
-) -> Response<ResponseBody>
-where
-    St: Store,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let (mut parts, body) = response.into_parts();
-    let buffered = buffer_body(body, config.max_stored_response).await;
-    let stored_body = match &buffered {
-        Buffered::Complete(bytes) => Some(bytes.clone()),
-        // Too large (or broken mid-way): the execution happened, so the key is completed,
-        // without a body: retries are told the response cannot be replayed, never re-run.
-        Buffered::Partial(_) => None,
-    };
-    if parts.status.is_server_error() && !config.store_server_errors {
-        if let Err(error) = lease.release().await {
-            tracing::warn!(%error, "releasing the key after a 5xx failed; it frees when its lease lapses");
+/// A lease whose handler has produced a response. From here on the operation has executed,
+/// so the key must never be released: if this future is dropped before the response is
+/// stored (the client hung up while the body was being read), the record is completed in the
+/// background without a body, and retries are told the response cannot be replayed.
+struct Executed<St: Store> {
+    lease: Option<idem_core::Lease<St>>,
+    status: u16,
+    headers: Vec<(String, Bytes)>,
+}
+
+impl<St: Store> Executed<St> {
+    async fn finish(mut self, body: Option<Bytes>, store: bool) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if !store {
+            if let Err(error) = lease.release().await {
+                tracing::warn!(%error, "releasing the key after a 5xx failed; it frees when its lease lapses");
+            }
+            return;
         }
-    } else {
         let stored = StoredResponse {
-            status: parts.status.as_u16(),
-            headers: storable_headers(&parts.headers),
-            body: stored_body,
+            status: self.status,
+            headers: std::mem::take(&mut self.headers),
+            body,
         };
         match lease.complete(stored).await {
             Ok(TransitionOutcome::Applied) => {}
@@ -400,6 +389,55 @@ where
             }
         }
     }
+}
+
+impl<St: Store> Drop for Executed<St> {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let stored = StoredResponse {
+            status: self.status,
+            headers: std::mem::take(&mut self.headers),
+            body: None,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = lease.complete(stored).await {
+                    tracing::error!(%error, "completing the key of an abandoned response failed; a retry after the lease lapses will execute again");
+                }
+            });
+        }
+    }
+}
+
+/// Buffers the inner response up to the storage limit, stores it, and returns what the
+/// client receives.
+async fn store_response<St, ResBody>(
+    response: Response<ResBody>,
+    lease: idem_core::Lease<St>,
+    config: &Config,
+) -> Response<ResponseBody>
+where
+    St: Store,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (mut parts, body) = response.into_parts();
+    let executed = Executed {
+        lease: Some(lease),
+        status: parts.status.as_u16(),
+        headers: storable_headers(&parts.headers),
+    };
+    let buffered = buffer_body(body, config.max_stored_response).await;
+    let stored_body = match &buffered {
+        Buffered::Complete(bytes) => Some(bytes.clone()),
+        // Too large (or broken mid-way): the execution happened, so the key is completed,
+        // without a body: retries are told the response cannot be replayed, never re-run.
+        Buffered::Partial(_) => None,
+    };
+    let store = config.store_server_errors || !parts.status.is_server_error();
+    executed.finish(stored_body, store).await;
     Outcome::Executed.record();
     parts.headers.insert(
         config.replayed_header.clone(),

@@ -809,3 +809,50 @@ fn metrics_count_each_outcome() {
     });
     assert!(latency_recorded, "store latency is recorded");
 }
+
+#[tokio::test]
+async fn client_hanging_up_after_the_handler_ran_never_makes_it_run_twice() {
+    let executions = Executions::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = Router::new()
+        .route(
+            "/stream",
+            post({
+                let (executions, gate) = (executions.clone(), Arc::clone(&gate));
+                move || async move {
+                    executions.bump();
+                    // The handler has done its work; its body arrives later.
+                    let body = futures_util::stream::once(async move {
+                        let _permit = gate.acquire_owned().await.unwrap();
+                        Ok::<_, std::io::Error>(Bytes::from_static(b"late body"))
+                    });
+                    Body::from_stream(body)
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(MemoryStore::new()));
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with_key("/stream", "k", "")).await }
+    });
+    while executions.count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    first.abort(); // the client hangs up while the response body is being read
+    assert!(first.await.unwrap_err().is_cancelled());
+    let mut status = StatusCode::CONFLICT;
+    for _ in 0..100 {
+        status = send(&app, post_with_key("/stream", "k", "")).await.0;
+        if status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::GONE,
+        "executed, response unknown: never replayed, never re-run"
+    );
+    assert_eq!(executions.count(), 1);
+}
