@@ -30,9 +30,22 @@ pub fn run<F: Future>(future: F) -> F::Output {
 
 /// Generates one `#[test]` per conformance check (see [`checks`]) plus the property test
 /// against the reference model, each on a store made by the given async expression.
+///
+/// A store whose backend deletes expired records by itself (Redis key expiry) and whose
+/// `sweep_expired` therefore deletes nothing passes `native_expiry` after the expression:
+/// its sweep check then verifies that expired records behave as absent, not that the sweep
+/// deleted them.
 #[macro_export]
 macro_rules! store_conformance_tests {
+    ($make_store:expr, native_expiry) => {
+        $crate::__store_conformance_tests!($make_store; expired_records_behave_as_absent_without_a_sweep);
+        $crate::store_conformance_tests!(@common $make_store);
+    };
     ($make_store:expr) => {
+        $crate::__store_conformance_tests!($make_store; sweep_deletes_only_expired_records);
+        $crate::store_conformance_tests!(@common $make_store);
+    };
+    (@common $make_store:expr) => {
         $crate::__store_conformance_tests!($make_store;
             absent_key_is_acquired,
             exactly_one_of_many_concurrent_begins_acquires,
@@ -47,7 +60,6 @@ macro_rules! store_conformance_tests {
             completion_is_final,
             expired_record_behaves_as_absent,
             status_reports_each_state,
-            sweep_deletes_only_expired_records,
             records_are_isolated_by_id,
         );
         #[test]
