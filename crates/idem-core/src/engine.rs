@@ -246,6 +246,25 @@ impl<S: Store> Engine<S> {
         })
     }
 
+    /// Rebuilds the lease a client holds by its token (a two-phase flow across requests). The
+    /// store checks the token: a stale one completes or releases nothing.
+    #[must_use]
+    pub fn resume_lease(&self, id: RecordId, token: LeaseToken, ttl: Duration) -> Lease<S> {
+        Lease {
+            engine: self.clone(),
+            id,
+            token,
+            ttl,
+            finished: false,
+        }
+    }
+
+    /// The lease duration new executions get.
+    #[must_use]
+    pub fn lease_duration(&self) -> Duration {
+        self.shared.lease
+    }
+
     /// The record's current state, or `None` if the key is free.
     ///
     /// # Errors
@@ -353,6 +372,14 @@ impl<S: Store> Lease<S> {
             expires_at: now.plus(self.ttl),
         };
         timed("complete", self.engine.shared.store.complete(request)).await
+    }
+
+    /// Hands the lease to someone outside this process (a client of a two-phase API): it will
+    /// not be released on drop, and comes back with [`Engine::resume_lease`].
+    #[must_use]
+    pub fn detach(mut self) -> (RecordId, LeaseToken) {
+        self.finished = true;
+        (self.id, self.token)
     }
 
     /// Gives the key back without a result: the next request with it executes.

@@ -52,8 +52,8 @@ pub use memory::MemoryStore;
 pub use record::{LeaseToken, Record, RecordDecodeError, RecordState, StoredResponse, Timestamp};
 pub use scope::{RecordId, Scope};
 pub use store::{
-    BeginOutcome, BeginRequest, BoxError, CompleteRequest, ErasedStore, Store, StoreError,
-    TransitionOutcome,
+    BeginOutcome, BeginRequest, BoxError, CompleteRequest, DynStore, ErasedStore, Store,
+    StoreError, TransitionOutcome,
 };
 
 #[doc(hidden)]

@@ -163,8 +163,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The object-safe form of [`Store`], for choosing a backend at run time (from a URL, say).
 ///
-/// Every [`Store`] is an `ErasedStore`, and `Arc<dyn ErasedStore>` is a [`Store`] again, at
-/// the cost of one allocation per call.
+/// Every [`Store`] is an `ErasedStore`; [`DynStore`] makes one a [`Store`] again.
 pub trait ErasedStore: Send + Sync + 'static {
     /// See [`Store::begin`].
     fn begin(&self, request: BeginRequest) -> BoxFuture<'_, Result<BeginOutcome, StoreError>>;
@@ -228,18 +227,41 @@ impl<S: Store> ErasedStore for S {
     }
 }
 
-impl Store for Arc<dyn ErasedStore> {
+/// Any store behind one type, chosen at run time (from a URL, say): a [`Store`] that
+/// forwards to an [`ErasedStore`], at the cost of one allocation per call. Cloning shares the
+/// store.
+///
+/// A newtype rather than `impl Store for Arc<dyn ErasedStore>`: the compiler cannot always
+/// prove a trait object's `'static` bound inside `Send` futures, and a type without a
+/// lifetime sidesteps it.
+#[derive(Clone)]
+pub struct DynStore(Arc<dyn ErasedStore>);
+
+impl DynStore {
+    /// Erases `store`'s type.
+    pub fn new(store: impl Store) -> Self {
+        Self(Arc::new(store))
+    }
+}
+
+impl std::fmt::Debug for DynStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DynStore")
+    }
+}
+
+impl Store for DynStore {
     fn begin(
         &self,
         request: BeginRequest,
     ) -> impl Future<Output = Result<BeginOutcome, StoreError>> + Send {
-        ErasedStore::begin(&**self, request)
+        self.0.begin(request)
     }
     fn complete(
         &self,
         request: CompleteRequest,
     ) -> impl Future<Output = Result<TransitionOutcome, StoreError>> + Send {
-        ErasedStore::complete(&**self, request)
+        self.0.complete(request)
     }
     fn release(
         &self,
@@ -247,21 +269,21 @@ impl Store for Arc<dyn ErasedStore> {
         token: LeaseToken,
         now: Timestamp,
     ) -> impl Future<Output = Result<TransitionOutcome, StoreError>> + Send {
-        ErasedStore::release(&**self, id, token, now)
+        self.0.release(id, token, now)
     }
     fn get(
         &self,
         id: RecordId,
         now: Timestamp,
     ) -> impl Future<Output = Result<Option<RecordState>, StoreError>> + Send {
-        ErasedStore::get(&**self, id, now)
+        self.0.get(id, now)
     }
     fn sweep_expired(
         &self,
         now: Timestamp,
         limit: usize,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        ErasedStore::sweep_expired(&**self, now, limit)
+        self.0.sweep_expired(now, limit)
     }
 }
 

@@ -44,6 +44,7 @@ pub enum StoreFailureMode {
 }
 
 type RequestPredicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
+type RequestTtl = Arc<dyn Fn(&Parts) -> Option<Duration> + Send + Sync>;
 
 /// The layer's settings, shared by every clone of the layer and its services.
 pub(crate) struct Config {
@@ -51,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) replayed_header: HeaderName,
     pub(crate) methods: Vec<Method>,
     pub(crate) require_key: RequestPredicate,
+    pub(crate) skip: RequestPredicate,
+    pub(crate) ttl_for: Option<RequestTtl>,
     pub(crate) key_policy: KeyPolicy,
     pub(crate) scope: ScopeSource,
     pub(crate) max_request_body: usize,
@@ -166,6 +169,8 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
                 replayed_header: X_IDEMPOTENT_REPLAYED,
                 methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
                 require_key: Arc::new(|_| false),
+                skip: Arc::new(|_| false),
+                ttl_for: None,
                 key_policy: KeyPolicy::Any,
                 scope: ScopeSource::Authorization,
                 max_request_body: DEFAULT_MAX_REQUEST_BODY,
@@ -229,6 +234,25 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
         predicate: impl Fn(&Parts) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.config.require_key = Arc::new(predicate);
+        self
+    }
+
+    /// Passes the requests for which `predicate` is true through untouched, key or not (a
+    /// route that is idempotent by design, a health check).
+    #[must_use]
+    pub fn skip_when(mut self, predicate: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.config.skip = Arc::new(predicate);
+        self
+    }
+
+    /// Gives the requests for which `ttl` answers `Some` their own replay TTL (a route whose
+    /// retries come within the hour); others keep the layer's TTL.
+    #[must_use]
+    pub fn ttl_for(
+        mut self,
+        ttl: impl Fn(&Parts) -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.ttl_for = Some(Arc::new(ttl));
         self
     }
 

@@ -32,11 +32,18 @@ pub enum ProblemCode {
     /// 410: the request was executed, but its response was too large to store, so it cannot
     /// be replayed.
     ResponseNotStored,
+    /// 502: a gateway could not deliver the request upstream (connection refused, no route);
+    /// nothing was executed and the key was released, so a retry executes.
+    UpstreamUnreachable,
+    /// 504: a gateway delivered the request but got no answer in time (or the connection
+    /// broke): the upstream may or may not have executed it. Stored and replayed, so it is
+    /// never executed twice; check the outcome upstream, then use a new key.
+    UpstreamOutcomeUnknown,
 }
 
 impl ProblemCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::KeyMissing,
         Self::KeyInvalid,
         Self::KeyMismatch,
@@ -45,6 +52,8 @@ impl ProblemCode {
         Self::RequestBodyUnreadable,
         Self::StoreUnavailable,
         Self::ResponseNotStored,
+        Self::UpstreamUnreachable,
+        Self::UpstreamOutcomeUnknown,
     ];
 
     /// The machine-readable `code` member.
@@ -59,6 +68,8 @@ impl ProblemCode {
             Self::RequestBodyUnreadable => "request_body_unreadable",
             Self::StoreUnavailable => "store_unavailable",
             Self::ResponseNotStored => "response_not_stored",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamOutcomeUnknown => "upstream_outcome_unknown",
         }
     }
 
@@ -74,6 +85,8 @@ impl ProblemCode {
             Self::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ResponseNotStored => StatusCode::GONE,
+            Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamOutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -89,7 +102,15 @@ impl ProblemCode {
             Self::RequestBodyUnreadable => "Request body unreadable",
             Self::StoreUnavailable => "Idempotency store unavailable",
             Self::ResponseNotStored => "Response not available for replay",
+            Self::UpstreamUnreachable => "Upstream unreachable",
+            Self::UpstreamOutcomeUnknown => "Upstream outcome unknown",
         }
+    }
+
+    /// The problem document for this code, with a `detail` saying what to do.
+    #[must_use]
+    pub fn response(self, detail: &str) -> Response<Full<Bytes>> {
+        problem(self, detail, Map::new())
     }
 
     /// The problem `type` URI: a URN, since the codes are defined here and not on a web page.

@@ -24,7 +24,9 @@ pub enum ScopeSource {
 }
 
 impl ScopeSource {
-    pub(crate) fn scope(&self, parts: &Parts) -> Scope {
+    /// The scope of a request with this head.
+    #[must_use]
+    pub fn scope(&self, parts: &Parts) -> Scope {
         let from_header = |name: &HeaderName| {
             parts
                 .headers

@@ -184,6 +184,10 @@ where
 
     async fn handle(self, request: Request<ReqBody>) -> Result<Response<ResponseBody>, S::Error> {
         let (parts, body) = request.into_parts();
+        if (self.config.skip)(&parts) {
+            Outcome::PassedThrough.record();
+            return self.pass_through(Request::from_parts(parts, body)).await;
+        }
         let mut keys = parts.headers.get_all(&self.config.key_header).iter();
         let key = match (keys.next(), keys.next()) {
             (None, _) if (self.config.require_key)(&parts) => {
@@ -249,9 +253,15 @@ where
             .body(&body)
             .finish();
         let id = RecordId::new(&self.config.scope.scope(&parts), &key);
+        let ttl = self
+            .config
+            .ttl_for
+            .as_ref()
+            .and_then(|ttl_for| ttl_for(&parts))
+            .unwrap_or_else(|| self.engine.ttl());
         let request = Request::from_parts(parts, Either::Left(Full::new(body)));
 
-        match self.engine.begin(id, fingerprint).await {
+        match self.engine.begin_with_ttl(id, fingerprint, ttl).await {
             Ok(Begin::Acquired(lease)) => self.execute(request, lease).await,
             Ok(Begin::Replay(stored)) => Ok(self.replay(&stored)),
             Ok(Begin::InFlight { retry_after }) => Ok(self.in_flight(retry_after)),

@@ -856,3 +856,36 @@ async fn client_hanging_up_after_the_handler_ran_never_makes_it_run_twice() {
     );
     assert_eq!(executions.count(), 1);
 }
+
+#[tokio::test]
+async fn skipped_routes_pass_through_and_routes_can_have_their_own_ttl() {
+    let clock = idem_core::ManualClock::new(Timestamp::from_millis(1_000_000_000));
+    let executions = Executions::default();
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .skip_when(|parts| parts.uri.path() == "/fail")
+        .ttl_for(|parts| (parts.uri.path() == "/charges").then_some(Duration::from_secs(3600)))
+        .build();
+    let app = app(layer, &executions);
+    for _ in 0..2 {
+        let (_, headers, _) = send(&app, post_with_key("/fail", "k", "")).await;
+        assert!(
+            headers.get("x-idempotent-replayed").is_none(),
+            "skipped routes are untouched"
+        );
+    }
+    assert_eq!(executions.count(), 2);
+    send(&app, post_with_key("/charges", "k", "{}")).await;
+    send(&app, post_with_key("/big", "k2", "")).await;
+    clock.advance(Duration::from_secs(3601));
+    let (_, headers, _) = send(&app, post_with_key("/charges", "k", "{}")).await;
+    assert_eq!(
+        headers["x-idempotent-replayed"], "false",
+        "the route's 1 h TTL has passed"
+    );
+    let (_, headers, _) = send(&app, post_with_key("/big", "k2", "")).await;
+    assert_eq!(
+        headers["x-idempotent-replayed"], "true",
+        "other routes keep the 24 h default"
+    );
+}

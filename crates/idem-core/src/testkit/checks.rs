@@ -527,16 +527,26 @@ pub async fn sweep_deletes_only_expired_records<S: Store>(store: S) {
 /// anything (it must still never delete more than its batch).
 pub async fn expired_records_behave_as_absent_without_a_sweep<S: Store>(store: S) {
     let at = now();
-    let short = BeginRequest { lease_until: at.plus(SECOND), expires_at: at.plus(SECOND), ..begin_request(fresh_id(), "short", at) };
+    let short = BeginRequest {
+        lease_until: at.plus(SECOND),
+        expires_at: at.plus(SECOND),
+        ..begin_request(fresh_id(), "short", at)
+    };
     store.begin(short.clone()).await.expect("begin");
     let long = begin_request(fresh_id(), "long", at);
     store.begin(long.clone()).await.expect("begin");
     let later = at.plus(Duration::from_secs(2));
     assert!(store.sweep_expired(later, 1).await.expect("sweep") <= 1);
     assert_eq!(store.get(short.id, later).await.expect("get"), None);
-    assert!(store.get(long.id, later).await.expect("get").is_some(), "live records survive");
+    assert!(
+        store.get(long.id, later).await.expect("get").is_some(),
+        "live records survive"
+    );
     let fresh = begin_request(short.id, "another", later);
-    assert_eq!(store.begin(fresh).await.expect("begin"), BeginOutcome::Acquired);
+    assert_eq!(
+        store.begin(fresh).await.expect("begin"),
+        BeginOutcome::Acquired
+    );
 }
 
 /// Operations on one record never touch another.

@@ -1,0 +1,48 @@
+//! A PostgreSQL store for idem: records shared by every instance pointed at one database, so a
+//! retry landing on another instance is still replayed, never executed twice.
+//!
+//! [`PostgresStore`] keeps one row per record in the table `idem_records`, created by migrations
+//! embedded in this crate ([`PostgresStore::migrate`], run by [`PostgresStore::connect`]).
+//! Every state transition is one SQL statement, one round trip, and is race-free under READ
+//! COMMITTED with any number of concurrent clients: `begin` is an `INSERT … ON CONFLICT`
+//! that decides on the latest committed version of the row (the statement and why it is
+//! correct are documented in the crate's `src/sql.rs`). Replays, the common answer to a
+//! retry, are read-only. Expired rows are deleted by the engine's sweeper in small batches
+//! with `FOR UPDATE SKIP LOCKED`, so several instances can sweep at once without blocking
+//! requests.
+//!
+//! Durability is PostgreSQL's: with `synchronous_commit = on` (the default) a completed
+//! record survives a crash once `complete` returned; with a synchronous standby it also
+//! survives failover. Requires PostgreSQL 9.5 or later (`ON CONFLICT`, `SKIP LOCKED`).
+//!
+//! ```no_run
+//! use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, KeyPolicy, RecordId, Scope};
+//! use idem_postgres::PostgresStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Connects and creates the `idem_records` table if it is not there yet.
+//! let store = PostgresStore::builder("postgres://idem@db.internal/app")
+//!     .max_connections(16)
+//!     .connect()
+//!     .await?;
+//! let engine = Engine::new(store);
+//! let key = IdempotencyKey::parse(b"order-42", KeyPolicy::Any)?;
+//! let id = RecordId::new(&Scope::anonymous(), &key);
+//! let fingerprint = Fingerprint::builder().method("POST").path_and_query("/orders").finish();
+//! assert!(matches!(engine.begin(id, fingerprint).await?, Begin::Acquired(_)));
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod row;
+mod sql;
+mod store;
+
+pub use error::ConnectError;
+pub use sqlx::PgPool;
+pub use store::{
+    ACQUIRE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MIGRATIONS_TABLE, OPERATION_TIMEOUT,
+    PostgresStore, PostgresStoreBuilder,
+};

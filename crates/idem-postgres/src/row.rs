@@ -1,0 +1,176 @@
+//! Conversions between idem's types and the columns of `idem_records`: timestamps and tokens
+//! as `bigint`, the header list as a compact `bytea`, and a returned row back into a
+//! [`Record`].
+
+use bytes::Bytes;
+use idem_core::{Fingerprint, LeaseToken, Record, RecordState, StoredResponse, Timestamp};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+/// The `state` of an in-flight record.
+pub(crate) const IN_FLIGHT: &str = "in_flight";
+/// The `state` of a completed record.
+pub(crate) const COMPLETED: &str = "completed";
+
+/// The first byte of `response_headers`, so the encoding can change without misreading rows
+/// written by an older build.
+const HEADERS_FORMAT_VERSION: u8 = 1;
+
+/// Why a row could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RowError {
+    /// A column holds a value no build of this crate writes.
+    #[error("column {column} of idem_records holds an unexpected value: {detail}")]
+    Unexpected {
+        /// The column.
+        column: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The header list is not in a format this build knows.
+    #[error("response_headers of idem_records is unreadable (format {version}): {source}")]
+    Headers {
+        /// The format byte found.
+        version: u8,
+        /// Why decoding failed.
+        source: postcard::Error,
+    },
+    /// The driver could not decode a column.
+    #[error(transparent)]
+    Driver(#[from] sqlx::Error),
+}
+
+fn unexpected(column: &'static str, detail: impl ToString) -> RowError {
+    RowError::Unexpected {
+        column,
+        detail: detail.to_string(),
+    }
+}
+
+/// A timestamp as `bigint`. Timestamps past `i64::MAX` milliseconds (292 million years, what
+/// a `Duration::MAX` TTL saturates to) are stored as `i64::MAX`: still "never", and still in
+/// order.
+pub(crate) fn timestamp_to_sql(timestamp: Timestamp) -> i64 {
+    i64::try_from(timestamp.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn timestamp_from_sql(column: &'static str, millis: i64) -> Result<Timestamp, RowError> {
+    u64::try_from(millis)
+        .map(Timestamp::from_millis)
+        .map_err(|_| unexpected(column, format!("negative timestamp {millis}")))
+}
+
+/// A token as `bigint`, bit for bit: tokens are random `u64`s and only ever compared for
+/// equality, so the sign carries no meaning.
+pub(crate) fn token_to_sql(token: LeaseToken) -> i64 {
+    i64::from_be_bytes(token.as_u64().to_be_bytes())
+}
+
+fn token_from_sql(value: i64) -> LeaseToken {
+    LeaseToken::from_u64(u64::from_be_bytes(value.to_be_bytes()))
+}
+
+/// The header list as `response_headers`: a format byte, then postcard (length-prefixed
+/// names and values, so values may hold any bytes).
+pub(crate) fn encode_headers(headers: &[(String, Bytes)]) -> Result<Vec<u8>, postcard::Error> {
+    let mut encoded = vec![HEADERS_FORMAT_VERSION];
+    encoded.extend_from_slice(&postcard::to_stdvec(headers)?);
+    Ok(encoded)
+}
+
+fn decode_headers(bytes: &[u8]) -> Result<Vec<(String, Bytes)>, RowError> {
+    match bytes.split_first() {
+        Some((&HEADERS_FORMAT_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|source| RowError::Headers {
+                version: HEADERS_FORMAT_VERSION,
+                source,
+            })
+        }
+        Some((&version, _)) => Err(RowError::Headers {
+            version,
+            source: postcard::Error::DeserializeBadEncoding,
+        }),
+        None => Err(RowError::Headers {
+            version: 0,
+            source: postcard::Error::DeserializeUnexpectedEnd,
+        }),
+    }
+}
+
+/// The record in a row holding the columns `state, fingerprint, token, lease_until,
+/// expires_at, response_status, response_headers, response_body`.
+pub(crate) fn record_from_row(row: &PgRow) -> Result<Record, RowError> {
+    let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
+    let fingerprint = <[u8; 32]>::try_from(fingerprint.as_slice())
+        .map(Fingerprint::from_bytes)
+        .map_err(|_| unexpected("fingerprint", "not 32 bytes"))?;
+    let expires_at = timestamp_from_sql("expires_at", row.try_get("expires_at")?)?;
+    let state: String = row.try_get("state")?;
+    let state = match state.as_str() {
+        IN_FLIGHT => RecordState::InFlight {
+            fingerprint,
+            token: token_from_sql(row.try_get("token")?),
+            lease_until: timestamp_from_sql("lease_until", row.try_get("lease_until")?)?,
+        },
+        COMPLETED => {
+            let status: Option<i32> = row.try_get("response_status")?;
+            let status = status.ok_or_else(|| unexpected("response_status", "missing"))?;
+            let headers: Option<Vec<u8>> = row.try_get("response_headers")?;
+            let headers = headers.ok_or_else(|| unexpected("response_headers", "missing"))?;
+            let body: Option<Vec<u8>> = row.try_get("response_body")?;
+            RecordState::Completed {
+                fingerprint,
+                response: StoredResponse {
+                    status: u16::try_from(status)
+                        .map_err(|_| unexpected("response_status", status))?,
+                    headers: decode_headers(&headers)?,
+                    body: body.map(Bytes::from),
+                },
+            }
+        }
+        other => return Err(unexpected("state", other)),
+    };
+    Ok(Record { state, expires_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_bit_for_bit() {
+        for value in [0, 1, u64::MAX, 1 << 63, 0x0123_4567_89ab_cdef] {
+            let token = LeaseToken::from_u64(value);
+            assert_eq!(token_from_sql(token_to_sql(token)), token);
+        }
+    }
+
+    #[test]
+    fn timestamps_saturate_and_keep_their_order() {
+        let now = Timestamp::from_millis(1_700_000_000_000);
+        assert_eq!(timestamp_to_sql(now), 1_700_000_000_000);
+        assert_eq!(timestamp_to_sql(Timestamp::from_millis(u64::MAX)), i64::MAX);
+        assert!(timestamp_from_sql("expires_at", -1).is_err());
+    }
+
+    #[test]
+    fn headers_round_trip_with_binary_values_and_repeated_names() {
+        let headers = vec![
+            ("set-cookie".to_owned(), Bytes::from_static(b"a=1")),
+            ("set-cookie".to_owned(), Bytes::from_static(b"b=2")),
+            ("x-binary".to_owned(), Bytes::from_static(&[0, 0x80, 0xff])),
+        ];
+        let encoded = encode_headers(&headers).unwrap();
+        assert_eq!(decode_headers(&encoded).unwrap(), headers);
+        assert_eq!(
+            decode_headers(&encode_headers(&[]).unwrap()).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn unknown_header_format_is_an_error_not_a_misread() {
+        assert!(decode_headers(&[9, 0]).is_err());
+        assert!(decode_headers(&[]).is_err());
+    }
+}

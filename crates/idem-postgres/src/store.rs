@@ -1,0 +1,315 @@
+//! [`PostgresStore`]: the [`Store`] implementation over a connection pool, how it connects,
+//! and its embedded schema migrations.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use idem_core::store::transition;
+use idem_core::{
+    BeginOutcome, BeginRequest, CompleteRequest, LeaseToken, RecordId, RecordState, Store,
+    StoreError, Timestamp, TransitionOutcome,
+};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+use crate::error::{ConnectError, OperationTimedOut, store_error};
+use crate::row::{encode_headers, record_from_row, timestamp_to_sql, token_to_sql};
+use crate::sql;
+
+/// Connections per pool unless [`PostgresStoreBuilder::max_connections`] says otherwise.
+/// Each operation holds a connection for one round trip, so a few connections carry
+/// thousands of requests per second; ten instances with ten each stay within PostgreSQL's
+/// default `max_connections` of 100.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// How long an operation waits for a pooled connection, opening one if needed, before it
+/// answers [`StoreError::Unavailable`]. A healthy pool hands one out in microseconds; this
+/// only fires when the server is down or the pool is exhausted, and it is short so that the
+/// HTTP layer answers 503 well before a client's own timeout.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long one operation may take in all, connection included, before it answers
+/// [`StoreError::Unavailable`]. Longer than [`ACQUIRE_TIMEOUT`] so that a down server is
+/// reported by the pool with its cause; this bound catches a server that accepted the
+/// statement and went silent (a network partition without a reset), which would otherwise
+/// hang the request.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`PostgresStore::connect`] may take: the first connection, then the migrations,
+/// which may wait for another instance that is migrating at the same moment.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The table that records which migrations ran: idem's own, so that it never mixes with the
+/// application's sqlx migrations in the same database (same version numbers, or versions it
+/// does not know).
+pub const MIGRATIONS_TABLE: &str = "_idem_migrations";
+
+/// `sweep_expired` batches larger than this are cut down: one `DELETE` holds its row locks
+/// until it commits, and the sweeper loops anyway.
+const MAX_SWEEP_BATCH: i64 = 10_000;
+
+/// A [`Store`] in a PostgreSQL table, `idem_records`, shared by every instance pointed at the
+/// same database. Cloning it shares the pool.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+/// Options for a [`PostgresStore`], from [`PostgresStore::builder`].
+#[derive(Clone, Debug)]
+pub struct PostgresStoreBuilder {
+    url: String,
+    max_connections: u32,
+}
+
+impl PostgresStoreBuilder {
+    /// The most connections the pool opens (default [`DEFAULT_MAX_CONNECTIONS`]).
+    #[must_use]
+    pub fn max_connections(mut self, max_connections: u32) -> Self {
+        self.max_connections = max_connections.max(1);
+        self
+    }
+
+    /// Connects, creates or upgrades the schema (see [`PostgresStore::migrate`]), and answers
+    /// a ready store; all within [`CONNECT_TIMEOUT`].
+    ///
+    /// # Errors
+    /// The URL is invalid, the server cannot be reached, or the migrations fail.
+    pub async fn connect(self) -> Result<PostgresStore, ConnectError> {
+        let options = self.connect_options()?;
+        let setup = async {
+            // One direct connection first: unlike the pool, it reports why it failed
+            // (refused, bad password, no such database) instead of a bare timeout.
+            let mut connection = PgConnection::connect_with(&options)
+                .await
+                .map_err(ConnectError::Connect)?;
+            migrator()
+                .run(&mut connection)
+                .await
+                .map_err(ConnectError::Migrate)?;
+            // Closing politely only saves the server a log line; the schema is in place.
+            let _ = connection.close().await;
+            Ok(())
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, setup)
+            .await
+            .map_err(|_| ConnectError::TimedOut(CONNECT_TIMEOUT))??;
+        Ok(self.pool(options))
+    }
+
+    /// A store that connects on first use and runs no migrations (call
+    /// [`PostgresStore::migrate`], or run them once from another instance). It starts even
+    /// when the server is down; each operation then answers [`StoreError::Unavailable`]
+    /// until the server is back.
+    ///
+    /// # Errors
+    /// The URL is invalid.
+    pub fn connect_lazy(self) -> Result<PostgresStore, ConnectError> {
+        let options = self.connect_options()?;
+        Ok(self.pool(options))
+    }
+
+    fn connect_options(&self) -> Result<PgConnectOptions, ConnectError> {
+        let options = PgConnectOptions::from_str(&self.url).map_err(ConnectError::InvalidUrl)?;
+        // The statements rely on READ COMMITTED (see `sql::BEGIN`); under a stricter default
+        // concurrent begins would fail with serialization errors instead of answering.
+        let options = options.options([("default_transaction_isolation", "read committed")]);
+        Ok(if options.get_application_name().is_none() {
+            // Names idem's connections in pg_stat_activity.
+            options.application_name("idem")
+        } else {
+            options
+        })
+    }
+
+    fn pool(&self, options: PgConnectOptions) -> PostgresStore {
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // No ping before each use: it would double every operation's round trips. A
+            // connection that broke while idle fails its next operation (Unavailable, the
+            // engine answers 503 and executes nothing) and the pool replaces it.
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        PostgresStore::from_pool(pool)
+    }
+}
+
+/// The embedded migrations (`migrations/` in this crate), recorded in [`MIGRATIONS_TABLE`].
+fn migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    // Not "dangerous" here: idem's migrations were never recorded anywhere else.
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+}
+
+impl PostgresStore {
+    /// Connects with default options, creating or upgrading the schema; see
+    /// [`PostgresStoreBuilder::connect`].
+    ///
+    /// # Errors
+    /// The URL is invalid, the server cannot be reached, or the migrations fail.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Options for a store at `url` (`postgres://user:password@host:port/database?...`).
+    #[must_use]
+    pub fn builder(url: &str) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.to_owned(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+
+    /// A store over a pool the application configured itself. Runs no migrations: call
+    /// [`migrate`](Self::migrate). The statements need READ COMMITTED, PostgreSQL's default
+    /// isolation level. Operations are still bounded by [`OPERATION_TIMEOUT`], and by the
+    /// pool's own acquire timeout.
+    #[must_use]
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, to share it with the application or to close it.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates the `idem_records` table, or upgrades it, with the migrations embedded in this
+    /// crate; does nothing if they already ran.
+    ///
+    /// Several instances may start at once: the migrations run under a PostgreSQL advisory
+    /// lock, so one applies them while the others wait, then find them applied.
+    ///
+    /// # Errors
+    /// The server cannot be reached, or a migration fails.
+    pub async fn migrate(&self) -> Result<(), ConnectError> {
+        migrator()
+            .run(&self.pool)
+            .await
+            .map_err(ConnectError::Migrate)
+    }
+
+    /// Runs one statement within [`OPERATION_TIMEOUT`], sorting its errors.
+    async fn bounded<T>(
+        future: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(OPERATION_TIMEOUT, future).await {
+            Ok(result) => result.map_err(store_error),
+            Err(_) => Err(StoreError::unavailable(OperationTimedOut(
+                OPERATION_TIMEOUT,
+            ))),
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    async fn begin(&self, request: BeginRequest) -> Result<BeginOutcome, StoreError> {
+        // Names this statement's acquisition; see `sql::BEGIN`.
+        let acquisition: i64 = rand::random();
+        let row = Self::bounded(
+            sqlx::query(sql::BEGIN)
+                .bind(request.id.as_bytes().as_slice())
+                .bind(request.fingerprint.as_bytes().as_slice())
+                .bind(token_to_sql(request.token))
+                .bind(timestamp_to_sql(request.now))
+                .bind(timestamp_to_sql(request.lease_until))
+                .bind(timestamp_to_sql(request.expires_at))
+                .bind(acquisition)
+                .fetch_one(&self.pool),
+        )
+        .await?;
+        let acquired: bool = row.try_get("acquired").map_err(store_error)?;
+        if acquired {
+            return Ok(BeginOutcome::Acquired);
+        }
+        // The row this statement left untouched: answer from it with the reference semantics,
+        // which must agree that it could not be acquired.
+        let record = record_from_row(&row)?;
+        match transition::begin(Some(&record), &request).0 {
+            BeginOutcome::Acquired => Err(StoreError::Corrupted(
+                "idem_records row is acquirable by the reference semantics but the begin \
+                 statement did not acquire it"
+                    .into(),
+            )),
+            outcome => Ok(outcome),
+        }
+    }
+
+    async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
+        let headers = encode_headers(&request.response.headers)
+            .map_err(|error| StoreError::Corrupted(Box::new(error)))?;
+        let status = i32::from(request.response.status);
+        let body = request.response.body.as_deref();
+        let result = Self::bounded(
+            sqlx::query(sql::COMPLETE)
+                .bind(request.id.as_bytes().as_slice())
+                .bind(token_to_sql(request.token))
+                .bind(status)
+                .bind(headers)
+                .bind(body)
+                .bind(timestamp_to_sql(request.expires_at))
+                .bind(timestamp_to_sql(request.now))
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(applied(result.rows_affected()))
+    }
+
+    async fn release(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        now: Timestamp,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let result = Self::bounded(
+            sqlx::query(sql::RELEASE)
+                .bind(id.as_bytes().as_slice())
+                .bind(token_to_sql(token))
+                .bind(timestamp_to_sql(now))
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(applied(result.rows_affected()))
+    }
+
+    async fn get(&self, id: RecordId, now: Timestamp) -> Result<Option<RecordState>, StoreError> {
+        let row = Self::bounded(
+            sqlx::query(sql::GET)
+                .bind(id.as_bytes().as_slice())
+                .bind(timestamp_to_sql(now))
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        match row {
+            Some(row) => Ok(Some(record_from_row(&row)?.state)),
+            None => Ok(None),
+        }
+    }
+
+    async fn sweep_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).map_or(MAX_SWEEP_BATCH, |l| l.min(MAX_SWEEP_BATCH));
+        let result = Self::bounded(
+            sqlx::query(sql::SWEEP)
+                .bind(timestamp_to_sql(now))
+                .bind(limit)
+                .execute(&self.pool),
+        )
+        .await?;
+        // At most `limit` rows, which came from a usize.
+        Ok(usize::try_from(result.rows_affected()).unwrap_or(usize::MAX))
+    }
+}
+
+/// A fenced statement's outcome from the rows it changed (the id is the primary key: 0 or 1).
+fn applied(rows_affected: u64) -> TransitionOutcome {
+    if rows_affected == 1 {
+        TransitionOutcome::Applied
+    } else {
+        TransitionOutcome::StaleLease
+    }
+}

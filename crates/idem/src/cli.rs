@@ -1,0 +1,131 @@
+//! The command line: every flag, with its environment variable. Values left unset here fall
+//! back to the config file, then to the defaults in [`crate::config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// At-most-once execution for HTTP APIs: a gateway (`idem proxy`) and a coordination
+/// service (`idem serve`) over one idempotency engine.
+#[derive(Debug, Parser)]
+#[command(name = "idem", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Put idempotency in front of any HTTP API: replays retried mutations carrying an
+    /// `Idempotency-Key`, forwards everything else.
+    Proxy(ProxyArgs),
+    /// Serve the coordination API (`POST /v1/idempotency/execute` and the begin / complete /
+    /// release flow under `/v1/idempotency/records`).
+    Serve(ServeArgs),
+    /// Print the coordination API's OpenAPI 3.1 document.
+    Openapi,
+}
+
+/// Options shared by `proxy` and `serve`.
+#[derive(Debug, Args, Default)]
+pub struct CommonArgs {
+    /// Address to accept requests on [default: 127.0.0.1:8080].
+    #[arg(long, env = "IDEM_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Where records live: `memory://`, `postgres://…`, `redis://…`, `redis+cluster://…`,
+    /// or a directory for the embedded store [default: ./idem-data].
+    #[arg(long, env = "IDEM_STORE", value_name = "URL")]
+    pub store: Option<String>,
+
+    /// How long completed responses are replayed: `2s`, `15m`, `24h` [default: 24h].
+    #[arg(long, env = "IDEM_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+
+    /// How long one execution owns its key before a retry may take it over; keep it above
+    /// the upstream's slowest response [default: 60s].
+    #[arg(long, env = "IDEM_LEASE", value_name = "DURATION", value_parser = parse_duration)]
+    pub lease: Option<std::time::Duration>,
+
+    /// Let a duplicate of an in-flight request wait up to this long for its result instead
+    /// of answering 409 at once [default: no wait].
+    #[arg(long, env = "IDEM_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<std::time::Duration>,
+
+    /// Scope keys by this header (an API key, a tenant id) instead of `Authorization`.
+    #[arg(long, env = "IDEM_SCOPE_HEADER", value_name = "NAME")]
+    pub scope_header: Option<String>,
+
+    /// Address for `GET /metrics`, `/healthz` and `/readyz`; never the public address
+    /// [default: none].
+    #[arg(long, env = "IDEM_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Log format [default: human].
+    #[arg(long, env = "IDEM_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// A TOML config file; flags and environment variables win over it.
+    #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `idem proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The API to forward to, e.g. `http://127.0.0.1:3000`.
+    #[arg(long, env = "IDEM_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// Refuse mutations without an `Idempotency-Key` (400) on every route.
+    #[arg(long, env = "IDEM_REQUIRE_KEY")]
+    pub require_key: bool,
+
+    /// How long to wait for the upstream's response headers before the outcome is unknown
+    /// (504, kept for replay) [default: 30s].
+    #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub upstream_timeout: Option<std::time::Duration>,
+}
+
+/// `idem serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Register an operation: `NAME=URL` (repeatable); `execute` POSTs the payload there.
+    #[arg(
+        long = "operation",
+        env = "IDEM_OPERATIONS",
+        value_name = "NAME=URL",
+        value_delimiter = ','
+    )]
+    pub operations: Vec<String>,
+
+    /// How long to wait for an operation's answer before its outcome is unknown [default: 30s].
+    #[arg(long, env = "IDEM_OPERATION_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub operation_timeout: Option<std::time::Duration>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `2s`, `15m`, `24h`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("{error} (use e.g. 2s, 15m, 24h)"))
+}

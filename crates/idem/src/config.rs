@@ -1,0 +1,292 @@
+//! The settings a command runs with: flags, then environment variables (both through clap),
+//! then the TOML config file, then the defaults below.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! store = "./idem-data"          # memory://, postgres://…, redis://…, or a directory
+//! ttl = "24h"
+//! admin_listen = "127.0.0.1:9090"
+//!
+//! [proxy]
+//! upstream = "http://127.0.0.1:3000"
+//! require_key = false
+//!
+//! [[proxy.routes]]               # first match wins
+//! method = "POST"                # or "*"
+//! path = "/payments/**"          # `*` one segment, `**` the rest
+//! require_key = true
+//! ttl = "1h"
+//!
+//! [[proxy.routes]]
+//! path = "/webhooks/**"
+//! skip = true                    # forwarded untouched
+//!
+//! [serve.operations]
+//! "payment.charge" = "http://127.0.0.1:4000/charge"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::cli::{CommonArgs, LogFormat, parse_duration};
+use crate::routes::RouteRule;
+
+/// Where `idem` listens when told nothing: loopback only, so a first run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The embedded store's directory when `--store` is not given.
+pub const DEFAULT_STORE: &str = "./idem-data";
+/// How long an upstream or operation may take before its outcome is unknown.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The config file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    store: Option<String>,
+    ttl: Option<String>,
+    lease: Option<String>,
+    wait: Option<String>,
+    scope_header: Option<String>,
+    admin_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    proxy: ProxyFile,
+    #[serde(default)]
+    serve: ServeFile,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    upstream: Option<String>,
+    require_key: Option<bool>,
+    upstream_timeout: Option<String>,
+    #[serde(default)]
+    routes: Vec<RouteRule>,
+}
+
+/// `[serve]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    #[serde(default)]
+    operations: BTreeMap<String, String>,
+    operation_timeout: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads the file named by `--config`, or nothing.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// Settings shared by both commands, resolved.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub listen: SocketAddr,
+    pub store: String,
+    pub ttl: Duration,
+    pub lease: Duration,
+    pub wait: Option<Duration>,
+    pub scope_header: Option<String>,
+    pub admin_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+}
+
+/// `idem proxy`'s settings, resolved.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub common: Common,
+    pub upstream: String,
+    pub require_key: bool,
+    pub upstream_timeout: Duration,
+    pub routes: Vec<RouteRule>,
+}
+
+/// `idem serve`'s settings, resolved.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    pub common: Common,
+    pub operations: BTreeMap<String, String>,
+    pub operation_timeout: Duration,
+}
+
+fn file_duration(field: &str, value: Option<&String>) -> anyhow::Result<Option<Duration>> {
+    value
+        .map(|text| {
+            parse_duration(text).map_err(|error| anyhow::anyhow!("config file `{field}`: {error}"))
+        })
+        .transpose()
+}
+
+fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
+    let listen = match args.listen.or(file.listen) {
+        Some(listen) => listen,
+        None => DEFAULT_LISTEN.parse()?,
+    };
+    Ok(Common {
+        listen,
+        store: args
+            .store
+            .or_else(|| file.store.clone())
+            .unwrap_or_else(|| DEFAULT_STORE.into()),
+        ttl: args
+            .ttl
+            .or(file_duration("ttl", file.ttl.as_ref())?)
+            .unwrap_or(idem_core::DEFAULT_TTL),
+        lease: args
+            .lease
+            .or(file_duration("lease", file.lease.as_ref())?)
+            .unwrap_or(idem_core::DEFAULT_LEASE),
+        wait: args.wait.or(file_duration("wait", file.wait.as_ref())?),
+        scope_header: args.scope_header.or_else(|| file.scope_header.clone()),
+        admin_listen: args.admin_listen.or(file.admin_listen),
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Human),
+    })
+}
+
+/// Resolves `idem proxy`'s settings.
+pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let common = common(args.common, &file)?;
+    let upstream = args
+        .upstream
+        .or(file.proxy.upstream)
+        .context("no upstream: pass --upstream URL (or IDEM_UPSTREAM, or `upstream` under [proxy] in the config file)")?;
+    Ok(Proxy {
+        common,
+        upstream,
+        require_key: args.require_key || file.proxy.require_key.unwrap_or(false),
+        upstream_timeout: args
+            .upstream_timeout
+            .or(file_duration(
+                "proxy.upstream_timeout",
+                file.proxy.upstream_timeout.as_ref(),
+            )?)
+            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+        routes: file.proxy.routes,
+    })
+}
+
+/// Resolves `idem serve`'s settings. Operations from flags and from the file are merged;
+/// a flag wins for a name defined in both.
+pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let common = common(args.common, &file)?;
+    let mut operations = file.serve.operations;
+    for definition in args.operations {
+        let (name, url) = definition
+            .split_once('=')
+            .with_context(|| format!("--operation {definition:?}: expected NAME=URL"))?;
+        operations.insert(name.trim().to_owned(), url.trim().to_owned());
+    }
+    Ok(Serve {
+        common,
+        operations,
+        operation_timeout: args
+            .operation_timeout
+            .or(file_duration(
+                "serve.operation_timeout",
+                file.serve.operation_timeout.as_ref(),
+            )?)
+            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    fn proxy_from(args: &[&str]) -> anyhow::Result<Proxy> {
+        let Command::Proxy(args) = Cli::try_parse_from(args)?.command else {
+            panic!("a proxy command")
+        };
+        proxy(args)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file = write(
+            "listen = \"127.0.0.1:7000\"\nttl = \"2h\"\nstore = \"memory://\"\n[proxy]\nupstream = \"http://file\"\n",
+        );
+        let path = file.path().to_str().unwrap();
+        let resolved = proxy_from(&["idem", "proxy", "--config", path, "--ttl", "15m"]).unwrap();
+        assert_eq!(
+            resolved.common.ttl,
+            Duration::from_secs(15 * 60),
+            "flag wins"
+        );
+        assert_eq!(
+            resolved.common.listen,
+            "127.0.0.1:7000".parse().unwrap(),
+            "file wins over default"
+        );
+        assert_eq!(resolved.upstream, "http://file");
+        assert_eq!(resolved.common.store, "memory://");
+        assert_eq!(resolved.common.lease, idem_core::DEFAULT_LEASE, "default");
+    }
+
+    #[test]
+    fn missing_upstream_and_bad_values_are_clear_errors() {
+        let error = proxy_from(&["idem", "proxy"]).unwrap_err().to_string();
+        assert!(error.contains("--upstream"), "{error}");
+        let error = proxy_from(&["idem", "proxy", "--upstream", "http://x", "--ttl", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("24h"), "{error}");
+        let file = write("bogus = 1\n");
+        let path = file.path().to_str().unwrap();
+        let error = format!(
+            "{:#}",
+            proxy_from(&["idem", "proxy", "--config", path, "--upstream", "http://x"]).unwrap_err()
+        );
+        assert!(error.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn operations_merge_flags_over_file() {
+        let file =
+            write("[serve.operations]\n\"a\" = \"http://file-a\"\n\"b\" = \"http://file-b\"\n");
+        let path = file.path().to_str().unwrap();
+        let Command::Serve(args) = Cli::try_parse_from([
+            "idem",
+            "serve",
+            "--config",
+            path,
+            "--operation",
+            "b=http://flag-b",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        let resolved = serve(args).unwrap();
+        assert_eq!(resolved.operations["a"], "http://file-a");
+        assert_eq!(resolved.operations["b"], "http://flag-b");
+    }
+}

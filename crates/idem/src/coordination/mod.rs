@@ -1,0 +1,121 @@
+//! `idem serve`: at-most-once execution as a JSON service.
+//!
+//! - `POST /v1/idempotency/execute`: run a registered operation at most once per key and
+//!   answer its result (replayed to every retry).
+//! - `POST /v1/idempotency/records`: begin, for clients that execute themselves: acquire a
+//!   lease, or get the replay / processing / mismatch answer.
+//! - `PUT /v1/idempotency/records/{key}`: complete with the lease token and the result.
+//! - `DELETE /v1/idempotency/records/{key}?lease_token=…`: release the key.
+//! - `GET /v1/idempotency/records/{key}`: a key's status.
+//! - `GET /v1/openapi.json`: this API's OpenAPI 3.1 document.
+
+mod api;
+mod handlers;
+mod operation;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use idem_core::Engine;
+use idem_http::ScopeSource;
+use utoipa::OpenApi;
+
+use crate::config;
+use crate::server::Server;
+use crate::store::SharedStore;
+
+pub use operation::Operations;
+
+/// The largest request body accepted: payloads are operation inputs, not uploads.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    engine: Engine<SharedStore>,
+    operations: Operations,
+    scope: Arc<ScopeSource>,
+}
+
+/// The OpenAPI document, generated from the handlers and types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "idem coordination API",
+        description = "At-most-once execution per idempotency key, as a service."
+    ),
+    paths(
+        handlers::execute,
+        handlers::begin,
+        handlers::complete,
+        handlers::release,
+        handlers::status
+    ),
+    components(schemas(
+        api::OperationRequest,
+        api::Completed,
+        api::Processing,
+        api::Acquired,
+        api::CompleteRequest,
+        api::ErrorBody,
+        api::ErrorDetail
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON, as committed in `docs/openapi.json`.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
+}
+
+/// The router over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/idempotency/execute", post(handlers::execute))
+        .route("/v1/idempotency/records", post(handlers::begin))
+        .route(
+            "/v1/idempotency/records/{key}",
+            get(handlers::status)
+                .put(handlers::complete)
+                .delete(handlers::release),
+        )
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([("content-type", "application/json")], openapi_json()) }),
+        )
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn run(config: config::Serve, server: Server) -> anyhow::Result<()> {
+    let operations = Operations::new(&config.operations, config.operation_timeout)?;
+    if config.operations.is_empty() {
+        tracing::warn!(
+            "no operation registered: execute will answer UNKNOWN_OPERATION; the records flow works"
+        );
+    }
+    tracing::info!(operations = ?operations.names().collect::<Vec<_>>(), "serving");
+    let state = AppState {
+        engine: server.engine().clone(),
+        operations,
+        scope: Arc::new(server.scope_source().unwrap_or(ScopeSource::Authorization)),
+    };
+    server.serve("serve", router(state)).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn committed_openapi_document_is_the_generated_one() {
+        let committed = include_str!("../../../../docs/openapi.json");
+        assert_eq!(
+            committed.trim(),
+            super::openapi_json().trim(),
+            "docs/openapi.json is stale: regenerate it with `cargo run -p idem -- openapi > docs/openapi.json`"
+        );
+    }
+}

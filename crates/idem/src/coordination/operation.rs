@@ -1,0 +1,116 @@
+//! Calling a registered operation: POST the payload as JSON to its URL, once, and classify
+//! what came back by whether a retry may execute it again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Connect timeout for operation URLs; see the proxy's `CONNECT_TIMEOUT` for why it is short.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What became of one call.
+#[derive(Debug)]
+pub enum CallOutcome {
+    /// 2xx with a JSON body.
+    Succeeded(Value),
+    /// Never delivered (connection refused): safe to run again.
+    Unreachable(String),
+    /// Delivered; answered a non-2xx status.
+    Failed { status: StatusCode },
+    /// Delivered; answered a body that is not JSON.
+    InvalidResponse,
+    /// Delivered, no complete answer in time (or the connection broke): may have executed.
+    OutcomeUnknown(String),
+}
+
+/// The registered operations and the client that calls them.
+#[derive(Clone)]
+pub struct Operations {
+    urls: BTreeMap<String, Uri>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Operations {
+    /// Checks every URL at start-up.
+    pub fn new(definitions: &BTreeMap<String, String>, timeout: Duration) -> anyhow::Result<Self> {
+        let mut urls = BTreeMap::new();
+        for (name, url) in definitions {
+            anyhow::ensure!(!name.is_empty(), "an operation has an empty name");
+            let uri: Uri = url.parse().map_err(|error| {
+                anyhow::anyhow!("operation {name}: invalid URL {url:?}: {error}")
+            })?;
+            anyhow::ensure!(
+                uri.scheme_str() == Some("http"),
+                "operation {name}: only http:// URLs are supported ({url})"
+            );
+            urls.insert(name.clone(), uri);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        Ok(Self {
+            urls,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        })
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.urls.contains_key(name)
+    }
+
+    /// The registered names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.urls.keys().map(String::as_str)
+    }
+
+    /// POSTs `payload` to the operation once.
+    pub async fn call(&self, name: &str, payload: &Value, key: &str) -> CallOutcome {
+        let Some(uri) = self.urls.get(name) else {
+            return CallOutcome::Unreachable(format!("unknown operation {name}"));
+        };
+        let body = Bytes::from(payload.to_string());
+        let request = Request::post(uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Full::new(body));
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => {
+                return CallOutcome::Unreachable(format!("cannot build the request: {error}"));
+            }
+        };
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes);
+            Ok::<_, hyper_util::client::legacy::Error>((status, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => CallOutcome::OutcomeUnknown(format!("no answer within {:?}", self.timeout)),
+            Ok(Err(error)) if error.is_connect() => CallOutcome::Unreachable(error.to_string()),
+            Ok(Err(error)) => CallOutcome::OutcomeUnknown(error.to_string()),
+            Ok(Ok((_, Err(error)))) => {
+                CallOutcome::OutcomeUnknown(format!("the answer broke off: {error}"))
+            }
+            Ok(Ok((status, Ok(_)))) if !status.is_success() => CallOutcome::Failed { status },
+            Ok(Ok((_, Ok(body)))) if body.is_empty() => CallOutcome::Succeeded(Value::Null),
+            Ok(Ok((_, Ok(body)))) => match serde_json::from_slice(&body) {
+                Ok(value) => CallOutcome::Succeeded(value),
+                Err(_) => CallOutcome::InvalidResponse,
+            },
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The `idem` binary: `idem proxy` puts idempotency in front of any HTTP API; `idem serve`
+//! offers at-most-once execution as a JSON service. Both run on one engine and one store
+//! (the embedded store in `./idem-data` unless `--store` says otherwise).
+
+mod admin;
+mod cli;
+mod config;
+mod coordination;
+mod proxy;
+mod routes;
+mod server;
+mod store;
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, LogFormat};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proxy(args) => {
+            let config = config::proxy(args)?;
+            init_logs(config.common.log_format);
+            let metrics = admin::install_recorder()?;
+            let server = server::Server::start(config.common.clone(), metrics).await?;
+            proxy::run(config, server).await
+        }
+        Command::Serve(args) => {
+            let config = config::serve(args)?;
+            init_logs(config.common.log_format);
+            let metrics = admin::install_recorder()?;
+            let server = server::Server::start(config.common.clone(), metrics).await?;
+            coordination::run(config, server).await
+        }
+        Command::Openapi => {
+            println!("{}", coordination::openapi_json());
+            Ok(())
+        }
+    }
+}
+
+/// Logs go to stderr, `RUST_LOG` filters them (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Tells whoever started us where we listen, on stdout: scripts and tests read this line to
+/// find a port chosen with `--listen 127.0.0.1:0`.
+fn announce(what: &str, address: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "idem {what} listening on http://{address}");
+    let _ = stdout.flush();
+    tracing::info!(%address, "{what} listening");
+}

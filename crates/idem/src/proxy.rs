@@ -1,0 +1,323 @@
+//! `idem proxy`: a reverse proxy that applies the layer's semantics to every request and
+//! forwards to the upstream.
+//!
+//! What happens when the upstream fails decides whether a retry may execute:
+//! - the request was never delivered (connection refused, DNS, connect timeout): 502
+//!   `upstream_unreachable`, and the key is released, so a retry executes;
+//! - the request was delivered but no response came in time, or the connection broke (the
+//!   upstream may have executed it): 504 `upstream_outcome_unknown`, stored like any
+//!   response, so every retry with that key gets the same 504 until the record expires and
+//!   the operation is never executed twice. The client checks the outcome upstream, then
+//!   uses a new key.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use idem_http::{InnerBody, ProblemCode, ResponseBody};
+use tower::ServiceBuilder;
+
+use crate::config;
+use crate::routes::RouteTable;
+use crate::server::Server;
+
+/// How long a TCP connect to the upstream may take. A connect that fails delivers nothing,
+/// so its error is a clean 502 with the key released; kept well under the response timeout
+/// so that a slow connect is never mistaken for an unknown outcome.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Request headers that describe the client's connection to us, not the request (RFC 9110
+/// §7.6.1): never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// A path prefix from the upstream URL (`http://api/v2` → `/v2`), without trailing `/`.
+    prefix: String,
+}
+
+impl Upstream {
+    fn parse(url: &str) -> anyhow::Result<Self> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("--upstream {url:?} is not a URL"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .with_context(|| format!("--upstream {url:?}: missing http://"))?;
+        anyhow::ensure!(
+            scheme == Scheme::HTTP,
+            "--upstream {url:?}: only http:// upstreams are supported; terminate TLS in front of idem and reach the API over http on a private network"
+        );
+        let authority = uri
+            .authority()
+            .cloned()
+            .with_context(|| format!("--upstream {url:?}: missing host"))?;
+        Ok(Self {
+            scheme,
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    fn target(&self, original: &Uri) -> Result<Uri, http::Error> {
+        let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path_and_query}", self.prefix))
+            .build()
+    }
+}
+
+/// Why a request could not be forwarded at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The upstream could not be reached; nothing was delivered.
+    #[error("upstream unreachable: {0}")]
+    NotDelivered(#[source] hyper_util::client::legacy::Error),
+    /// The request's target could not be rebuilt for the upstream.
+    #[error("cannot build the upstream request: {0}")]
+    BadTarget(#[from] http::Error),
+}
+
+type UpstreamClient = Client<HttpConnector, InnerBody<Body>>;
+
+/// The innermost service: sends one request upstream.
+#[derive(Clone)]
+struct Forwarder {
+    client: UpstreamClient,
+    upstream: std::sync::Arc<Upstream>,
+    timeout: Duration,
+}
+
+impl tower::Service<Request<InnerBody<Body>>> for Forwarder {
+    type Response = Response<ResponseBody>;
+    type Error = ForwardError;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ForwardError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<InnerBody<Body>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.forward(request).await })
+    }
+}
+
+impl Forwarder {
+    async fn forward(
+        &self,
+        request: Request<InnerBody<Body>>,
+    ) -> Result<Response<ResponseBody>, ForwardError> {
+        let (mut parts, body) = request.into_parts();
+        let client_address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        let original_host = parts.headers.get(header::HOST).cloned();
+        parts.uri = self.upstream.target(&parts.uri)?;
+        strip_hop_by_hop(&mut parts.headers);
+        add_forwarding_headers(&mut parts.headers, client_address, original_host.as_ref());
+        if let Ok(host) = HeaderValue::from_str(self.upstream.authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+        match tokio::time::timeout(
+            self.timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await
+        {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(
+                    parts,
+                    body.map_err(Into::into).boxed_unsync(),
+                ))
+            }
+            Ok(Err(error)) if error.is_connect() => Err(ForwardError::NotDelivered(error)),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "upstream connection failed after the request was sent; outcome unknown");
+                Ok(outcome_unknown(
+                    "the upstream connection broke after the request was sent",
+                ))
+            }
+            Err(_elapsed) => {
+                tracing::warn!(timeout = ?self.timeout, "upstream did not answer in time; outcome unknown");
+                Ok(outcome_unknown("the upstream did not answer in time"))
+            }
+        }
+    }
+}
+
+fn outcome_unknown(what: &str) -> Response<ResponseBody> {
+    let detail = format!(
+        "{what}: it may or may not have executed the request. This answer is kept for this idempotency key so the request is never executed twice; check the outcome upstream, then use a new key"
+    );
+    ProblemCode::UpstreamOutcomeUnknown
+        .response(&detail)
+        .map(|body| body.map_err(|never| match never {}).boxed_unsync())
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+fn add_forwarding_headers(
+    headers: &mut HeaderMap,
+    client: Option<SocketAddr>,
+    host: Option<&HeaderValue>,
+) {
+    let Some(client) = client else { return };
+    let ip = client.ip().to_string();
+    let forwarded_for = match headers
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {ip}"),
+        None => ip.clone(),
+    };
+    let node = if client.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip
+    };
+    let mut forwarded = format!("for={node};proto=http");
+    if let Some(host) = host.and_then(|value| value.to_str().ok()) {
+        forwarded.push_str(&format!(";host=\"{host}\""));
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert("x-forwarded-host", value);
+        }
+    }
+    if let Some(earlier) = headers
+        .get(header::FORWARDED)
+        .and_then(|value| value.to_str().ok())
+    {
+        forwarded = format!("{earlier}, {forwarded}");
+    }
+    for (name, value) in [("x-forwarded-for", forwarded_for), ("forwarded", forwarded)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
+
+async fn unreachable(error: ForwardError) -> impl IntoResponse {
+    tracing::warn!(%error, "request not delivered upstream; key released");
+    let detail = "the upstream could not be reached, so the request was not delivered and nothing was executed; retry with the same key";
+    ProblemCode::UpstreamUnreachable.response(detail)
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
+    let upstream = std::sync::Arc::new(Upstream::parse(&config.upstream)?);
+    let routes = std::sync::Arc::new(RouteTable::new(&config.routes)?);
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    let client: UpstreamClient = Client::builder(TokioExecutor::new()).build(connector);
+    let forwarder = Forwarder {
+        client,
+        upstream: std::sync::Arc::clone(&upstream),
+        timeout: config.upstream_timeout,
+    };
+
+    let require_key = config.require_key;
+    let (requires, skips, ttls) = (
+        std::sync::Arc::clone(&routes),
+        std::sync::Arc::clone(&routes),
+        routes,
+    );
+    let layer = server
+        .layer_builder()
+        .require_key_when(move |parts| requires.requires_key(parts, require_key))
+        .skip_when(move |parts| skips.skips(parts))
+        .ttl_for(move |parts| ttls.ttl(parts))
+        .build();
+    let service = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(unreachable))
+        .layer(layer)
+        .service(forwarder);
+    let app = Router::new().fallback_service(service);
+    tracing::info!(upstream = %config.upstream, "proxying");
+    server.serve("proxy", app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_keep_path_query_and_prefix() {
+        let upstream = Upstream::parse("http://127.0.0.1:3000/v2/").unwrap();
+        let target = upstream.target(&"/charges?x=1".parse().unwrap()).unwrap();
+        assert_eq!(target.to_string(), "http://127.0.0.1:3000/v2/charges?x=1");
+        assert!(Upstream::parse("https://api.example").is_err());
+        assert!(Upstream::parse("127.0.0.1:3000").is_err());
+    }
+
+    #[test]
+    fn forwarding_headers_extend_earlier_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get("x-secret-hop").is_none() && headers.get(header::CONNECTION).is_none());
+        let host = HeaderValue::from_static("api.local:8080");
+        add_forwarding_headers(
+            &mut headers,
+            Some("192.0.2.1:5555".parse().unwrap()),
+            Some(&host),
+        );
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
+        assert_eq!(
+            headers["forwarded"],
+            "for=192.0.2.1;proto=http;host=\"api.local:8080\""
+        );
+        assert_eq!(headers["x-forwarded-host"], "api.local:8080");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+}

@@ -1,0 +1,229 @@
+//! Per-route rules for `idem proxy`: which requests require a key, which skip idempotency,
+//! and which have their own TTL. The first rule that matches a request applies.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use http::Method;
+use http::request::Parts;
+use serde::Deserialize;
+
+use crate::cli::parse_duration;
+
+/// One `[[proxy.routes]]` entry, as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// `POST`, `PUT`… or `*` (the default) for any method.
+    #[serde(default)]
+    method: Option<String>,
+    /// A path pattern: literal segments, `*` for exactly one segment, and a final `**` for
+    /// any rest (including nothing).
+    path: String,
+    /// Whether a mutation on this route must carry a key.
+    #[serde(default)]
+    require_key: Option<bool>,
+    /// Forward untouched, without idempotency.
+    #[serde(default)]
+    skip: bool,
+    /// Replay TTL for this route.
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// A rule, checked and ready to match.
+#[derive(Debug, Clone)]
+pub struct Route {
+    method: Option<Method>,
+    segments: Vec<Segment>,
+    require_key: Option<bool>,
+    skip: bool,
+    ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Any,
+    Rest,
+}
+
+impl RouteRule {
+    /// Checks the rule: a bad method, pattern or duration is an error at start-up, not a
+    /// rule that silently never matches.
+    pub fn compile(&self) -> anyhow::Result<Route> {
+        let method = match self.method.as_deref() {
+            None | Some("*") => None,
+            Some(name) => Some(
+                Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+                    .with_context(|| format!("route {}: invalid method {name:?}", self.path))?,
+            ),
+        };
+        anyhow::ensure!(
+            self.path.starts_with('/'),
+            "route {:?}: the path must start with '/'",
+            self.path
+        );
+        let parts: Vec<&str> = self.path.trim_start_matches('/').split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (index, part) in parts.iter().enumerate() {
+            segments.push(match *part {
+                "**" if index + 1 == parts.len() => Segment::Rest,
+                "**" => anyhow::bail!("route {:?}: `**` may only end a pattern", self.path),
+                "*" => Segment::Any,
+                literal => Segment::Literal(literal.to_owned()),
+            });
+        }
+        let ttl = self
+            .ttl
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|error| anyhow::anyhow!("route {:?}: ttl: {error}", self.path))?;
+        Ok(Route {
+            method,
+            segments,
+            require_key: self.require_key,
+            skip: self.skip,
+            ttl,
+        })
+    }
+}
+
+impl Route {
+    fn matches(&self, parts: &Parts) -> bool {
+        if self
+            .method
+            .as_ref()
+            .is_some_and(|method| method != parts.method)
+        {
+            return false;
+        }
+        let mut path = parts.uri.path().trim_start_matches('/').split('/');
+        for segment in &self.segments {
+            match (segment, path.next()) {
+                (Segment::Rest, _) => return true,
+                (Segment::Any, Some(_)) => {}
+                (Segment::Literal(literal), Some(actual)) if literal == actual => {}
+                _ => return false,
+            }
+        }
+        path.next().is_none()
+    }
+}
+
+/// The compiled rules of one proxy, first match wins.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Compiles every rule.
+    pub fn new(rules: &[RouteRule]) -> anyhow::Result<Self> {
+        Ok(Self {
+            routes: rules
+                .iter()
+                .map(RouteRule::compile)
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    fn matching(&self, parts: &Parts) -> Option<&Route> {
+        self.routes.iter().find(|route| route.matches(parts))
+    }
+
+    /// Whether the request must carry a key; `default` when no rule says.
+    pub fn requires_key(&self, parts: &Parts, default: bool) -> bool {
+        self.matching(parts)
+            .and_then(|route| route.require_key)
+            .unwrap_or(default)
+    }
+
+    /// Whether the request bypasses idempotency.
+    pub fn skips(&self, parts: &Parts) -> bool {
+        self.matching(parts).is_some_and(|route| route.skip)
+    }
+
+    /// The request's own TTL, if its rule sets one.
+    pub fn ttl(&self, parts: &Parts) -> Option<Duration> {
+        self.matching(parts).and_then(|route| route.ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, path: &str) -> Parts {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    fn table(toml_rules: &str) -> RouteTable {
+        #[derive(Deserialize)]
+        struct Rules {
+            routes: Vec<RouteRule>,
+        }
+        let rules: Rules = toml::from_str(toml_rules).unwrap();
+        RouteTable::new(&rules.routes).unwrap()
+    }
+
+    #[test]
+    fn patterns_match_segments_and_rests() {
+        let table = table(
+            r#"
+            [[routes]]
+            method = "POST"
+            path = "/payments/*/capture"
+            require_key = true
+            ttl = "1h"
+            [[routes]]
+            path = "/webhooks/**"
+            skip = true
+            "#,
+        );
+        assert!(table.requires_key(&parts("POST", "/payments/p1/capture"), false));
+        assert_eq!(
+            table.ttl(&parts("POST", "/payments/p1/capture")),
+            Some(Duration::from_secs(3600))
+        );
+        assert!(
+            !table.requires_key(&parts("PUT", "/payments/p1/capture"), false),
+            "method must match"
+        );
+        assert!(
+            !table.requires_key(&parts("POST", "/payments/p1/capture/x"), false),
+            "no extra segments"
+        );
+        assert!(
+            !table.requires_key(&parts("POST", "/payments/capture"), false),
+            "`*` needs a segment"
+        );
+        assert!(table.skips(&parts("POST", "/webhooks")));
+        assert!(table.skips(&parts("DELETE", "/webhooks/stripe/evt")));
+        assert!(!table.skips(&parts("POST", "/webhooksx")));
+        assert!(
+            table.requires_key(&parts("POST", "/other"), true),
+            "default when no rule matches"
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused_at_start_up() {
+        for rule in [
+            r#"path = "no-slash""#,
+            r#"path = "/a/**/b""#,
+            "path = \"/a\"\nttl = \"soon\"",
+            "path = \"/a\"\nmethod = \"PO ST\"",
+        ] {
+            let rule: RouteRule = toml::from_str(rule).unwrap();
+            assert!(rule.compile().is_err(), "{rule:?}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Opening the store named by `--store`.
+
+use anyhow::Context;
+use idem_core::{DynStore, MemoryStore};
+use idem_embedded::EmbeddedStore;
+
+/// Any store, chosen at run time.
+pub type SharedStore = DynStore;
+
+/// What `--store` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `memory://`: records in this process only.
+    Memory,
+    /// A directory for the embedded store.
+    Embedded(String),
+    /// `postgres://…` or `postgresql://…`.
+    Postgres(String),
+    /// `redis://…` or `rediss://…`.
+    Redis(String),
+    /// `redis+cluster://host1:port,host2:port`.
+    RedisCluster(Vec<String>),
+}
+
+impl StoreLocation {
+    /// Reads a `--store` value.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let text = text.trim();
+        anyhow::ensure!(
+            !text.is_empty(),
+            "--store is empty: use memory://, postgres://…, redis://… or a directory"
+        );
+        Ok(
+            match text
+                .split_once("://")
+                .map(|(scheme, rest)| (scheme.to_ascii_lowercase(), rest))
+            {
+                Some((scheme, _)) if scheme == "memory" => Self::Memory,
+                Some((scheme, _)) if scheme == "postgres" || scheme == "postgresql" => {
+                    Self::Postgres(text.to_owned())
+                }
+                Some((scheme, _)) if scheme == "redis" || scheme == "rediss" => {
+                    Self::Redis(text.to_owned())
+                }
+                Some((scheme, rest)) if scheme == "redis+cluster" => Self::RedisCluster(
+                    rest.split(',')
+                        .map(|node| format!("redis://{}", node.trim()))
+                        .collect(),
+                ),
+                Some((scheme, _)) if scheme == "file" => {
+                    Self::Embedded(text["file://".len()..].to_owned())
+                }
+                Some((scheme, _)) => anyhow::bail!(
+                    "unknown store scheme {scheme:?}: use memory://, postgres://…, redis://…, redis+cluster://… or a directory"
+                ),
+                None => Self::Embedded(text.to_owned()),
+            },
+        )
+    }
+
+    /// A description for logs, without credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Memory => "memory".into(),
+            Self::Embedded(path) => format!("embedded at {path}"),
+            Self::Postgres(_) => "postgresql".into(),
+            Self::Redis(_) => "redis".into(),
+            Self::RedisCluster(nodes) => format!("redis cluster ({} seed nodes)", nodes.len()),
+        }
+    }
+}
+
+/// Opens (and for databases, connects to and migrates) the store.
+pub async fn open(location: &StoreLocation) -> anyhow::Result<SharedStore> {
+    Ok(match location {
+        StoreLocation::Memory => DynStore::new(MemoryStore::new()),
+        StoreLocation::Embedded(path) => {
+            DynStore::new(EmbeddedStore::open(path).with_context(|| {
+                format!(
+                    "cannot open the embedded store in {path} (is another idem process using it?)"
+                )
+            })?)
+        }
+        StoreLocation::Postgres(_) | StoreLocation::Redis(_) | StoreLocation::RedisCluster(_) => {
+            anyhow::bail!(
+                "the {} store is not built into this binary yet",
+                location.describe()
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            StoreLocation::parse("memory://").unwrap(),
+            StoreLocation::Memory
+        );
+        assert_eq!(
+            StoreLocation::parse("./idem-data").unwrap(),
+            StoreLocation::Embedded("./idem-data".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("file:///var/lib/idem").unwrap(),
+            StoreLocation::Embedded("/var/lib/idem".into())
+        );
+        assert!(matches!(
+            StoreLocation::parse("postgresql://u@h/db").unwrap(),
+            StoreLocation::Postgres(_)
+        ));
+        assert!(matches!(
+            StoreLocation::parse("redis://h:6379").unwrap(),
+            StoreLocation::Redis(_)
+        ));
+        assert_eq!(
+            StoreLocation::parse("redis+cluster://a:1,b:2").unwrap(),
+            StoreLocation::RedisCluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert!(StoreLocation::parse("mysql://x").is_err());
+        assert!(StoreLocation::parse("").is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! Shared helpers for the process-level tests: the real `idem` binary on loopback, and a
+//! small upstream that counts what it executes.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{any, post};
+
+/// A running `idem` process, killed (SIGKILL) when dropped.
+pub struct Idem {
+    pub child: Child,
+    pub url: String,
+    pub admin_url: Option<String>,
+}
+
+impl Idem {
+    /// Starts `idem` with `args` and waits for its "listening" lines.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_idem"));
+        command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("RUST_LOG", "warn");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("idem starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let wants_admin = args.contains(&"--admin-listen");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut url, mut admin_url) = (None, None);
+        while url.is_none() || (wants_admin && admin_url.is_none()) {
+            let line = receiver
+                .recv_timeout(Duration::from_secs(30))
+                .expect("idem announces its address");
+            let address = line.rsplit(' ').next().unwrap().to_owned();
+            if line.contains(" admin listening") {
+                admin_url = Some(address);
+            } else if line.contains(" listening on ") {
+                url = Some(address);
+            }
+        }
+        Self {
+            child,
+            url: url.unwrap(),
+            admin_url,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// SIGKILL: no cleanup of any kind.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Idem {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the upstream saw.
+#[derive(Default)]
+pub struct Seen {
+    pub calls: HashMap<String, usize>,
+    pub last_headers: Option<HeaderMap>,
+}
+
+/// A test upstream on loopback. `POST /slow` takes 400 ms, `POST /hang` never answers,
+/// `/status/{code}` answers that status, anything else answers 201 with a counter.
+#[derive(Clone)]
+pub struct Upstream {
+    pub address: SocketAddr,
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(address: &str) -> Self {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let app = Router::new()
+            .route("/slow", post(slow))
+            .route("/hang", post(hang))
+            .fallback(any(echo))
+            .with_state(Arc::clone(&seen));
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { address, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn calls(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .calls
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn last_headers(&self) -> HeaderMap {
+        self.seen.lock().unwrap().last_headers.clone().unwrap()
+    }
+}
+
+fn record(seen: &Mutex<Seen>, path: &str, headers: HeaderMap) -> usize {
+    let mut seen = seen.lock().unwrap();
+    seen.last_headers = Some(headers);
+    let count = seen.calls.entry(path.to_owned()).or_default();
+    *count += 1;
+    *count
+}
+
+async fn echo(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let n = record(&seen, uri.path(), headers);
+    let status = uri
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::CREATED);
+    let body = format!(
+        "{{\"path\":\"{}\",\"execution\":{n},\"received\":{}}}",
+        uri.path(),
+        body.len()
+    );
+    (
+        status,
+        [("content-type", "application/json"), ("x-upstream", "yes")],
+        body,
+    )
+}
+
+async fn slow(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap) -> impl IntoResponse {
+    let n = record(&seen, "/slow", headers);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    (StatusCode::CREATED, format!("{{\"slow\":{n}}}"))
+}
+
+async fn hang(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap) -> impl IntoResponse {
+    record(&seen, "/hang", headers);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    StatusCode::OK
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
