@@ -1,0 +1,351 @@
+//! `idem serve` as a process: the execute contract, the records flow, and the OpenAPI
+//! document, against real operations on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Idem, Upstream, client, free_port};
+
+fn serve(upstream: &Upstream, extra: &[&str]) -> Idem {
+    let charge = format!("payment.charge={}/charge", upstream.url());
+    let slow = format!("report.build={}/slow", upstream.url());
+    let failing = format!("email.send={}/status/500", upstream.url());
+    let hanging = format!("ledger.post={}/hang", upstream.url());
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory://",
+        "--operation",
+        &charge,
+        "--operation",
+        &slow,
+        "--operation",
+        &failing,
+        "--operation",
+        &hanging,
+        "--operation-timeout",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    Idem::start(&args)
+}
+
+async fn execute(idem: &Idem, key: Option<&str>, body: &str) -> (StatusCode, Value) {
+    let mut request = client()
+        .post(idem.url("/v1/idempotency/execute"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn execute_runs_an_operation_once_and_replays_its_result() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let body = r#"{"operation":"payment.charge","payload":{"amount":1000,"currency":"eur"}}"#;
+    let (status, first) = execute(&idem, Some("pay-1"), body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["result"]["path"], "/charge");
+    assert_eq!(upstream.last_headers()["idempotency-key"], "pay-1");
+    // The same payload with other key order and spacing is the same request.
+    let reordered =
+        r#"{ "payload": {"currency":"eur", "amount":1000}, "operation":"payment.charge" }"#;
+    let (status, replay) = execute(&idem, Some("pay-1"), reordered).await;
+    assert_eq!((status, &replay), (StatusCode::OK, &first));
+    assert_eq!(upstream.calls("/charge"), 1);
+}
+
+#[tokio::test]
+async fn duplicate_while_executing_is_processing() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let body = r#"{"operation":"report.build","payload":{}}"#;
+    let first = tokio::spawn({
+        let url = idem.url("/v1/idempotency/execute");
+        async move {
+            client()
+                .post(url)
+                .header("idempotency-key", "r")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    while upstream.calls("/slow") == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (status, document) = execute(&idem, Some("r"), body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(document, json!({"status": "processing"}));
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(upstream.calls("/slow"), 1);
+}
+
+#[tokio::test]
+async fn every_bad_request_gets_a_structured_error() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let good = r#"{"operation":"payment.charge","payload":{"amount":1}}"#;
+    let cases = [
+        (
+            None,
+            good,
+            StatusCode::BAD_REQUEST,
+            "IDEMPOTENCY_KEY_MISSING",
+        ),
+        (
+            Some(""),
+            good,
+            StatusCode::BAD_REQUEST,
+            "IDEMPOTENCY_KEY_INVALID",
+        ),
+        (
+            Some("k"),
+            "{not json",
+            StatusCode::BAD_REQUEST,
+            "INVALID_JSON",
+        ),
+        (
+            Some("k"),
+            r#"{"payload":{}}"#,
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            Some("k"),
+            r#"{"operation":"x","payload":{},"extra":1}"#,
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            Some("k"),
+            r#"{"operation":"nope","payload":{}}"#,
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_OPERATION",
+        ),
+    ];
+    for (key, body, status, code) in cases {
+        let (got, document) = execute(&idem, key, body).await;
+        assert_eq!(
+            (got, document["error"]["code"].as_str().unwrap()),
+            (status, code),
+            "{body}"
+        );
+        assert!(
+            document["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    assert_eq!(upstream.calls("/charge"), 0, "nothing executed");
+    execute(&idem, Some("used"), good).await;
+    let other = r#"{"operation":"payment.charge","payload":{"amount":2}}"#;
+    let (status, document) = execute(&idem, Some("used"), other).await;
+    assert_eq!(
+        (status, document["error"]["code"].as_str().unwrap()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_MISMATCH")
+    );
+    let other_operation = r#"{"operation":"email.send","payload":{"amount":1}}"#;
+    let (status, _) = execute(&idem, Some("used"), other_operation).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let unknown = client().get(idem.url("/v1/nothing")).send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.json::<Value>().await.unwrap()["error"]["code"],
+        "NOT_FOUND"
+    );
+}
+
+#[tokio::test]
+async fn failed_and_unknown_outcomes_are_kept_unreachable_ones_released() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    for _ in 0..2 {
+        let (status, document) = execute(
+            &idem,
+            Some("f"),
+            r#"{"operation":"email.send","payload":{}}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, document["error"]["code"].as_str().unwrap()),
+            (StatusCode::BAD_GATEWAY, "OPERATION_FAILED")
+        );
+        let (status, document) = execute(
+            &idem,
+            Some("h"),
+            r#"{"operation":"ledger.post","payload":{}}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, document["error"]["code"].as_str().unwrap()),
+            (StatusCode::GATEWAY_TIMEOUT, "OPERATION_OUTCOME_UNKNOWN")
+        );
+    }
+    assert_eq!(upstream.calls("/status/500"), 1);
+    assert_eq!(upstream.calls("/hang"), 1);
+
+    let port = free_port();
+    let operation = format!("late.op=http://127.0.0.1:{port}/late");
+    let idem = Idem::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory://",
+        "--operation",
+        &operation,
+    ]);
+    let body = r#"{"operation":"late.op","payload":{}}"#;
+    let (status, document) = execute(&idem, Some("u"), body).await;
+    assert_eq!(
+        (status, document["error"]["code"].as_str().unwrap()),
+        (StatusCode::BAD_GATEWAY, "OPERATION_UNREACHABLE")
+    );
+    let late = Upstream::start_on(&format!("127.0.0.1:{port}")).await;
+    let (status, _) = execute(&idem, Some("u"), body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "nothing was delivered, so the retry executes"
+    );
+    assert_eq!(late.calls("/late"), 1);
+}
+
+#[tokio::test]
+async fn begin_complete_release_and_status() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let client = client();
+    let body = r#"{"operation":"user.create","payload":{"email":"a@example.com"}}"#;
+    let begin = |key: &str| {
+        client
+            .post(idem.url("/v1/idempotency/records"))
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+
+    let acquired = begin("signup-1").await.unwrap();
+    assert_eq!(acquired.status(), StatusCode::CREATED);
+    let acquired: Value = acquired.json().await.unwrap();
+    assert_eq!(acquired["status"], "acquired");
+    let token = acquired["lease_token"].as_str().unwrap().to_owned();
+    assert!(acquired["lease_expires_at"].as_u64().unwrap() > 0);
+
+    let duplicate = begin("signup-1").await.unwrap();
+    assert_eq!(duplicate.status(), StatusCode::ACCEPTED);
+    let status = client
+        .get(idem.url("/v1/idempotency/records/signup-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), StatusCode::ACCEPTED);
+
+    let wrong = client
+        .put(idem.url("/v1/idempotency/records/signup-1"))
+        .json(&json!({"lease_token": "12345", "result": {"id": "wrong"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        wrong.json::<Value>().await.unwrap()["error"]["code"],
+        "LEASE_LOST"
+    );
+    let malformed = client
+        .put(idem.url("/v1/idempotency/records/signup-1"))
+        .json(&json!({"lease_token": "not-a-number", "result": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        malformed.json::<Value>().await.unwrap()["error"]["code"],
+        "LEASE_TOKEN_INVALID"
+    );
+
+    let completed = client
+        .put(idem.url("/v1/idempotency/records/signup-1"))
+        .json(&json!({"lease_token": token, "result": {"user_id": "u_1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(completed.status(), StatusCode::OK);
+    let expected = json!({"status": "completed", "result": {"user_id": "u_1"}});
+    assert_eq!(completed.json::<Value>().await.unwrap(), expected);
+    let replay = begin("signup-1").await.unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+    assert_eq!(replay.json::<Value>().await.unwrap(), expected);
+    let status = client
+        .get(idem.url("/v1/idempotency/records/signup-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.json::<Value>().await.unwrap(), expected);
+
+    // Release gives the key back; the next begin acquires again.
+    let acquired: Value = begin("signup-2").await.unwrap().json().await.unwrap();
+    let token = acquired["lease_token"].as_str().unwrap();
+    let released = client
+        .delete(idem.url(&format!(
+            "/v1/idempotency/records/signup-2?lease_token={token}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), StatusCode::NO_CONTENT);
+    let again = client
+        .delete(idem.url(&format!(
+            "/v1/idempotency/records/signup-2?lease_token={token}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        begin("signup-2").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let absent = client
+        .get(idem.url("/v1/idempotency/records/never-used"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(absent.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_the_committed_copy() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let served: Value = client()
+        .get(idem.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed: Value =
+        serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
+    assert_eq!(served, committed);
+    assert_eq!(served["openapi"], "3.1.0");
+    for path in [
+        "/v1/idempotency/execute",
+        "/v1/idempotency/records",
+        "/v1/idempotency/records/{key}",
+    ] {
+        assert!(served["paths"].get(path).is_some(), "{path} documented");
+    }
+}
