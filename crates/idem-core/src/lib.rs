@@ -49,7 +49,10 @@ pub use engine::{Begin, DEFAULT_LEASE, DEFAULT_TTL, Engine, EngineBuilder, Lease
 pub use fingerprint::{Fingerprint, FingerprintBuilder};
 pub use key::{IdempotencyKey, KeyError, KeyPolicy, MAX_KEY_LEN};
 pub use memory::MemoryStore;
-pub use record::{LeaseToken, Record, RecordDecodeError, RecordState, StoredResponse, Timestamp};
+pub use record::{
+    LeaseToken, Record, RecordDecodeError, RecordState, StoredResponse, Timestamp, decode_headers,
+    encode_headers,
+};
 pub use scope::{RecordId, Scope};
 pub use store::{
     BeginOutcome, BeginRequest, BoxError, CompleteRequest, DynStore, ErasedStore, Store,

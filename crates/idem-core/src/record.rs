@@ -136,6 +136,45 @@ pub struct RecordDecodeError {
     source: postcard::Error,
 }
 
+/// The first byte of an encoded header list, so its format can change too.
+const HEADERS_FORMAT_VERSION: u8 = 1;
+
+/// A header list as bytes, for stores that keep headers in their own column or field: a
+/// format byte, then postcard (length-prefixed names and values, so values may hold any
+/// bytes).
+#[must_use]
+pub fn encode_headers(headers: &[(String, Bytes)]) -> Vec<u8> {
+    let mut encoded = vec![HEADERS_FORMAT_VERSION];
+    // Serialising plain data with postcard into a Vec cannot fail.
+    if let Ok(bytes) = postcard::to_stdvec(headers) {
+        encoded.extend_from_slice(&bytes);
+    }
+    encoded
+}
+
+/// Reads back what [`encode_headers`] wrote.
+///
+/// # Errors
+/// The bytes are not a header list of a format version this build knows.
+pub fn decode_headers(bytes: &[u8]) -> Result<Vec<(String, Bytes)>, RecordDecodeError> {
+    match bytes.split_first() {
+        Some((&HEADERS_FORMAT_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|source| RecordDecodeError {
+                version: HEADERS_FORMAT_VERSION,
+                source,
+            })
+        }
+        Some((&version, _)) => Err(RecordDecodeError {
+            version,
+            source: postcard::Error::DeserializeBadEncoding,
+        }),
+        None => Err(RecordDecodeError {
+            version: 0,
+            source: postcard::Error::DeserializeUnexpectedEnd,
+        }),
+    }
+}
+
 /// The first byte of every encoded record, so the format can change without misreading old
 /// records.
 const RECORD_FORMAT_VERSION: u8 = 1;
@@ -200,6 +239,13 @@ mod tests {
             expires_at: Timestamp::from_millis(42),
         };
         assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+    }
+
+    #[test]
+    fn headers_round_trip_with_any_bytes() {
+        let headers = vec![("x-a".to_owned(), Bytes::from_static(&[0, 0xff, b'"']))];
+        assert_eq!(decode_headers(&encode_headers(&headers)).unwrap(), headers);
+        assert!(decode_headers(&[7]).is_err());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!
 //! Durability is PostgreSQL's: with `synchronous_commit = on` (the default) a completed
 //! record survives a crash once `complete` returned; with a synchronous standby it also
-//! survives failover. Requires PostgreSQL 9.5 or later (`ON CONFLICT`, `SKIP LOCKED`).
+//! survives failover. The statements need PostgreSQL 9.5 or later (`ON CONFLICT`, `SKIP
+//! LOCKED`); tested with 15.
 //!
 //! ```no_run
 //! use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, KeyPolicy, RecordId, Scope};

@@ -3,7 +3,9 @@
 //! [`Record`].
 
 use bytes::Bytes;
-use idem_core::{Fingerprint, LeaseToken, Record, RecordState, StoredResponse, Timestamp};
+use idem_core::{
+    Fingerprint, LeaseToken, Record, RecordState, StoredResponse, Timestamp, decode_headers,
+};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
@@ -11,10 +13,6 @@ use sqlx::postgres::PgRow;
 pub(crate) const IN_FLIGHT: &str = "in_flight";
 /// The `state` of a completed record.
 pub(crate) const COMPLETED: &str = "completed";
-
-/// The first byte of `response_headers`, so the encoding can change without misreading rows
-/// written by an older build.
-const HEADERS_FORMAT_VERSION: u8 = 1;
 
 /// Why a row could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +26,8 @@ pub(crate) enum RowError {
         detail: String,
     },
     /// The header list is not in a format this build knows.
-    #[error("response_headers of idem_records is unreadable (format {version}): {source}")]
-    Headers {
-        /// The format byte found.
-        version: u8,
-        /// Why decoding failed.
-        source: postcard::Error,
-    },
+    #[error("response_headers of idem_records is unreadable: {0}")]
+    Headers(#[from] idem_core::RecordDecodeError),
     /// The driver could not decode a column.
     #[error(transparent)]
     Driver(#[from] sqlx::Error),
@@ -68,33 +61,6 @@ pub(crate) fn token_to_sql(token: LeaseToken) -> i64 {
 
 fn token_from_sql(value: i64) -> LeaseToken {
     LeaseToken::from_u64(u64::from_be_bytes(value.to_be_bytes()))
-}
-
-/// The header list as `response_headers`: a format byte, then postcard (length-prefixed
-/// names and values, so values may hold any bytes).
-pub(crate) fn encode_headers(headers: &[(String, Bytes)]) -> Result<Vec<u8>, postcard::Error> {
-    let mut encoded = vec![HEADERS_FORMAT_VERSION];
-    encoded.extend_from_slice(&postcard::to_stdvec(headers)?);
-    Ok(encoded)
-}
-
-fn decode_headers(bytes: &[u8]) -> Result<Vec<(String, Bytes)>, RowError> {
-    match bytes.split_first() {
-        Some((&HEADERS_FORMAT_VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|source| RowError::Headers {
-                version: HEADERS_FORMAT_VERSION,
-                source,
-            })
-        }
-        Some((&version, _)) => Err(RowError::Headers {
-            version,
-            source: postcard::Error::DeserializeBadEncoding,
-        }),
-        None => Err(RowError::Headers {
-            version: 0,
-            source: postcard::Error::DeserializeUnexpectedEnd,
-        }),
-    }
 }
 
 /// The record in a row holding the columns `state, fingerprint, token, lease_until,
@@ -151,26 +117,5 @@ mod tests {
         assert_eq!(timestamp_to_sql(now), 1_700_000_000_000);
         assert_eq!(timestamp_to_sql(Timestamp::from_millis(u64::MAX)), i64::MAX);
         assert!(timestamp_from_sql("expires_at", -1).is_err());
-    }
-
-    #[test]
-    fn headers_round_trip_with_binary_values_and_repeated_names() {
-        let headers = vec![
-            ("set-cookie".to_owned(), Bytes::from_static(b"a=1")),
-            ("set-cookie".to_owned(), Bytes::from_static(b"b=2")),
-            ("x-binary".to_owned(), Bytes::from_static(&[0, 0x80, 0xff])),
-        ];
-        let encoded = encode_headers(&headers).unwrap();
-        assert_eq!(decode_headers(&encoded).unwrap(), headers);
-        assert_eq!(
-            decode_headers(&encode_headers(&[]).unwrap()).unwrap(),
-            vec![]
-        );
-    }
-
-    #[test]
-    fn unknown_header_format_is_an_error_not_a_misread() {
-        assert!(decode_headers(&[9, 0]).is_err());
-        assert!(decode_headers(&[]).is_err());
     }
 }

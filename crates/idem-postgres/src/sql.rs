@@ -23,14 +23,16 @@
 ///   latest committed version, not on the snapshot: the unique index makes concurrent inserts
 ///   of one id wait for each other, and on a conflict `DO UPDATE` locks the newest version of
 ///   the row (retrying if it was updated or deleted meanwhile) and evaluates its `SET` against
-///   that version. So a row committed by another client after our snapshot is still seen,
-///   and of any number of concurrent begins exactly one finds it acquirable.
+///   that version. So a row committed by another client after our snapshot is still seen:
+///   racing begins take the row lock one after the other, each deciding on what the previous
+///   one wrote, and once one has acquired the others find its live lease.
 /// - `DO UPDATE` always fires, writing either the new in-flight record or the row unchanged,
-///   because with `DO UPDATE … WHERE false` `RETURNING` yields nothing and a plain `SELECT`
+///   because with `DO UPDATE … WHERE false` `RETURNING` yields nothing, and a plain `SELECT`
 ///   in the same statement cannot see a row committed after its snapshot. `RETURNING` thus
-///   always reports the row as this statement left it. Which of the two was written is told
-///   by `acquisition = $7`: PostgreSQL before 18 cannot return the old row, and comparing
-///   tokens would misread a begin that reuses the token it already holds.
+///   always reports the row as this statement left it. Rewriting an unchanged row costs a row
+///   version, and only happens to begins that lose a race. Which of the two was written is
+///   told by `acquisition = $7`: PostgreSQL before 18 cannot return the old row, and
+///   comparing tokens would misread a begin that reuses the token it already holds.
 pub(crate) const BEGIN: &str = "
 WITH snapshot AS (
     SELECT state, fingerprint, token, lease_until, expires_at,

@@ -1,7 +1,6 @@
 //! [`PostgresStore`]: the [`Store`] implementation over a connection pool, how it connects,
 //! and its embedded schema migrations.
 
-use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::error::{ConnectError, OperationTimedOut, store_error};
-use crate::row::{encode_headers, record_from_row, timestamp_to_sql, token_to_sql};
+use crate::row::{record_from_row, timestamp_to_sql, token_to_sql};
 use crate::sql;
 
 /// Connections per pool unless [`PostgresStoreBuilder::max_connections`] says otherwise.
@@ -65,7 +64,8 @@ pub struct PostgresStoreBuilder {
 }
 
 impl PostgresStoreBuilder {
-    /// The most connections the pool opens (default [`DEFAULT_MAX_CONNECTIONS`]).
+    /// The most connections the pool opens, at least one (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]).
     #[must_use]
     pub fn max_connections(mut self, max_connections: u32) -> Self {
         self.max_connections = max_connections.max(1);
@@ -79,24 +79,21 @@ impl PostgresStoreBuilder {
     /// The URL is invalid, the server cannot be reached, or the migrations fail.
     pub async fn connect(self) -> Result<PostgresStore, ConnectError> {
         let options = self.connect_options()?;
+        let store = self.pool(options.clone());
         let setup = async {
             // One direct connection first: unlike the pool, it reports why it failed
             // (refused, bad password, no such database) instead of a bare timeout.
-            let mut connection = PgConnection::connect_with(&options)
+            let connection = PgConnection::connect_with(&options)
                 .await
                 .map_err(ConnectError::Connect)?;
-            migrator()
-                .run(&mut connection)
-                .await
-                .map_err(ConnectError::Migrate)?;
-            // Closing politely only saves the server a log line; the schema is in place.
+            // Closing politely only saves the server a log line.
             let _ = connection.close().await;
-            Ok(())
+            store.migrate().await
         };
         tokio::time::timeout(CONNECT_TIMEOUT, setup)
             .await
             .map_err(|_| ConnectError::TimedOut(CONNECT_TIMEOUT))??;
-        Ok(self.pool(options))
+        Ok(store)
     }
 
     /// A store that connects on first use and runs no migrations (call
@@ -241,8 +238,7 @@ impl Store for PostgresStore {
     }
 
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
-        let headers = encode_headers(&request.response.headers)
-            .map_err(|error| StoreError::Corrupted(Box::new(error)))?;
+        let headers = idem_core::encode_headers(&request.response.headers);
         let status = i32::from(request.response.status);
         let body = request.response.body.as_deref();
         let result = Self::bounded(

@@ -8,7 +8,9 @@ use idem_core::{
     BeginOutcome, BeginRequest, Clock, Fingerprint, LeaseToken, RecordId, Store, StoreError,
     SystemClock, Timestamp,
 };
-use idem_postgres::{ACQUIRE_TIMEOUT, CONNECT_TIMEOUT, ConnectError, PostgresStore};
+use idem_postgres::{
+    ACQUIRE_TIMEOUT, CONNECT_TIMEOUT, ConnectError, OPERATION_TIMEOUT, PostgresStore,
+};
 
 /// Small pools: these tests run in parallel with each other.
 const TEST_POOL_SIZE: u32 = 4;
@@ -175,4 +177,83 @@ async fn exactly_one_of_many_concurrent_begins_on_an_expired_record_acquires() {
         ..request(fresh_id(), "takeover", now, Duration::from_secs(1))
     };
     exactly_one_takes_over(store, first, now.plus(Duration::from_secs(5))).await;
+}
+
+mod support;
+
+/// PostgreSQL's port when the URL names none.
+const DEFAULT_PORT: u16 = 5432;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_server_is_unavailable_promptly_then_the_pool_recovers() {
+    let (host_port, through) = support::split_authority(&url());
+    let target = support::resolve(&host_port, DEFAULT_PORT).await;
+    let proxy = support::Proxy::start("127.0.0.1:0".parse().expect("address"), target).await;
+    let address = proxy.address;
+    let store = PostgresStore::builder(&through(address))
+        .max_connections(2)
+        .connect()
+        .await
+        .expect("PostgreSQL through the proxy");
+    let now = SystemClock.now();
+    let first = request(fresh_id(), "cut", now, Duration::from_secs(30));
+    assert_eq!(
+        store.begin(first.clone()).await.expect("begin"),
+        BeginOutcome::Acquired
+    );
+
+    drop(proxy);
+    let started = Instant::now();
+    let outcome = store.get(first.id, now).await;
+    assert!(
+        matches!(outcome, Err(StoreError::Unavailable(_))),
+        "expected Unavailable, got {outcome:?}"
+    );
+    assert!(
+        started.elapsed() < OPERATION_TIMEOUT + SLACK,
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let _restored = support::Proxy::start(address, target).await;
+    let deadline = Instant::now() + OPERATION_TIMEOUT * 2;
+    loop {
+        match store.get(first.id, now).await {
+            Ok(state) => {
+                assert!(state.is_some(), "the record survived the outage");
+                break;
+            }
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("not yet recovered: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the pool did not recover: {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_server_is_unavailable_within_the_timeouts_not_a_hang() {
+    let silent = support::Silent::start().await;
+    let store = PostgresStore::builder(&format!("postgres://postgres@{}/test", silent.address))
+        .connect_lazy()
+        .expect("a valid URL");
+    let started = Instant::now();
+    let outcome = store
+        .begin(request(
+            fresh_id(),
+            "silent",
+            SystemClock.now(),
+            Duration::from_secs(30),
+        ))
+        .await;
+    assert!(
+        matches!(outcome, Err(StoreError::Unavailable(_))),
+        "expected Unavailable, got {outcome:?}"
+    );
+    assert!(
+        started.elapsed() < OPERATION_TIMEOUT + SLACK,
+        "took {:?}",
+        started.elapsed()
+    );
 }

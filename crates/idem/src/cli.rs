@@ -25,6 +25,13 @@ pub enum Command {
     /// Serve the coordination API (`POST /v1/idempotency/execute` and the begin / complete /
     /// release flow under `/v1/idempotency/records`).
     Serve(ServeArgs),
+    /// Create or upgrade the store's schema (PostgreSQL) and exit. `proxy` and `serve` also
+    /// migrate on start.
+    Migrate {
+        /// The store, as for `--store`.
+        #[arg(long, env = "IDEM_STORE", value_name = "URL")]
+        store: String,
+    },
     /// Print the coordination API's OpenAPI 3.1 document.
     Openapi,
 }

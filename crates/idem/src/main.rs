@@ -37,6 +37,13 @@ async fn main() -> anyhow::Result<()> {
             let server = server::Server::start(config.common.clone(), metrics).await?;
             coordination::run(config, server).await
         }
+        Command::Migrate { store } => {
+            init_logs(LogFormat::Human);
+            let location = store::StoreLocation::parse(&store)?;
+            store::migrate(&location).await?;
+            println!("idem migrate: {} is up to date", location.describe());
+            Ok(())
+        }
         Command::Openapi => {
             println!("{}", coordination::openapi_json());
             Ok(())

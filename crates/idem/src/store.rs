@@ -3,6 +3,8 @@
 use anyhow::Context;
 use idem_core::{DynStore, MemoryStore};
 use idem_embedded::EmbeddedStore;
+use idem_postgres::PostgresStore;
+use idem_redis::RedisStore;
 
 /// Any store, chosen at run time.
 pub type SharedStore = DynStore;
@@ -81,13 +83,41 @@ pub async fn open(location: &StoreLocation) -> anyhow::Result<SharedStore> {
                 )
             })?)
         }
-        StoreLocation::Postgres(_) | StoreLocation::Redis(_) | StoreLocation::RedisCluster(_) => {
-            anyhow::bail!(
-                "the {} store is not built into this binary yet",
-                location.describe()
-            )
-        }
+        StoreLocation::Postgres(url) => DynStore::new(
+            PostgresStore::connect(url)
+                .await
+                .context("cannot connect to the PostgreSQL store")?,
+        ),
+        StoreLocation::Redis(url) => DynStore::new(
+            RedisStore::connect(url)
+                .await
+                .context("cannot connect to the Redis store")?,
+        ),
+        StoreLocation::RedisCluster(nodes) => DynStore::new(
+            RedisStore::connect_cluster(nodes)
+                .await
+                .context("cannot connect to the Redis cluster store")?,
+        ),
     })
+}
+
+/// Creates or upgrades the schema of a store that has one (`idem migrate`); the others need
+/// nothing.
+pub async fn migrate(location: &StoreLocation) -> anyhow::Result<()> {
+    match location {
+        StoreLocation::Postgres(url) => {
+            // `connect` runs the embedded, versioned migrations (under an advisory lock, so
+            // instances starting together do not race).
+            PostgresStore::connect(url)
+                .await
+                .context("cannot migrate the PostgreSQL store")?;
+            Ok(())
+        }
+        other => {
+            tracing::info!(store = %other.describe(), "this store has no schema to migrate");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 
 #[test]
 fn readme_quickstart_works() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart/quickstart.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/quickstart/quickstart.sh"
+    );
     let output = std::process::Command::new("bash")
         .arg(script)
         .env("IDEM_BIN", env!("CARGO_BIN_EXE_idem"))
@@ -23,5 +26,9 @@ fn readme_quickstart_works() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -22,17 +22,25 @@ impl Relay {
         let address = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
-        let relay = Self { address, up: Arc::clone(&up), generation: generation.clone() };
+        let relay = Self {
+            address,
+            up: Arc::clone(&up),
+            generation: generation.clone(),
+        };
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 if !up.load(Ordering::SeqCst) {
                     drop(client); // refuse while down
                     continue;
                 }
                 let mut cut = generation.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let mut client = client;
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}

@@ -1,0 +1,205 @@
+//! Several `idem proxy` instances sharing one real PostgreSQL, then one real Redis: hundreds
+//! of concurrent duplicates spread over them execute the upstream exactly once, and a store
+//! that goes away mid-run gives 503 (nothing executed, nothing completed lost) until it comes
+//! back, with no restart.
+//!
+//! The servers come from `IDEM_TEST_POSTGRES_URL` and `IDEM_TEST_REDIS_URL` (defaults: the
+//! loopback servers `scripts/test` guarantees). These tests fail, never skip, without them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use support::relay::Relay;
+use support::{Idem, Upstream, client};
+
+const INSTANCES: usize = 3;
+const DUPLICATES: usize = 300;
+
+fn postgres_url() -> String {
+    std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("IDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn proxies(store: &str, upstream: &Upstream, count: usize) -> Vec<Idem> {
+    (0..count)
+        .map(|_| {
+            Idem::start(&[
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                store,
+                "--upstream",
+                &upstream.url(),
+            ])
+        })
+        .collect()
+}
+
+/// A key no earlier run used: the servers keep records between runs.
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+async fn duplicates_across_instances_execute_once(store: &str) {
+    let upstream = Upstream::start().await;
+    let instances = proxies(store, &upstream, INSTANCES);
+    let key = unique("multi");
+    let client = client();
+    let requests: Vec<_> = (0..DUPLICATES)
+        .map(|n| {
+            let request = client
+                .post(instances[n % INSTANCES].url("/slow"))
+                .header("idempotency-key", &key)
+                .header("content-type", "application/json")
+                .body("{\"amount\":1}");
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for request in requests {
+        *statuses.entry(request.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        upstream.calls("/slow"),
+        1,
+        "{DUPLICATES} duplicates over {INSTANCES} instances: one execution ({statuses:?})"
+    );
+    assert!(
+        statuses.keys().all(|status| [201, 409].contains(status)),
+        "{statuses:?}"
+    );
+
+    let mut bodies = Vec::new();
+    for instance in &instances {
+        let replay = client
+            .post(instance.url("/slow"))
+            .header("idempotency-key", &key)
+            .header("content-type", "application/json")
+            .body("{\"amount\":1}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), 201);
+        assert_eq!(replay.headers()["x-idempotent-replayed"], "true");
+        bodies.push(replay.text().await.unwrap());
+    }
+    assert!(
+        bodies.windows(2).all(|pair| pair[0] == pair[1]),
+        "every instance replays the same response"
+    );
+    assert_eq!(upstream.calls("/slow"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_duplicates_across_instances_execute_once() {
+    duplicates_across_instances_execute_once(&postgres_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_duplicates_across_instances_execute_once() {
+    duplicates_across_instances_execute_once(&redis_url()).await;
+}
+
+fn server_address(url: &str) -> SocketAddr {
+    let parsed = reqwest::Url::parse(url).unwrap();
+    let port = parsed
+        .port_or_known_default()
+        .unwrap_or(match parsed.scheme() {
+            "redis" => 6379,
+            _ => 5432,
+        });
+    (parsed.host_str().unwrap(), port)
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+fn through(url: &str, relay: &Relay) -> String {
+    let mut parsed = reqwest::Url::parse(url).unwrap();
+    parsed.set_host(Some("127.0.0.1")).unwrap();
+    parsed.set_port(Some(relay.address.port())).unwrap();
+    parsed.to_string()
+}
+
+async fn store_outage_fails_closed_and_recovers(url: &str) {
+    let relay = Relay::start(server_address(url)).await;
+    let upstream = Upstream::start().await;
+    let idem = Idem::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        &through(url, &relay),
+        "--upstream",
+        &upstream.url(),
+    ]);
+    let send = |key: String| {
+        client()
+            .post(idem.url("/charges"))
+            .header("idempotency-key", key)
+            .body("{}")
+            .send()
+    };
+    let before = unique("before");
+    let first = send(before.clone()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first_body = first.text().await.unwrap();
+
+    relay.cut();
+    let during = unique("during");
+    let refused = send(during.clone()).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let document: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(document["code"], "store_unavailable");
+    assert_eq!(
+        upstream.calls("/charges"),
+        1,
+        "nothing executed while the store was away"
+    );
+
+    relay.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let recovered = loop {
+        let response = send(during.clone()).await.unwrap();
+        if response.status() != 503 || Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        recovered.status(),
+        201,
+        "service recovers by itself when the store returns"
+    );
+    let replay = send(before).await.unwrap();
+    assert_eq!(
+        replay.headers()["x-idempotent-replayed"],
+        "true",
+        "what completed before the outage is kept"
+    );
+    assert_eq!(replay.text().await.unwrap(), first_body);
+    assert_eq!(upstream.calls("/charges"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_fails_closed_and_recovers() {
+    store_outage_fails_closed_and_recovers(&postgres_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_closed_and_recovers() {
+    store_outage_fails_closed_and_recovers(&redis_url()).await;
+}
