@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, RecordId,
-    RecordState, Store, StoreError, StoredResponse, SystemClock, TransitionOutcome,
+    RecordState, Store, StoreError, StoredResponse, SystemClock, Timestamp, TransitionOutcome,
 };
 
 /// How long a completed record is replayed by default: a day, as Stripe and the IETF draft's
@@ -186,7 +186,11 @@ impl<S: Store> Engine<S> {
         fingerprint: Fingerprint,
         ttl: Duration,
     ) -> Result<Begin<S>, StoreError> {
-        let deadline = self.shared.wait.map(|limit| Instant::now() + limit);
+        // An absurd limit that overflows `Instant` means "no wait" rather than a panic.
+        let deadline = self
+            .shared
+            .wait
+            .and_then(|limit| Instant::now().checked_add(limit));
         let mut pause = WAIT_POLL_START;
         loop {
             let begun = self.try_begin(id, fingerprint, ttl).await?;
@@ -236,6 +240,7 @@ impl<S: Store> Engine<S> {
                 id,
                 token,
                 ttl,
+                lease_until,
                 finished: false,
             }),
             BeginOutcome::Replay(response) => Begin::Replay(response),
@@ -250,11 +255,13 @@ impl<S: Store> Engine<S> {
     /// store checks the token: a stale one completes or releases nothing.
     #[must_use]
     pub fn resume_lease(&self, id: RecordId, token: LeaseToken, ttl: Duration) -> Lease<S> {
+        let lease_until = self.shared.clock.now().plus(self.shared.lease);
         Lease {
             engine: self.clone(),
             id,
             token,
             ttl,
+            lease_until,
             finished: false,
         }
     }
@@ -326,6 +333,7 @@ pub struct Lease<S: Store> {
     id: RecordId,
     token: LeaseToken,
     ttl: Duration,
+    lease_until: Timestamp,
     finished: bool,
 }
 
@@ -349,6 +357,19 @@ impl<S: Store> Lease<S> {
     #[must_use]
     pub fn token(&self) -> LeaseToken {
         self.token
+    }
+
+    /// How long the completed record will be kept.
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// When the lease lapses, as stored (for a resumed lease: an estimate from the engine's
+    /// lease duration).
+    #[must_use]
+    pub fn lease_until(&self) -> Timestamp {
+        self.lease_until
     }
 
     /// Stores `response` for replay. [`TransitionOutcome::StaleLease`] means another

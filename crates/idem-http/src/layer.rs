@@ -43,6 +43,23 @@ pub enum StoreFailureMode {
     FailOpen,
 }
 
+/// What happens to a key when the request is cancelled (the client disconnects) while the
+/// inner service is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CancelPolicy {
+    /// Drop the inner service's future with the request and release the key, so a retry
+    /// executes (the default). Right for in-process handlers whose work stops when their
+    /// future is dropped and that did not commit anything yet; a handler cancelled after its
+    /// side effect may then run twice.
+    #[default]
+    Release,
+    /// Run the inner service in its own task, so it finishes even if the client goes away,
+    /// and store its response for the retry. Right whenever the work cannot be recalled once
+    /// started: a gateway that already forwarded the request, a handler that calls a
+    /// payment API. Costs one task spawn per executed request.
+    RunToCompletion,
+}
+
 type RequestPredicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
 type RequestTtl = Arc<dyn Fn(&Parts) -> Option<Duration> + Send + Sync>;
 
@@ -62,6 +79,7 @@ pub(crate) struct Config {
     pub(crate) failure_mode: StoreFailureMode,
     pub(crate) canonical_json: bool,
     pub(crate) max_retry_after: Duration,
+    pub(crate) on_cancel: CancelPolicy,
 }
 
 impl fmt::Debug for Config {
@@ -179,6 +197,7 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
                 failure_mode: StoreFailureMode::FailClosed,
                 canonical_json: false,
                 max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+                on_cancel: CancelPolicy::Release,
             },
         }
     }
@@ -319,6 +338,13 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
     #[must_use]
     pub fn canonical_json(mut self, enabled: bool) -> Self {
         self.config.canonical_json = enabled;
+        self
+    }
+
+    /// What a cancelled request does to its key (default [`CancelPolicy::Release`]).
+    #[must_use]
+    pub fn on_cancel(mut self, policy: CancelPolicy) -> Self {
+        self.config.on_cancel = policy;
         self
     }
 

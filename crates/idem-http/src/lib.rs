@@ -31,6 +31,7 @@
 //!
 //! Errors are `application/problem+json` with a stable `code` ([`ProblemCode`]).
 
+mod completion;
 mod layer;
 mod problem;
 mod response;
@@ -38,7 +39,7 @@ mod scope;
 mod service;
 
 pub use layer::{
-    DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MAX_STORED_RESPONSE,
+    CancelPolicy, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MAX_STORED_RESPONSE,
     IDEMPOTENCY_KEY, IdempotencyLayer, IdempotencyLayerBuilder, StoreFailureMode,
     X_IDEMPOTENT_REPLAYED,
 };

@@ -19,16 +19,15 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use idem_core::{
-    Begin, Engine, Fingerprint, IdempotencyKey, RecordId, Store, StoredResponse, TransitionOutcome,
-};
+use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, RecordId, Store, StoredResponse};
 use serde_json::{Map, Value};
 use tower::Service;
 use tracing::Instrument;
 
-use crate::layer::{Config, StoreFailureMode};
+use crate::completion::store_response;
+use crate::layer::{CancelPolicy, Config, StoreFailureMode};
 use crate::problem::{ProblemCode, problem};
-use crate::response::{Buffered, ResponseBody, buffer_body, replay_response, storable_headers};
+use crate::response::{ResponseBody, replay_response};
 use idem_core::BoxError;
 
 /// The request body the inner service receives: the buffered body of a keyed request, or the
@@ -73,7 +72,7 @@ impl<S, St> IdempotencyService<S, St> {
 
 /// What became of a request, for metrics and the tracing span.
 #[derive(Debug, Clone, Copy)]
-enum Outcome {
+pub(crate) enum Outcome {
     PassedThrough,
     Executed,
     Replayed,
@@ -106,7 +105,7 @@ impl Outcome {
         }
     }
 
-    fn record(self) {
+    pub(crate) fn record(self) {
         metrics::counter!("idem_requests_total", "outcome" => self.label()).increment(1);
         tracing::Span::current().record("outcome", self.label());
     }
@@ -118,7 +117,7 @@ impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S
 where
     S: Service<Request<InnerBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Send,
+    S::Error: Send + 'static,
     St: Store,
     ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
@@ -168,6 +167,7 @@ impl<S, St, ReqBody, ResBody> Call<S, St, ReqBody>
 where
     S: Service<Request<InnerBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send,
+    S::Error: Send + 'static,
     St: Store,
     ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
@@ -290,18 +290,34 @@ where
         request: Request<InnerBody<ReqBody>>,
         lease: idem_core::Lease<St>,
     ) -> Result<Response<ResponseBody>, S::Error> {
-        // If the inner service panics or this future is dropped (the client went away) before
-        // a response exists, `lease` is dropped unfinished and releases the key.
-        let response = match self.inner.call(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                if let Err(store_error) = lease.release().await {
-                    tracing::warn!(%store_error, "releasing the key after an inner error failed");
+        let config = Arc::clone(&self.config);
+        let engine = self.engine.clone();
+        let on_cancel = self.config.on_cancel;
+        let run = async move {
+            // If the inner service panics, or this future is dropped before a response
+            // exists, `lease` is dropped unfinished and releases the key.
+            let response = match self.inner.call(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    if let Err(store_error) = lease.release().await {
+                        tracing::warn!(%store_error, "releasing the key after an inner error failed");
+                    }
+                    return Err(error);
                 }
-                return Err(error);
-            }
+            };
+            Ok(store_response(response, lease, &engine, &config).await)
         };
-        Ok(store_response(response, lease, &self.config).await)
+        match on_cancel {
+            CancelPolicy::Release => run.await,
+            CancelPolicy::RunToCompletion => {
+                // In its own task, the execution outlives a client that hangs up: it finishes
+                // and its response is stored, so the retry gets the replay.
+                match tokio::spawn(run.instrument(tracing::Span::current())).await {
+                    Ok(result) => result,
+                    Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+                }
+            }
+        }
     }
 
     fn replay(&self, stored: &StoredResponse) -> Response<ResponseBody> {
@@ -359,105 +375,4 @@ where
         outcome.record();
         problem(code, detail, extra).map(|body| body.map_err(|never| match never {}).boxed_unsync())
     }
-}
-
-/// A lease whose handler has produced a response. From here on the operation has executed,
-/// so the key must never be released: if this future is dropped before the response is
-/// stored (the client hung up while the body was being read), the record is completed in the
-/// background without a body, and retries are told the response cannot be replayed.
-struct Executed<St: Store> {
-    lease: Option<idem_core::Lease<St>>,
-    status: u16,
-    headers: Vec<(String, Bytes)>,
-}
-
-impl<St: Store> Executed<St> {
-    async fn finish(mut self, body: Option<Bytes>, store: bool) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
-        if !store {
-            if let Err(error) = lease.release().await {
-                tracing::warn!(%error, "releasing the key after a 5xx failed; it frees when its lease lapses");
-            }
-            return;
-        }
-        let stored = StoredResponse {
-            status: self.status,
-            headers: std::mem::take(&mut self.headers),
-            body,
-        };
-        match lease.complete(stored).await {
-            Ok(TransitionOutcome::Applied) => {}
-            Ok(TransitionOutcome::StaleLease) => {
-                tracing::warn!(
-                    "the key was taken over while this request executed (its lease lapsed); its response was not stored"
-                );
-            }
-            Err(error) => {
-                tracing::error!(%error, "storing the response failed; a retry after the lease lapses will execute again");
-            }
-        }
-    }
-}
-
-impl<St: Store> Drop for Executed<St> {
-    fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
-        let stored = StoredResponse {
-            status: self.status,
-            headers: std::mem::take(&mut self.headers),
-            body: None,
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(error) = lease.complete(stored).await {
-                    tracing::error!(%error, "completing the key of an abandoned response failed; a retry after the lease lapses will execute again");
-                }
-            });
-        }
-    }
-}
-
-/// Buffers the inner response up to the storage limit, stores it, and returns what the
-/// client receives.
-async fn store_response<St, ResBody>(
-    response: Response<ResBody>,
-    lease: idem_core::Lease<St>,
-    config: &Config,
-) -> Response<ResponseBody>
-where
-    St: Store,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let (mut parts, body) = response.into_parts();
-    let executed = Executed {
-        lease: Some(lease),
-        status: parts.status.as_u16(),
-        headers: storable_headers(&parts.headers),
-    };
-    let buffered = buffer_body(body, config.max_stored_response).await;
-    let stored_body = match &buffered {
-        Buffered::Complete(bytes) => Some(bytes.clone()),
-        // Too large (or broken mid-way): the execution happened, so the key is completed,
-        // without a body: retries are told the response cannot be replayed, never re-run.
-        Buffered::Partial(_) => None,
-    };
-    let store = config.store_server_errors || !parts.status.is_server_error();
-    executed.finish(stored_body, store).await;
-    Outcome::Executed.record();
-    parts.headers.insert(
-        config.replayed_header.clone(),
-        HeaderValue::from_static("false"),
-    );
-    let body = match buffered {
-        Buffered::Complete(bytes) => Full::new(bytes)
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-        Buffered::Partial(body) => body,
-    };
-    Response::from_parts(parts, body)
 }

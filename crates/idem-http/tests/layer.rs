@@ -889,3 +889,40 @@ async fn skipped_routes_pass_through_and_routes_can_have_their_own_ttl() {
         "other routes keep the 24 h default"
     );
 }
+
+#[tokio::test]
+async fn run_to_completion_finishes_and_stores_a_cancelled_execution() {
+    let executions = Executions::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .on_cancel(idem_http::CancelPolicy::RunToCompletion)
+        .build();
+    let app = gated_app(layer, Arc::clone(&gate), &executions);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with_key("/slow", "k", "")).await }
+    });
+    while executions.count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    first.abort(); // the client hangs up while the handler runs
+    assert!(first.await.unwrap_err().is_cancelled());
+    let (status, _, _) = send(&app, post_with_key("/slow", "k", "")).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the execution goes on without its client"
+    );
+    gate.add_permits(1);
+    let mut replayed = None;
+    for _ in 0..100 {
+        let (status, headers, _) = send(&app, post_with_key("/slow", "k", "")).await;
+        if status == StatusCode::CREATED {
+            replayed = Some(headers["x-idempotent-replayed"].clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(replayed.unwrap(), "true");
+    assert_eq!(executions.count(), 1);
+}

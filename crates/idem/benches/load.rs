@@ -194,7 +194,10 @@ fn main() {
         let data = tempfile::tempdir().unwrap();
         let embedded = data.path().join("idem-data").to_str().unwrap().to_owned();
         let mut stores = vec![("memory", "memory://".to_owned()), ("embedded", embedded)];
-        for (name, variable) in [("postgres", "IDEM_BENCH_POSTGRES_URL"), ("redis", "IDEM_BENCH_REDIS_URL")] {
+        for (name, variable) in [
+            ("postgres", "IDEM_BENCH_POSTGRES_URL"),
+            ("redis", "IDEM_BENCH_REDIS_URL"),
+        ] {
             if let Some(url) = std::env::var(variable).ok().filter(|url| !url.is_empty()) {
                 stores.push((name, url));
             }

@@ -132,12 +132,40 @@ fn file_duration(field: &str, value: Option<&String>) -> anyhow::Result<Option<D
         .transpose()
 }
 
+/// The longest `--wait`: a duplicate that waits longer than a client's own timeout helps
+/// nobody, and an hour bounds the tasks a burst of duplicates can hold.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Refuses settings that would quietly break the guarantee: a zero lease lets every duplicate
+/// take an in-flight key over; a zero TTL forgets every result at once.
+fn check(common: &Common) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !common.lease.is_zero(),
+        "--lease must be longer than 0s: it is how long one execution owns its key"
+    );
+    anyhow::ensure!(
+        !common.ttl.is_zero(),
+        "--ttl must be longer than 0s: it is how long results are replayed"
+    );
+    if let Some(wait) = common.wait {
+        anyhow::ensure!(wait <= MAX_WAIT, "--wait must be at most 1h");
+    }
+    if let Some(name) = &common.scope_header {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| anyhow::anyhow!("--scope-header {name:?} is not a valid header name"))?;
+    }
+    if common.ttl < common.lease {
+        tracing::warn!(ttl = ?common.ttl, lease = ?common.lease, "--ttl is shorter than --lease: a slow execution's record may expire before it completes");
+    }
+    Ok(())
+}
+
 fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
     let listen = match args.listen.or(file.listen) {
         Some(listen) => listen,
         None => DEFAULT_LISTEN.parse()?,
     };
-    Ok(Common {
+    let common = Common {
         listen,
         store: args
             .store
@@ -158,7 +186,9 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Human),
-    })
+    };
+    check(&common)?;
+    Ok(common)
 }
 
 /// Resolves `idem proxy`'s settings.
@@ -258,6 +288,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("24h"), "{error}");
+        for (flag, value) in [
+            ("--lease", "0s"),
+            ("--ttl", "0s"),
+            ("--wait", "2h"),
+            ("--scope-header", "bad header"),
+        ] {
+            let args = ["idem", "proxy", "--upstream", "http://x", flag, value];
+            assert!(proxy_from(&args).is_err(), "{flag} {value}");
+        }
         let file = write("bogus = 1\n");
         let path = file.path().to_str().unwrap();
         let error = format!(

@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use idem_http::{InnerBody, ProblemCode, ResponseBody};
+use idem_http::{CancelPolicy, InnerBody, ProblemCode, ResponseBody};
 use tower::ServiceBuilder;
 
 use crate::config;
@@ -252,7 +252,9 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
     let upstream = std::sync::Arc::new(Upstream::parse(&config.upstream)?);
     let routes = std::sync::Arc::new(RouteTable::new(&config.routes)?);
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    // The response timeout also covers connecting: keep the connect timeout well inside it, so
+    // that an upstream that cannot be reached is a clean 502, never an unknown outcome.
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(config.upstream_timeout / 2)));
     connector.set_nodelay(true);
     let client: UpstreamClient = Client::builder(TokioExecutor::new()).build(connector);
     let forwarder = Forwarder {
@@ -272,6 +274,9 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         .require_key_when(move |parts| requires.requires_key(parts, require_key))
         .skip_when(move |parts| skips.skips(parts))
         .ttl_for(move |parts| ttls.ttl(parts))
+        // Once a request is forwarded it cannot be recalled: a client that hangs up must not
+        // free the key while the upstream still executes.
+        .on_cancel(CancelPolicy::RunToCompletion)
         .build();
     let service = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(unreachable))

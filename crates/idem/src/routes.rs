@@ -80,6 +80,11 @@ impl RouteRule {
             .map(parse_duration)
             .transpose()
             .map_err(|error| anyhow::anyhow!("route {:?}: ttl: {error}", self.path))?;
+        anyhow::ensure!(
+            ttl.is_none_or(|ttl| !ttl.is_zero()),
+            "route {:?}: ttl must be longer than 0s",
+            self.path
+        );
         Ok(Route {
             method,
             segments,
@@ -221,6 +226,7 @@ mod tests {
             r#"path = "/a/**/b""#,
             "path = \"/a\"\nttl = \"soon\"",
             "path = \"/a\"\nmethod = \"PO ST\"",
+            "path = \"/a\"\nttl = \"0s\"",
         ] {
             let rule: RouteRule = toml::from_str(rule).unwrap();
             assert!(rule.compile().is_err(), "{rule:?}");

@@ -20,10 +20,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Records deleted per sweep batch: small enough that one batch never holds the store for
 /// long, large enough to keep up with a busy day's expiries.
 const SWEEP_BATCH: usize = 500;
-/// How long in-flight requests may take to finish after SIGTERM before they are cut; their
-/// keys are then released (or lapse with their lease).
+/// How long in-flight requests may take to finish after SIGTERM before the process exits
+/// anyway; the keys of requests still running then lapse with their lease.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time given to the background releases of cut requests before the process exits.
+/// Time given to background store writes (releases, completions) before the process exits.
 const RELEASE_GRACE: Duration = Duration::from_millis(500);
 
 /// A started server: store open, sweeper and admin listener running.
@@ -131,7 +131,7 @@ impl Server {
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await {
             Ok(result) => result??,
             Err(_) => {
-                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight after the drain timeout; cutting them and releasing their keys");
+                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight after the drain timeout; exiting: their keys lapse with their lease");
                 task.abort();
                 tokio::time::sleep(RELEASE_GRACE).await;
             }

@@ -460,3 +460,47 @@ fn bad_configuration_is_refused_at_start_with_a_clear_message() {
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("--upstream"));
 }
+
+#[tokio::test]
+async fn a_client_hanging_up_never_frees_a_key_the_upstream_is_executing() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(&upstream.url(), &[]);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(idem.url("/slow"))
+        .header("idempotency-key", "hung-up")
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err(),
+        "the client timed out while the upstream was executing"
+    );
+    // The retry arrives while the upstream still runs: 409, not a second execution.
+    let during = client()
+        .post(idem.url("/slow"))
+        .header("idempotency-key", "hung-up")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(during.status(), 409);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = client()
+        .post(idem.url("/slow"))
+        .header("idempotency-key", "hung-up")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 201);
+    assert_eq!(
+        after.headers()["x-idempotent-replayed"],
+        "true",
+        "the abandoned execution's answer was stored"
+    );
+    assert_eq!(upstream.calls("/slow"), 1);
+}

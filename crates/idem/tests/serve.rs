@@ -159,6 +159,25 @@ async fn every_bad_request_gets_a_structured_error() {
     let other_operation = r#"{"operation":"email.send","payload":{"amount":1}}"#;
     let (status, _) = execute(&idem, Some("used"), other_operation).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let wrong_method = client()
+        .patch(idem.url("/v1/idempotency/records/k"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        wrong_method.json::<Value>().await.unwrap()["error"]["code"],
+        "METHOD_NOT_ALLOWED"
+    );
+    let bad_path = client()
+        .get(idem.url("/v1/idempotency/records/%FF"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bad_path.json::<Value>().await.unwrap()["error"]["code"],
+        "IDEMPOTENCY_KEY_INVALID"
+    );
     let unknown = client().get(idem.url("/v1/nothing")).send().await.unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     assert_eq!(

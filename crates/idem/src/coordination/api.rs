@@ -96,8 +96,10 @@ pub enum ErrorCode {
     LeaseTokenInvalid,
     /// 409: the lease was lost (taken over after it lapsed, completed, or released).
     LeaseLost,
-    /// 404: no record for this key.
+    /// 404: no record for this key, or no such endpoint.
     NotFound,
+    /// 405: the endpoint exists but not with this method.
+    MethodNotAllowed,
     /// 503: the store did not answer; nothing was executed.
     StoreUnavailable,
     /// 502: the operation could not be reached; nothing was executed, retry.
@@ -126,6 +128,7 @@ impl ErrorCode {
             Self::LeaseTokenInvalid => "LEASE_TOKEN_INVALID",
             Self::LeaseLost => "LEASE_LOST",
             Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::OperationUnreachable => "OPERATION_UNREACHABLE",
             Self::OperationFailed => "OPERATION_FAILED",
@@ -146,6 +149,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownOperation | Self::NotFound => StatusCode::NOT_FOUND,
             Self::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::LeaseLost => StatusCode::CONFLICT,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::OperationUnreachable | Self::OperationFailed | Self::OperationInvalidResponse => {

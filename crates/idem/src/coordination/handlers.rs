@@ -1,6 +1,7 @@
 //! The coordination API's handlers.
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -290,12 +291,7 @@ pub async fn begin(
         .map_err(|error| store_unavailable(&error))?
     {
         Begin::Acquired(lease) => {
-            let lease_expires_at = state
-                .engine
-                .clock()
-                .now()
-                .plus(state.engine.lease_duration())
-                .as_millis();
+            let lease_expires_at = lease.lease_until().as_millis();
             let (_, token) = lease.detach();
             Ok(json(
                 StatusCode::CREATED,
@@ -312,7 +308,17 @@ pub async fn begin(
     }
 }
 
-fn record_id(state: &AppState, parts: &Parts, key: &str) -> Result<RecordId, ApiError> {
+fn record_id(
+    state: &AppState,
+    parts: &Parts,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<RecordId, ApiError> {
+    let Path(key) = key.map_err(|rejection| {
+        ApiError::new(
+            ErrorCode::KeyInvalid,
+            format!("the key in the path is invalid: {rejection}"),
+        )
+    })?;
     Ok(RecordId::new(
         &state.scope.scope(parts),
         &parse_key(key.as_bytes())?,
@@ -347,11 +353,11 @@ fn lease_lost() -> ApiError {
     ))]
 pub async fn complete(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     parts: Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let id = record_id(&state, &parts, &key)?;
+    let id = record_id(&state, &parts, key)?;
     let request: CompleteRequest = read_json(body).await?;
     let token = parse_token(&request.lease_token)?;
     let stored = completed_response(request.result);
@@ -384,11 +390,11 @@ pub struct ReleaseQuery {
     ))]
 pub async fn release(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     query: Result<Query<ReleaseQuery>, axum::extract::rejection::QueryRejection>,
     parts: Parts,
 ) -> Result<Response, ApiError> {
-    let id = record_id(&state, &parts, &key)?;
+    let id = record_id(&state, &parts, key)?;
     let Ok(Query(query)) = query else {
         return Err(ApiError::new(
             ErrorCode::LeaseTokenInvalid,
@@ -419,10 +425,10 @@ pub async fn release(
     ))]
 pub async fn status(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     parts: Parts,
 ) -> Result<Response, ApiError> {
-    let id = record_id(&state, &parts, &key)?;
+    let id = record_id(&state, &parts, key)?;
     match state
         .engine
         .status(id)
@@ -451,5 +457,13 @@ pub async fn not_found() -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
         "no such endpoint; see GET /v1/openapi.json",
+    )
+}
+
+/// A known path with a method it does not take.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not take this method; see GET /v1/openapi.json",
     )
 }

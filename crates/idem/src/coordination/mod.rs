@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { ([("content-type", "application/json")], openapi_json()) }),
         )
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
 }
 

@@ -1,0 +1,336 @@
+import { IdempotencyError } from "./errors.js";
+import {
+  type CallOptions,
+  type ClientOptions,
+  type Exchange,
+  type LoopEnd,
+  type Settings,
+  joinUrl,
+  mergeHeaders,
+  parseRetryAfter,
+  resolveSettings,
+  retryLoop,
+} from "./shared.js";
+
+/** Options of {@link CoordinationClient}. */
+export type CoordinationClientOptions = ClientOptions;
+
+/** Options of {@link CoordinationClient.execute} and {@link CoordinationClient.begin}. */
+export interface KeyedCallOptions extends CallOptions {
+  /**
+   * The idempotency key of this logical operation. Default: a new UUID v4 from
+   * `generateKey`. Pass your own (stored with the work it belongs to) to resume or poll the
+   * same operation later.
+   */
+  key?: string | undefined;
+}
+
+/** {@link CoordinationClient.begin}: the key is yours; execute, then complete or release. */
+export interface Acquired {
+  /** Always `acquired`. */
+  readonly status: "acquired";
+  /** The idempotency key. */
+  readonly key: string;
+  /**
+   * The fencing token to pass to {@link CoordinationClient.complete} or
+   * {@link CoordinationClient.release}: a decimal 64-bit integer, kept as a string (a
+   * `number` would lose digits). Never convert it.
+   */
+  readonly leaseToken: string;
+  /** When the lease lapses, in Unix milliseconds; after that a retry may take the key over. */
+  readonly leaseExpiresAt: number;
+}
+
+/** The key's operation finished: `result` is the stored result, the same on every call. */
+export interface Completed<T = unknown> {
+  /** Always `completed`. */
+  readonly status: "completed";
+  /** The idempotency key. */
+  readonly key: string;
+  /** The operation's JSON result. */
+  readonly result: T;
+}
+
+/** Another execution holds the key: ask again later with the same key. */
+export interface Processing {
+  /** Always `processing`. */
+  readonly status: "processing";
+  /** The idempotency key. */
+  readonly key: string;
+  /** The server's `Retry-After`, in milliseconds, if it sent one. */
+  readonly retryAfterMs: number | undefined;
+}
+
+/** No record for the key: never used, released, or expired. */
+export interface Absent {
+  /** Always `absent`. */
+  readonly status: "absent";
+  /** The idempotency key. */
+  readonly key: string;
+}
+
+/** The answer of {@link CoordinationClient.begin}. */
+export type BeginResult<T = unknown> = Acquired | Completed<T> | Processing;
+
+/** The answer of {@link CoordinationClient.status}. */
+export type StatusResult<T = unknown> = Completed<T> | Processing | Absent;
+
+const EXECUTE = "/v1/idempotency/execute";
+const RECORDS = "/v1/idempotency/records";
+
+/** `error.code` of a coordination API error body, if any. */
+function errorCode(body: unknown): string | undefined {
+  if (typeof body !== "object" || body === null || !("error" in body)) return undefined;
+  const error = (body as { error: unknown }).error;
+  if (typeof error !== "object" || error === null || !("code" in error)) return undefined;
+  const code = (error as { code: unknown }).code;
+  return typeof code === "string" ? code : undefined;
+}
+
+function errorMessage(body: unknown): string | undefined {
+  if (typeof body !== "object" || body === null || !("error" in body)) return undefined;
+  const error = (body as { error: unknown }).error;
+  if (typeof error !== "object" || error === null || !("message" in error)) return undefined;
+  const message = (error as { message: unknown }).message;
+  return typeof message === "string" ? message : undefined;
+}
+
+/**
+ * Answers that executed nothing and may change: 503 (`STORE_UNAVAILABLE`, or a proxy in
+ * front), 502 `OPERATION_UNREACHABLE` (the key was released), and any 5xx without a
+ * coordination error code (a load balancer's: a retry with the same key executes or
+ * replays). Stored answers (`OPERATION_FAILED`, `OPERATION_INVALID_RESPONSE`,
+ * `OPERATION_OUTCOME_UNKNOWN`) and `INTERNAL` are final.
+ */
+function transient({ response, body }: Exchange): boolean {
+  if (response.status < 500) return false;
+  const code = errorCode(body);
+  return response.status === 503 || code === undefined || code === "OPERATION_UNREACHABLE";
+}
+
+function jsonEqual(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  return (
+    ka.length === kb.length &&
+    ka.every((k) => Object.hasOwn(b, k) && jsonEqual((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]))
+  );
+}
+
+function checkToken(leaseToken: string): void {
+  if (typeof leaseToken !== "string" || !/^\d+$/.test(leaseToken)) {
+    throw new TypeError("leaseToken must be the decimal string from begin(), never a number: a number loses digits");
+  }
+}
+
+/**
+ * A client for idem's coordination service (`idem serve`): run a registered operation at
+ * most once per key ({@link CoordinationClient.execute}), or execute yourself under a lease
+ * ({@link CoordinationClient.begin}, then {@link CoordinationClient.complete} or
+ * {@link CoordinationClient.release}).
+ *
+ * Keys are scoped by the `Authorization` header: set it in `headers` if the service sits
+ * behind authentication.
+ *
+ * @example
+ * ```ts
+ * const idem = new CoordinationClient({ baseUrl: "http://127.0.0.1:8081" });
+ * const charge = await idem.execute("payment.charge", { amount: 1000 }, { key: orderId });
+ * ```
+ */
+export class CoordinationClient {
+  readonly #settings: Settings;
+
+  /** @param options - Where the service is, the retry budget and the transport; see {@link ClientOptions}. */
+  constructor(options: CoordinationClientOptions) {
+    this.#settings = resolveSettings(options);
+  }
+
+  async #call(
+    method: string,
+    path: string,
+    key: string | undefined,
+    body: unknown,
+    retry: (exchange: Exchange) => boolean,
+    signal: AbortSignal | undefined,
+  ): Promise<LoopEnd> {
+    const settings = this.#settings;
+    const headers = mergeHeaders(settings.headers, undefined);
+    if (key !== undefined) headers.set("idempotency-key", key);
+    let text: string | null = null;
+    if (body !== undefined) {
+      text = JSON.stringify(body);
+      headers.set("content-type", "application/json");
+    }
+    const url = joinUrl(settings.baseUrl, path);
+    return retryLoop(settings, (s) => settings.fetch(url, { method, headers, body: text, signal: s }), retry, signal);
+  }
+
+  /** The error for a loop that ended without a usable answer. */
+  #failure(what: string, key: string, end: LoopEnd): IdempotencyError {
+    const { exchange, attempts } = end;
+    const tries = `${attempts} attempt${attempts === 1 ? "" : "s"}`;
+    if (exchange === undefined) {
+      const reason = end.error instanceof Error ? end.error.message : String(end.error);
+      return new IdempotencyError(`${what}: no answer after ${tries} (${reason}); retry later with the same key`, {
+        key,
+        attempts,
+        retryable: true,
+        cause: end.error,
+      });
+    }
+    const { status } = exchange.response;
+    const code = errorCode(exchange.body);
+    const message = errorMessage(exchange.body);
+    const detail = code === undefined ? `HTTP ${status}` : `HTTP ${status} ${code}${message === undefined ? "" : `: ${message}`}`;
+    return new IdempotencyError(`${what}: ${detail} (after ${tries})`, {
+      status,
+      code,
+      key,
+      attempts,
+      retryable: end.exhausted,
+      body: exchange.body,
+    });
+  }
+
+  /**
+   * Runs the registered `operation` with `payload` at most once for the key, and returns its
+   * result: executed now, or replayed from the first execution.
+   *
+   * Retried with the same key: 202 processing (after its `Retry-After`), network errors,
+   * 503, 502 `OPERATION_UNREACHABLE` and 5xx from intermediaries.
+   *
+   * @param operation - A name registered with `idem serve --operation NAME=URL`.
+   * @param payload - The operation's JSON input; with `operation`, what makes two calls the same.
+   * @param options - The key (default: a new UUID v4) and a cancellation signal.
+   * @returns The operation's `result`.
+   * @throws {@link IdempotencyError} with the API's `code`: `IDEMPOTENCY_KEY_MISMATCH`,
+   *   `UNKNOWN_OPERATION`, `OPERATION_FAILED`, `OPERATION_OUTCOME_UNKNOWN`… (`retryable`
+   *   false), or after the retries were spent (`retryable` true; `status` 202 if the
+   *   operation was still running).
+   */
+  async execute<T = unknown>(operation: string, payload: unknown, options: KeyedCallOptions = {}): Promise<T> {
+    const key = options.key ?? this.#settings.generateKey();
+    const end = await this.#call(
+      "POST",
+      EXECUTE,
+      key,
+      { operation, payload },
+      (exchange) => exchange.response.status === 202 || transient(exchange),
+      options.signal,
+    );
+    if (end.exchange?.response.status === 200 && !end.exhausted) {
+      return (end.exchange.body as { result: T }).result;
+    }
+    throw this.#failure(`execute ${operation}`, key, end);
+  }
+
+  /**
+   * Begins the two-phase flow: acquires the key for you to execute yourself, or tells you
+   * it is completed (with the stored result) or processing elsewhere.
+   *
+   * A lost answer is retried with the same key; if the lost request had acquired the key,
+   * the retry sees `processing` until that lease lapses.
+   *
+   * @param operation - What you are about to execute (any name; not registered).
+   * @param payload - Its input; with `operation`, what makes two calls the same.
+   * @param options - The key (default: a new UUID v4) and a cancellation signal.
+   * @throws {@link IdempotencyError}: `IDEMPOTENCY_KEY_MISMATCH` (422), a stored failure
+   *   replayed, or retries spent on 503 or network errors.
+   */
+  async begin<T = unknown>(operation: string, payload: unknown, options: KeyedCallOptions = {}): Promise<BeginResult<T>> {
+    const key = options.key ?? this.#settings.generateKey();
+    const end = await this.#call("POST", RECORDS, key, { operation, payload }, transient, options.signal);
+    const { exchange } = end;
+    if (exchange !== undefined && !end.exhausted) {
+      const status = exchange.response.status;
+      const body = exchange.body as { lease_token?: unknown; lease_expires_at?: unknown; result?: unknown };
+      if (status === 201 && typeof body.lease_token === "string") {
+        return { status: "acquired", key, leaseToken: body.lease_token, leaseExpiresAt: Number(body.lease_expires_at) };
+      }
+      if (status === 200) return { status: "completed", key, result: body.result as T };
+      if (status === 202) {
+        return { status: "processing", key, retryAfterMs: parseRetryAfter(exchange.response.headers.get("retry-after")) };
+      }
+    }
+    throw this.#failure(`begin ${operation}`, key, end);
+  }
+
+  /**
+   * Stores the result of the execution you ran under `leaseToken`; every later
+   * {@link CoordinationClient.execute}, {@link CoordinationClient.begin} and
+   * {@link CoordinationClient.status} with the key gets it.
+   *
+   * Retried on network errors and 503 with the same token. If a retry is refused because
+   * the record is already completed with this very result (an earlier request did store it),
+   * that is a success.
+   *
+   * @param key - The key you began with.
+   * @param leaseToken - The token from {@link Acquired.leaseToken}, as the string it is.
+   * @param result - The JSON result to store.
+   * @returns The stored result.
+   * @throws {@link IdempotencyError} `LEASE_LOST` (409) if the lease lapsed and was taken
+   *   over (or was completed or released already): your result was not stored.
+   */
+  async complete<T = unknown>(key: string, leaseToken: string, result: T, options: CallOptions = {}): Promise<T> {
+    checkToken(leaseToken);
+    const path = `${RECORDS}/${encodeURIComponent(key)}`;
+    const end = await this.#call("PUT", path, undefined, { lease_token: leaseToken, result }, transient, options.signal);
+    const { exchange } = end;
+    if (exchange?.response.status === 200 && !end.exhausted) return (exchange.body as { result: T }).result;
+    if (end.ambiguous && exchange !== undefined && errorCode(exchange.body) === "LEASE_LOST") {
+      const now = await this.status<T>(key, options);
+      const sent: unknown = JSON.parse(JSON.stringify(result ?? null));
+      if (now.status === "completed" && jsonEqual(now.result, sent)) return now.result;
+    }
+    throw this.#failure("complete", key, end);
+  }
+
+  /**
+   * Gives the key back without a result (your execution failed and did nothing): the next
+   * request with the key executes.
+   *
+   * Retried on network errors and 503 with the same token. If a retry is refused and the
+   * key is free, an earlier request released it: that is a success.
+   *
+   * @param key - The key you began with.
+   * @param leaseToken - The token from {@link Acquired.leaseToken}, as the string it is.
+   * @throws {@link IdempotencyError} `LEASE_LOST` (409) if the lease is no longer yours.
+   */
+  async release(key: string, leaseToken: string, options: CallOptions = {}): Promise<void> {
+    checkToken(leaseToken);
+    const path = `${RECORDS}/${encodeURIComponent(key)}?lease_token=${encodeURIComponent(leaseToken)}`;
+    const end = await this.#call("DELETE", path, undefined, undefined, transient, options.signal);
+    const { exchange } = end;
+    if (exchange !== undefined && !end.exhausted && exchange.response.status === 204) return;
+    if (end.ambiguous && exchange !== undefined && errorCode(exchange.body) === "LEASE_LOST") {
+      if ((await this.status(key, options)).status === "absent") return;
+    }
+    throw this.#failure("release", key, end);
+  }
+
+  /**
+   * Looks a key up: completed (with its result), processing, or absent.
+   *
+   * @param key - The idempotency key.
+   * @throws {@link IdempotencyError} for a stored failure (e.g. `OPERATION_FAILED`: the
+   *   record is completed with an error), or retries spent on 503 or network errors.
+   */
+  async status<T = unknown>(key: string, options: CallOptions = {}): Promise<StatusResult<T>> {
+    const path = `${RECORDS}/${encodeURIComponent(key)}`;
+    const end = await this.#call("GET", path, undefined, undefined, transient, options.signal);
+    const { exchange } = end;
+    if (exchange !== undefined && !end.exhausted) {
+      const status = exchange.response.status;
+      if (status === 200) return { status: "completed", key, result: (exchange.body as { result: T }).result };
+      if (status === 202) {
+        return { status: "processing", key, retryAfterMs: parseRetryAfter(exchange.response.headers.get("retry-after")) };
+      }
+      if (status === 404 && errorCode(exchange.body) === "NOT_FOUND") return { status: "absent", key };
+    }
+    throw this.#failure("status", key, end);
+  }
+}

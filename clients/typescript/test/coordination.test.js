@@ -1,0 +1,206 @@
+// CoordinationClient against the real `idem serve`.
+
+import assert from "node:assert/strict";
+import test from "node:test";
+
+import { CoordinationClient, IdempotencyError } from "../dist/index.js";
+import { UUID_V4, recordingFetch, startFront, startIdem, startUpstream } from "./support/harness.js";
+
+/** An operation server: `/charge` makes a new charge per execution, `/slow` takes 600 ms, `/fail` answers 500. */
+async function operations(t) {
+  return startUpstream(t, {
+    "POST /charge": (_req, { json, count }) => ({ status: 200, json: { charge_id: `ch_${count}`, amount: json.amount } }),
+    "POST /slow": async (_req, { json, count, sleep }) => {
+      await sleep(600);
+      return { status: 200, json: { charge_id: `slow_${count}`, amount: json.amount } };
+    },
+    "POST /fail": () => ({ status: 500, text: "down" }),
+  });
+}
+
+/** `idem serve` with three operations and a 1 s lease (so `Retry-After` is 1 s). */
+async function serve(t, ops) {
+  return startIdem(t, "serve", [
+    "--lease",
+    "1s",
+    "--operation",
+    `payment.charge=${ops.url}/charge`,
+    "--operation",
+    `payment.slow=${ops.url}/slow`,
+    "--operation",
+    `payment.failing=${ops.url}/fail`,
+  ]);
+}
+
+async function rejection(promise) {
+  return promise.then(
+    () => assert.fail("expected an IdempotencyError"),
+    (error) => {
+      assert.ok(error instanceof IdempotencyError, `not an IdempotencyError: ${error}`);
+      return error;
+    },
+  );
+}
+
+test("execute runs the operation once per key and replays its result", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const client = new CoordinationClient({ baseUrl: idem.url });
+
+  const first = await client.execute("payment.charge", { amount: 1000 }, { key: "order-1" });
+  const again = await client.execute("payment.charge", { amount: 1000 }, { key: "order-1" });
+  assert.deepEqual(first, { charge_id: "ch_1", amount: 1000 });
+  assert.deepEqual(again, first);
+  assert.equal(ops.count("POST /charge"), 1);
+  assert.equal(ops.hits[0].key, "order-1", "the operation receives the key");
+
+  // Without a key, each call is a new logical operation with its own UUID v4.
+  const other = await client.execute("payment.charge", { amount: 1000 });
+  assert.deepEqual(other, { charge_id: "ch_2", amount: 1000 });
+  assert.match(ops.hits[1].key, UUID_V4);
+});
+
+test("execute retries 202 processing after Retry-After and gets the one result", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const { fetch, calls } = recordingFetch();
+  const client = new CoordinationClient({ baseUrl: idem.url, baseDelayMs: 10, fetch });
+
+  const arrived = ops.nextArrival();
+  const first = client.execute("payment.slow", { amount: 5 }, { key: "order-slow" });
+  await arrived;
+  const before = calls.length;
+  const started = Date.now();
+  const second = await client.execute("payment.slow", { amount: 5 }, { key: "order-slow" });
+  const waited = Date.now() - started;
+
+  assert.deepEqual(second, { charge_id: "slow_1", amount: 5 });
+  assert.deepEqual(await first, second);
+  assert.equal(calls.length - before, 2, "one 202, then the result");
+  assert.ok(waited >= 900, `waited ${waited} ms, Retry-After said 1 s`);
+  assert.equal(ops.count("POST /slow"), 1);
+});
+
+test("execute retries a lost answer with the same key: executed once", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const front = await startFront(t, idem.url, { mode: "drop" });
+  const { fetch, calls } = recordingFetch();
+  const client = new CoordinationClient({ baseUrl: front.url, baseDelayMs: 10, fetch });
+
+  const result = await client.execute("payment.charge", { amount: 3 });
+  assert.deepEqual(result, { charge_id: "ch_1", amount: 3 });
+  assert.equal(front.spoiled(), 1);
+  assert.equal(calls.length, 2);
+  assert.equal(calls[0].key, calls[1].key);
+  assert.equal(ops.count("POST /charge"), 1);
+});
+
+test("execute throws IdempotencyError with the API's code, without retrying final answers", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const { fetch, calls } = recordingFetch();
+  const client = new CoordinationClient({ baseUrl: idem.url, baseDelayMs: 10, fetch });
+
+  await client.execute("payment.charge", { amount: 1 }, { key: "k-mismatch" });
+  const mismatch = await rejection(client.execute("payment.charge", { amount: 2 }, { key: "k-mismatch" }));
+  assert.equal(mismatch.status, 422);
+  assert.equal(mismatch.code, "IDEMPOTENCY_KEY_MISMATCH");
+  assert.equal(mismatch.key, "k-mismatch");
+  assert.equal(mismatch.attempts, 1);
+  assert.equal(mismatch.retryable, false);
+
+  const unknown = await rejection(client.execute("payment.nope", {}));
+  assert.equal(unknown.status, 404);
+  assert.equal(unknown.code, "UNKNOWN_OPERATION");
+
+  // A failed operation is stored: the retry gets the same error and the operation ran once.
+  const failed = await rejection(client.execute("payment.failing", { n: 1 }, { key: "k-fail" }));
+  assert.equal(failed.status, 502);
+  assert.equal(failed.code, "OPERATION_FAILED");
+  assert.equal(failed.attempts, 1);
+  const replayed = await rejection(client.execute("payment.failing", { n: 1 }, { key: "k-fail" }));
+  assert.equal(replayed.code, "OPERATION_FAILED");
+  assert.equal(ops.count("POST /fail"), 1);
+  assert.equal(calls.length, 5, "no call was retried");
+});
+
+test("begin / complete / release / status round trip keeps the 64-bit lease token as a string", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const raw = [];
+  const client = new CoordinationClient({
+    baseUrl: idem.url,
+    fetch: async (input, init) => {
+      const response = await fetch(input, init);
+      raw.push(await response.clone().text());
+      return response;
+    },
+  });
+  const key = "job-7";
+
+  assert.deepEqual(await client.status(key), { status: "absent", key });
+
+  const acquired = await client.begin("report.build", { month: "2024-05" }, { key });
+  assert.equal(acquired.status, "acquired");
+  assert.equal(acquired.key, key);
+  assert.equal(typeof acquired.leaseToken, "string");
+  assert.match(acquired.leaseToken, /^\d+$/);
+  assert.equal(acquired.leaseToken, JSON.parse(raw.at(-1)).lease_token, "every digit kept");
+  assert.equal(BigInt(acquired.leaseToken).toString(), acquired.leaseToken);
+  assert.ok(acquired.leaseExpiresAt > Date.now() - 5_000 && acquired.leaseExpiresAt < Date.now() + 5_000);
+
+  const busy = await client.begin("report.build", { month: "2024-05" }, { key });
+  assert.equal(busy.status, "processing");
+  assert.equal(busy.retryAfterMs, 1000);
+  assert.equal((await client.status(key)).status, "processing");
+
+  // A token one off is someone else's lease.
+  const wrong = (BigInt(acquired.leaseToken) ^ 1n).toString();
+  const lost = await rejection(client.release(key, wrong));
+  assert.equal(lost.status, 409);
+  assert.equal(lost.code, "LEASE_LOST");
+  await assert.rejects(client.release(key, Number(acquired.leaseToken)), TypeError);
+
+  await client.release(key, acquired.leaseToken);
+  assert.deepEqual(await client.status(key), { status: "absent", key });
+
+  const again = await client.begin("report.build", { month: "2024-05" }, { key });
+  assert.equal(again.status, "acquired");
+  const stored = await client.complete(key, again.leaseToken, { rows: 12, url: "s3://reports/2024-05" });
+  assert.deepEqual(stored, { rows: 12, url: "s3://reports/2024-05" });
+
+  assert.deepEqual(await client.status(key), { status: "completed", key, result: stored });
+  assert.deepEqual(await client.begin("report.build", { month: "2024-05" }, { key }), {
+    status: "completed",
+    key,
+    result: stored,
+  });
+  const late = await rejection(client.complete(key, again.leaseToken, { rows: 0 }));
+  assert.equal(late.code, "LEASE_LOST");
+
+  const mismatch = await rejection(client.begin("report.build", { month: "2024-06" }, { key }));
+  assert.equal(mismatch.code, "IDEMPOTENCY_KEY_MISMATCH");
+  assert.equal(ops.hits.length, 0, "the two-phase flow calls no operation");
+});
+
+test("complete retried after a lost answer succeeds when its own result was stored", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const client = new CoordinationClient({ baseUrl: idem.url, baseDelayMs: 10 });
+  const acquired = await client.begin("export", { id: 1 }, { key: "k-complete" });
+  assert.equal(acquired.status, "acquired");
+
+  // The first PUT lands but its answer is lost; the retry is refused (LEASE_LOST) and
+  // the client finds its own result stored.
+  const front = await startFront(t, idem.url, { mode: "drop" });
+  const viaFront = new CoordinationClient({ baseUrl: front.url, baseDelayMs: 10 });
+  const stored = await viaFront.complete("k-complete", acquired.leaseToken, { file: "a.csv", bytes: 10 });
+  assert.equal(front.spoiled(), 1);
+  assert.deepEqual(stored, { file: "a.csv", bytes: 10 });
+  assert.deepEqual(await client.status("k-complete"), {
+    status: "completed",
+    key: "k-complete",
+    result: { file: "a.csv", bytes: 10 },
+  });
+});

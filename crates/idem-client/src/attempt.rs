@@ -1,0 +1,272 @@
+//! One logical attempt: the request, its key, and the retry loop.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use reqwest::Url;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::RetryPolicy;
+
+/// Why a call produced no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base URL or path does not make a URL.
+    #[error("invalid URL {0}")]
+    InvalidUrl(String),
+    /// A header name or value is not valid HTTP.
+    #[error("invalid header: {0}")]
+    InvalidHeader(String),
+    /// The JSON body could not be serialised.
+    #[error("cannot serialise the JSON body: {0}")]
+    Body(#[from] serde_json::Error),
+    /// Every attempt failed before an answer came back; the last error is kept. The request
+    /// may have executed once: retry later with the same key ([`ClientError::key`]).
+    #[error("no answer after {attempts} attempts with idempotency key {key}: {source}")]
+    Transport {
+        /// The key every attempt carried.
+        key: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last attempt's error.
+        source: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    /// The idempotency key of the failed attempt, to retry it later, if one was sent.
+    #[must_use]
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Transport { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to a logical attempt.
+#[derive(Debug, Clone)]
+pub struct IdemResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    key: String,
+    attempts: u32,
+}
+
+impl IdemResponse {
+    /// The status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The headers.
+    #[must_use]
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body.
+    #[must_use]
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The body as JSON.
+    ///
+    /// # Errors
+    /// The body is not JSON of that shape.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+
+    /// Whether the server replayed a stored answer (`X-Idempotent-Replayed: true`): the
+    /// operation had already executed, for this key, before this answer.
+    #[must_use]
+    pub fn replayed(&self) -> bool {
+        is_replay(&self.headers)
+    }
+
+    /// The idempotency key this attempt carried.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// How many requests were sent (1 when the first one was answered).
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The `code` member of a problem+json (or `{"error":{"code"}}`) error body, if any.
+    #[must_use]
+    pub fn error_code(&self) -> Option<String> {
+        let document: serde_json::Value = self.json().ok()?;
+        document
+            .get("code")
+            .or_else(|| document.get("error")?.get("code"))?
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+fn is_replay(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-idempotent-replayed")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// One logical attempt, being built. Send it with [`Attempt::send`].
+#[derive(Debug)]
+pub struct Attempt {
+    http: reqwest::Client,
+    url: Result<Url, String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+    key: String,
+    retry: RetryPolicy,
+}
+
+impl Attempt {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        url: Result<Url, String>,
+        method: Method,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            url,
+            method,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            key: uuid::Uuid::new_v4().to_string(),
+            retry,
+        }
+    }
+
+    /// Uses `key` instead of a generated UUID v4: to resume a logical attempt that an
+    /// earlier process started (keep the key somewhere durable before the first send).
+    #[must_use]
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = key.into();
+        self
+    }
+
+    /// The key this attempt will carry.
+    #[must_use]
+    pub fn idempotency_key(&self) -> &str {
+        &self.key
+    }
+
+    /// Adds a header.
+    ///
+    /// # Errors
+    /// The name or value is not valid HTTP.
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self, ClientError> {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|error| ClientError::InvalidHeader(error.to_string()))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|error| ClientError::InvalidHeader(error.to_string()))?;
+        self.headers.append(name, value);
+        Ok(self)
+    }
+
+    /// Sends `value` as a JSON body.
+    ///
+    /// # Errors
+    /// `value` cannot be serialised.
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Result<Self, ClientError> {
+        self.body = Bytes::from(serde_json::to_vec(value)?);
+        self.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(self)
+    }
+
+    /// Sends raw bytes as the body.
+    #[must_use]
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sends the request, retrying with the same key as [`RetryPolicy`] allows.
+    ///
+    /// # Errors
+    /// No attempt got an answer ([`ClientError::Transport`]), or the URL or a header is
+    /// invalid. Every HTTP answer, error statuses included, is an `Ok`.
+    pub async fn send(self) -> Result<IdemResponse, ClientError> {
+        let url = self.url.clone().map_err(ClientError::InvalidUrl)?;
+        let key = HeaderValue::from_str(&self.key)
+            .map_err(|error| ClientError::InvalidHeader(error.to_string()))?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let sent = self
+                .http
+                .request(self.method.clone(), url.clone())
+                .headers(self.headers.clone())
+                .header("idempotency-key", key.clone())
+                .body(self.body.clone())
+                .send()
+                .await;
+            let retries_left = attempts <= self.retry.max_retries;
+            let failure = match sent {
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    let retryable = status == StatusCode::CONFLICT
+                        || (status.is_server_error() && !is_replay(&headers));
+                    if retryable && retries_left {
+                        tokio::time::sleep(self.retry.delay(attempts - 1, retry_after(&headers)))
+                            .await;
+                        continue;
+                    }
+                    match response.bytes().await {
+                        Ok(body) => {
+                            return Ok(IdemResponse {
+                                status,
+                                headers,
+                                body,
+                                key: self.key,
+                                attempts,
+                            });
+                        }
+                        // The answer broke off: like a lost connection, retried with the key.
+                        Err(error) => error,
+                    }
+                }
+                Err(error) => error,
+            };
+            if !retries_left {
+                return Err(ClientError::Transport {
+                    key: self.key,
+                    attempts,
+                    source: failure,
+                });
+            }
+            let wait = self.retry.delay(attempts - 1, None);
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by idem and falls back to the
+/// backoff).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
