@@ -47,3 +47,12 @@ pub use problem::{PROBLEM_JSON, ProblemCode};
 pub use response::ResponseBody;
 pub use scope::ScopeSource;
 pub use service::{IdempotencyService, InnerBody};
+
+/// The Rust examples of the guides in `docs/guides/` (`crates/idem/tests/docs.rs` runs their
+/// shell examples), compiled and run as doctests so that
+/// the documentation cannot drift from the API.
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../../../docs/guides/axum.md")]
+    mod axum_guide {}
+}

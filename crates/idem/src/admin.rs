@@ -10,9 +10,19 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::store::SharedStore;
 
+/// Histogram buckets, in seconds, for every histogram (today only store latency): from a
+/// memory store's microseconds to a network store's timeout, so `histogram_quantile` works
+/// on any backend.
+const STORE_LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
 /// Installs the Prometheus recorder behind the `metrics` facade, once per process.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
+        .set_buckets(STORE_LATENCY_BUCKETS)
+        .map_err(|error| anyhow::anyhow!("invalid metrics buckets: {error}"))?
         .install_recorder()
         .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))
 }

@@ -154,9 +154,6 @@ fn check(common: &Common) -> anyhow::Result<()> {
         http::HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| anyhow::anyhow!("--scope-header {name:?} is not a valid header name"))?;
     }
-    if common.ttl < common.lease {
-        tracing::warn!(ttl = ?common.ttl, lease = ?common.lease, "--ttl is shorter than --lease: a slow execution's record may expire before it completes");
-    }
     Ok(())
 }
 

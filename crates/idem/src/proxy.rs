@@ -223,7 +223,11 @@ fn add_forwarding_headers(
     let mut forwarded = format!("for={node};proto=http");
     if let Some(host) = host.and_then(|value| value.to_str().ok()) {
         forwarded.push_str(&format!(";host=\"{host}\""));
-        if let Ok(value) = HeaderValue::from_str(host) {
+        // A TLS terminator in front of idem already said which host and scheme the client
+        // used: keep its word.
+        if !headers.contains_key("x-forwarded-host")
+            && let Ok(value) = HeaderValue::from_str(host)
+        {
             headers.insert("x-forwarded-host", value);
         }
     }
@@ -238,7 +242,9 @@ fn add_forwarding_headers(
             headers.insert(name, value);
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
 }
 
 async fn unreachable(error: ForwardError) -> impl IntoResponse {

@@ -38,6 +38,9 @@ pub struct Server {
 impl Server {
     /// Opens the store, starts the sweeper, the admin listener and the signal handler.
     pub async fn start(common: Common, metrics: PrometheusHandle) -> anyhow::Result<Self> {
+        if common.ttl < common.lease {
+            tracing::warn!(ttl = ?common.ttl, lease = ?common.lease, "--ttl is shorter than --lease: a slow execution's record may expire before it completes");
+        }
         let location = StoreLocation::parse(&common.store)?;
         let store = crate::store::open(&location).await?;
         tracing::info!(store = %location.describe(), "store open");

@@ -18,7 +18,7 @@ pub enum StoreLocation {
     Embedded(String),
     /// `postgres://…` or `postgresql://…`.
     Postgres(String),
-    /// `redis://…` or `rediss://…`.
+    /// `redis://…`.
     Redis(String),
     /// `redis+cluster://host1:port,host2:port`.
     RedisCluster(Vec<String>),
@@ -41,9 +41,10 @@ impl StoreLocation {
                 Some((scheme, _)) if scheme == "postgres" || scheme == "postgresql" => {
                     Self::Postgres(text.to_owned())
                 }
-                Some((scheme, _)) if scheme == "redis" || scheme == "rediss" => {
-                    Self::Redis(text.to_owned())
-                }
+                Some((scheme, _)) if scheme == "redis" => Self::Redis(text.to_owned()),
+                Some((scheme, _)) if scheme == "rediss" => anyhow::bail!(
+                    "rediss:// (Redis over TLS) is not built into this binary; reach Redis over a private network or a TLS tunnel with redis://"
+                ),
                 Some((scheme, rest)) if scheme == "redis+cluster" => Self::RedisCluster(
                     rest.split(',')
                         .map(|node| format!("redis://{}", node.trim()))
@@ -151,6 +152,10 @@ mod tests {
             StoreLocation::RedisCluster(vec!["redis://a:1".into(), "redis://b:2".into()])
         );
         assert!(StoreLocation::parse("mysql://x").is_err());
+        assert!(
+            StoreLocation::parse("rediss://h:6380").is_err(),
+            "no TLS client is built in"
+        );
         assert!(StoreLocation::parse("").is_err());
     }
 }
