@@ -55,4 +55,6 @@ pub use service::{IdempotencyService, InnerBody};
 mod guides {
     #[doc = include_str!("../../../docs/guides/axum.md")]
     mod axum_guide {}
+    #[doc = include_str!("../../../README.md")]
+    mod readme {}
 }
