@@ -504,3 +504,60 @@ async fn a_client_hanging_up_never_frees_a_key_the_upstream_is_executing() {
     );
     assert_eq!(upstream.calls("/slow"), 1);
 }
+
+#[tokio::test]
+async fn kill_9_mid_request_holds_the_key_until_its_lease_lapses() {
+    let upstream = Upstream::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("idem-data");
+    let store = store.to_str().unwrap();
+    let args = [
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        store,
+        "--upstream",
+        &upstream.url(),
+        "--lease",
+        "2s",
+    ];
+    let idem = Idem::start(&args);
+    let request = client()
+        .post(idem.url("/slow"))
+        .header("idempotency-key", "crash")
+        .body("{}");
+    let in_flight = tokio::spawn(async move { request.send().await });
+    while upstream.calls("/slow") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    idem.kill_9(); // the proxy dies while the upstream executes
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the client lost its connection"
+    );
+
+    let idem = Idem::start(&args);
+    let send = || {
+        client()
+            .post(idem.url("/slow"))
+            .header("idempotency-key", "crash")
+            .body("{}")
+            .send()
+    };
+    let held = send().await.unwrap();
+    assert_eq!(
+        held.status(),
+        409,
+        "the dead owner's lease still holds the key: no immediate second execution"
+    );
+    assert_eq!(upstream.calls("/slow"), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let retried = send().await.unwrap();
+    assert_eq!(
+        retried.status(),
+        201,
+        "once the lease lapses, the key is never stuck"
+    );
+    assert_eq!(retried.headers()["x-idempotent-replayed"], "false");
+}
