@@ -179,7 +179,7 @@ async fn exactly_one_of_many_concurrent_begins_on_an_expired_record_acquires() {
     exactly_one_takes_over(store, first, now.plus(Duration::from_secs(5))).await;
 }
 
-mod support;
+use idem_core::testkit::faults as support;
 
 /// PostgreSQL's port when the URL names none.
 const DEFAULT_PORT: u16 = 5432;

@@ -194,7 +194,7 @@ async fn connect_to_an_unreachable_server_fails_and_bad_options_are_refused() {
     ));
 }
 
-mod support;
+use idem_core::testkit::faults as support;
 
 /// Redis's port when the URL names none.
 const DEFAULT_PORT: u16 = 6379;

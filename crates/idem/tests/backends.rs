@@ -9,10 +9,9 @@
 
 mod support;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use support::relay::Relay;
+use idem_core::testkit::faults;
 use support::{Idem, Upstream, client};
 
 const INSTANCES: usize = 3;
@@ -112,37 +111,18 @@ async fn redis_duplicates_across_instances_execute_once() {
     duplicates_across_instances_execute_once(&redis_url()).await;
 }
 
-fn server_address(url: &str) -> SocketAddr {
-    let parsed = reqwest::Url::parse(url).unwrap();
-    let port = parsed
-        .port_or_known_default()
-        .unwrap_or(match parsed.scheme() {
-            "redis" => 6379,
-            _ => 5432,
-        });
-    (parsed.host_str().unwrap(), port)
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap()
-}
-
-fn through(url: &str, relay: &Relay) -> String {
-    let mut parsed = reqwest::Url::parse(url).unwrap();
-    parsed.set_host(Some("127.0.0.1")).unwrap();
-    parsed.set_port(Some(relay.address.port())).unwrap();
-    parsed.to_string()
-}
-
-async fn store_outage_fails_closed_and_recovers(url: &str) {
-    let relay = Relay::start(server_address(url)).await;
+async fn store_outage_fails_closed_and_recovers(url: &str, default_port: u16) {
+    let (host_port, through) = faults::split_authority(url);
+    let target = faults::resolve(&host_port, default_port).await;
+    let relay = faults::Proxy::start("127.0.0.1:0".parse().unwrap(), target).await;
+    let relay_address = relay.address;
     let upstream = Upstream::start().await;
     let idem = Idem::start(&[
         "proxy",
         "--listen",
         "127.0.0.1:0",
         "--store",
-        &through(url, &relay),
+        &through(relay_address),
         "--upstream",
         &upstream.url(),
     ]);
@@ -158,7 +138,7 @@ async fn store_outage_fails_closed_and_recovers(url: &str) {
     assert_eq!(first.status(), 201);
     let first_body = first.text().await.unwrap();
 
-    relay.cut();
+    drop(relay); // the store's connections are cut, new ones refused
     let during = unique("during");
     let refused = send(during.clone()).await.unwrap();
     assert_eq!(refused.status(), 503);
@@ -170,7 +150,7 @@ async fn store_outage_fails_closed_and_recovers(url: &str) {
         "nothing executed while the store was away"
     );
 
-    relay.restore();
+    let _restored = faults::Proxy::start(relay_address, target).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let recovered = loop {
         let response = send(during.clone()).await.unwrap();
@@ -196,10 +176,10 @@ async fn store_outage_fails_closed_and_recovers(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_fails_closed_and_recovers() {
-    store_outage_fails_closed_and_recovers(&postgres_url()).await;
+    store_outage_fails_closed_and_recovers(&postgres_url(), 5432).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_closed_and_recovers() {
-    store_outage_fails_closed_and_recovers(&redis_url()).await;
+    store_outage_fails_closed_and_recovers(&redis_url(), 6379).await;
 }

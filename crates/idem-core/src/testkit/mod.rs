@@ -10,6 +10,7 @@
 //! and with each other while they run in parallel.
 
 pub mod checks;
+pub mod faults;
 mod model;
 
 pub use model::check_against_reference_model;

@@ -2,8 +2,6 @@
 //! small upstream that counts what it executes.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-pub mod relay;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

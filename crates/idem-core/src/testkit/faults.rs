@@ -1,5 +1,9 @@
-//! Network faults on loopback for the store's tests: a TCP proxy in front of the real server
-//! that can be cut and restored, and a server that accepts connections and never answers.
+//! Network faults on loopback for store tests: a TCP proxy in front of the real server that
+//! can be cut (dropped) and restored (started again on the same address), and a server that
+//! accepts connections and never answers. Shared by every network store's tests and by the
+//! binary's outage tests, so that each simulates an outage the same way without stopping a
+//! server other tests share.
+#![allow(clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
 
