@@ -1,5 +1,6 @@
 //! The layer's cost, measured side by side in one run: the same axum handler without the
-//! layer, with the layer on the memory store, and with the layer on the embedded store, on
+//! layer, with the layer on the memory store (default `CancelPolicy::Release`, and
+//! `RunToCompletion`, which spawns a task per execution), and on the embedded store, on
 //! the new-key path (execute and store) and the replay path. Prints each variant's time per
 //! request as a ratio to the handler alone.
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -15,7 +16,7 @@ use http::Request;
 use http_body_util::BodyExt;
 use idem_core::MemoryStore;
 use idem_embedded::EmbeddedStore;
-use idem_http::IdempotencyLayer;
+use idem_http::{CancelPolicy, IdempotencyLayer};
 use tower::ServiceExt;
 
 const BODY: &str = r#"{"amount":1000,"currency":"eur","customer":"cus_123","description":"bench"}"#;
@@ -58,11 +59,18 @@ fn bench_layer(c: &mut Criterion) {
         let _guard = runtime.enter();
         EmbeddedStore::open(directory.path()).unwrap()
     };
-    let variants: [(&str, Router); 3] = [
+    let run_to_completion = IdempotencyLayer::builder(MemoryStore::new())
+        .on_cancel(CancelPolicy::RunToCompletion)
+        .build();
+    let variants: [(&str, Router); 4] = [
         ("without_layer", handler_router()),
         (
             "memory",
             handler_router().layer(IdempotencyLayer::new(MemoryStore::new())),
+        ),
+        (
+            "memory_run_to_completion",
+            handler_router().layer(run_to_completion),
         ),
         (
             "embedded",
@@ -108,10 +116,15 @@ fn print_ratios() {
         let Some(baseline) = estimate(group, "without_layer") else {
             continue;
         };
-        for id in ["without_layer", "memory", "embedded"] {
+        for id in [
+            "without_layer",
+            "memory",
+            "memory_run_to_completion",
+            "embedded",
+        ] {
             if let Some(ns) = estimate(group, id) {
                 println!(
-                    "  {group:8} {id:14} {:>10.1} µs  x{:.2}",
+                    "  {group:8} {id:26} {:>10.1} µs  x{:.2}",
                     ns / 1000.0,
                     ns / baseline
                 );
