@@ -164,7 +164,7 @@ impl Attempt {
         &self.key
     }
 
-    /// Adds a header.
+    /// Adds a header. An `Idempotency-Key` header sets the attempt's key (as [`Attempt::key`]).
     ///
     /// # Errors
     /// The name or value is not valid HTTP.
@@ -173,6 +173,14 @@ impl Attempt {
             .map_err(|error| ClientError::InvalidHeader(error.to_string()))?;
         let value = HeaderValue::from_str(value)
             .map_err(|error| ClientError::InvalidHeader(error.to_string()))?;
+        if name.as_str() == "idempotency-key" {
+            // One key per attempt: an explicit header is the attempt's key, not a second one.
+            self.key = value
+                .to_str()
+                .map(str::to_owned)
+                .map_err(|error| ClientError::InvalidHeader(error.to_string()))?;
+            return Ok(self);
+        }
         self.headers.append(name, value);
         Ok(self)
     }
@@ -222,8 +230,9 @@ impl Attempt {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    let retryable = status == StatusCode::CONFLICT
-                        || (status.is_server_error() && !is_replay(&headers));
+                    // A replayed answer is the stored outcome: retrying only brings it back.
+                    let retryable = !is_replay(&headers)
+                        && (status == StatusCode::CONFLICT || status.is_server_error());
                     if retryable && retries_left {
                         tokio::time::sleep(self.retry.delay(attempts - 1, retry_after(&headers)))
                             .await;

@@ -28,7 +28,7 @@ enum Intent {
 /// the key must end completed (or released, for an unstored 5xx), never left to lapse and
 /// re-run: if this future is dropped before the store confirmed (the client hung up while
 /// the body was read, or during the store's round trip), the guard re-issues the transition
-/// in the background, completing without a body if the body never arrived. A transition
+/// in the background, with the body if it had been read, without one if it never arrived. A transition
 /// applied twice is harmless: the second finds the token gone and changes nothing.
 struct Executed<St: Store> {
     engine: Engine<St>,
@@ -38,6 +38,8 @@ struct Executed<St: Store> {
     status: u16,
     headers: Vec<(String, Bytes)>,
     intent: Intent,
+    /// The body once it has been read in full: what the guard stores if it must finish.
+    body: Option<Bytes>,
     confirmed: bool,
 }
 
@@ -58,6 +60,7 @@ impl<St: Store> Executed<St> {
             status,
             headers,
             intent: Intent::Complete,
+            body: None,
             confirmed: false,
         }
     }
@@ -67,13 +70,16 @@ impl<St: Store> Executed<St> {
     }
 
     async fn finish(mut self, body: Option<Bytes>) {
+        // Kept on the guard first: if this future is dropped during the store call, the
+        // guard stores the same body, not an empty one.
+        self.body = body;
         let result = match self.intent {
             Intent::Release => self.lease().release().await,
             Intent::Complete => {
                 let stored = StoredResponse {
                     status: self.status,
                     headers: self.headers.clone(),
-                    body,
+                    body: self.body.clone(),
                 };
                 self.lease().complete(stored).await
             }
@@ -102,7 +108,7 @@ impl<St: Store> Drop for Executed<St> {
         let stored = StoredResponse {
             status: self.status,
             headers: std::mem::take(&mut self.headers),
-            body: None,
+            body: self.body.take(),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -141,7 +147,9 @@ where
     if parts.status.is_server_error() && !config.store_server_errors {
         executed.intent = Intent::Release;
     }
-    let buffered = buffer_body(body, config.max_stored_response).await;
+    // Half the lease: the body must be stored well before a retry could take the key over.
+    let deadline = tokio::time::Instant::now() + engine.lease_duration() / 2;
+    let buffered = buffer_body(body, config.max_stored_response, deadline).await;
     let stored_body = match &buffered {
         Buffered::Complete(bytes) => Some(bytes.clone()),
         // Too large (or broken mid-way): the execution happened, so the key is completed,

@@ -87,7 +87,16 @@ pub(crate) enum Buffered {
 
 /// Reads `body` until its end or until more than `limit` bytes arrived. Trailers are not
 /// stored (HTTP/1.1 clients rarely see them), but they reach the client on a partial body.
-pub(crate) async fn buffer_body<B>(body: B, limit: usize) -> Buffered
+///
+/// Reading stops at `deadline` too: a body that streams for longer than that (server-sent
+/// events, a stalled upstream) is handed on to the client as it comes, and the key is
+/// completed without it, rather than staying in flight until its lease lapses and a retry
+/// executes again.
+pub(crate) async fn buffer_body<B>(
+    body: B,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Buffered
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -97,7 +106,10 @@ where
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut size = 0usize;
     loop {
-        match body.frame().await {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            return Buffered::Partial(prefixed(chunks, Ok(body)));
+        };
+        match frame {
             None => break,
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
@@ -144,6 +156,37 @@ where
 mod tests {
     use super::*;
 
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + std::time::Duration::from_secs(60)
+    }
+
+    #[tokio::test]
+    async fn a_body_still_streaming_at_the_deadline_is_handed_on_whole() {
+        let (sender, receiver) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(b"first;"))))
+            .await
+            .unwrap();
+        let body = StreamBody::new(tokio_stream_from(receiver));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        let Buffered::Partial(rest) = buffer_body(body, 1024, deadline).await else {
+            panic!("the body was still streaming at the deadline");
+        };
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+            .await
+            .unwrap();
+        drop(sender);
+        assert_eq!(rest.collect().await.unwrap().to_bytes(), "first;second");
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut receiver: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+    }
+
     #[test]
     fn per_connection_headers_are_not_stored() {
         let mut headers = HeaderMap::new();
@@ -171,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn body_within_limit_is_complete() {
-        match buffer_body(Full::new(Bytes::from_static(b"hello")), 5).await {
+        match buffer_body(Full::new(Bytes::from_static(b"hello")), 5, far()).await {
             Buffered::Complete(bytes) => assert_eq!(bytes, "hello"),
             Buffered::Partial(_) => panic!("5 bytes fit a 5-byte limit"),
         }
@@ -183,7 +226,7 @@ mod tests {
             .map(|n| Ok(Frame::data(Bytes::from(format!("chunk{n};")))))
             .collect();
         let body = StreamBody::new(futures_util::stream::iter(chunks));
-        match buffer_body(body, 20).await {
+        match buffer_body(body, 20, far()).await {
             Buffered::Partial(rest) => {
                 let all = rest.collect().await.unwrap().to_bytes();
                 let expected: String = (0..10).map(|n| format!("chunk{n};")).collect();

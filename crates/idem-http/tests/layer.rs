@@ -926,3 +926,56 @@ async fn run_to_completion_finishes_and_stores_a_cancelled_execution() {
     assert_eq!(replayed.unwrap(), "true");
     assert_eq!(executions.count(), 1);
 }
+
+#[tokio::test]
+async fn a_response_body_streaming_past_half_the_lease_never_lets_a_retry_run_again() {
+    let executions = Executions::default();
+    let app = Router::new()
+        .route(
+            "/events",
+            post({
+                let executions = executions.clone();
+                move || async move {
+                    executions.bump();
+                    let chunks = futures_util::stream::unfold(0, |n| async move {
+                        match n {
+                            0 => {
+                                Some((Ok::<_, std::io::Error>(Bytes::from_static(b"event 1\n")), 1))
+                            }
+                            1 => {
+                                tokio::time::sleep(Duration::from_millis(600)).await;
+                                Some((Ok(Bytes::from_static(b"event 2\n")), 2))
+                            }
+                            _ => None,
+                        }
+                    });
+                    Body::from_stream(chunks)
+                }
+            }),
+        )
+        .layer(
+            IdempotencyLayer::builder(MemoryStore::new())
+                .lease(Duration::from_millis(200))
+                .build(),
+        );
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with_key("/events", "stream", "")).await }
+    });
+    // Past the lease: without the deadline the key would still be in flight and taken over.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (status, _, body) = send(&app, post_with_key("/events", "stream", "")).await;
+    assert_eq!(
+        status,
+        StatusCode::GONE,
+        "completed without a body, never re-executed"
+    );
+    assert_eq!(problem_code(&body), "response_not_stored");
+    let (status, _, whole) = first.await.unwrap();
+    assert_eq!(
+        (status, whole.as_ref()),
+        (StatusCode::OK, b"event 1\nevent 2\n".as_ref()),
+        "the first client still gets everything"
+    );
+    assert_eq!(executions.count(), 1);
+}

@@ -209,6 +209,10 @@ pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
             .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
         routes: file.proxy.routes,
     })
+    .and_then(|proxy| {
+        check_timeout("--upstream-timeout", proxy.upstream_timeout, &proxy.common)?;
+        Ok(proxy)
+    })
 }
 
 /// Resolves `idem serve`'s settings. Operations from flags and from the file are merged;
@@ -234,6 +238,28 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
             )?)
             .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
     })
+    .and_then(|serve| {
+        check_timeout(
+            "--operation-timeout",
+            serve.operation_timeout,
+            &serve.common,
+        )?;
+        Ok(serve)
+    })
+}
+
+/// An upstream (or operation) must answer within the lease: past it, a retry may take the key
+/// over while the first request still runs, and the operation would execute twice. A zero
+/// timeout would make every request an unknown outcome.
+fn check_timeout(flag: &str, timeout: Duration, common: &Common) -> anyhow::Result<()> {
+    anyhow::ensure!(!timeout.is_zero(), "{flag} must be longer than 0s");
+    anyhow::ensure!(
+        timeout < common.lease,
+        "{flag} ({}) must be shorter than --lease ({}): a retry may take a key over once its lease lapses",
+        humantime::format_duration(timeout),
+        humantime::format_duration(common.lease)
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,6 +316,8 @@ mod tests {
             ("--ttl", "0s"),
             ("--wait", "2h"),
             ("--scope-header", "bad header"),
+            ("--upstream-timeout", "0s"),
+            ("--upstream-timeout", "2m"),
         ] {
             let args = ["idem", "proxy", "--upstream", "http://x", flag, value];
             assert!(proxy_from(&args).is_err(), "{flag} {value}");

@@ -118,6 +118,10 @@ pub fn app<St: Store>(pool: PgPool, store: St, clock: impl Clock) -> Router {
         .layer(
             IdempotencyLayer::builder(store)
                 .ttl(KEY_TTL)
+                // A 503 here means the upload's transaction did not commit, so nothing was
+                // stored: release the key and let the retry upload for real. (A failed COMMIT
+                // is ambiguous; for location fixes a rare duplicate point beats a lost one.)
+                .store_server_errors(false)
                 .clock(clock)
                 .build(),
         )

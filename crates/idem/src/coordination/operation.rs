@@ -54,7 +54,9 @@ impl Operations {
             urls.insert(name.clone(), uri);
         }
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // Within the operation timeout, so an unreachable operation is a clean "unreachable"
+        // (key released), never an unknown outcome.
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeout / 2)));
         Ok(Self {
             urls,
             client: Client::builder(TokioExecutor::new()).build(connector),
