@@ -96,7 +96,7 @@ pub struct ProxyArgs {
     pub require_key: bool,
 
     /// How long to wait for the upstream's response headers before the outcome is unknown
-    /// (504, kept for replay) [default: 30s].
+    /// (504, kept for replay); shorter than --lease [default: 30s, or half the lease if shorter].
     #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub upstream_timeout: Option<std::time::Duration>,
 }
@@ -117,7 +117,8 @@ pub struct ServeArgs {
     )]
     pub operations: Vec<String>,
 
-    /// How long to wait for an operation's answer before its outcome is unknown [default: 30s].
+    /// How long to wait for an operation's answer before its outcome is unknown; shorter than
+    /// --lease [default: 30s, or half the lease if shorter].
     #[arg(long, env = "IDEM_OPERATION_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub operation_timeout: Option<std::time::Duration>,
 }

@@ -192,6 +192,7 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
 pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let common = common(args.common, &file)?;
+    let lease = common.lease;
     let upstream = args
         .upstream
         .or(file.proxy.upstream)
@@ -206,7 +207,7 @@ pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
                 "proxy.upstream_timeout",
                 file.proxy.upstream_timeout.as_ref(),
             )?)
-            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            .unwrap_or_else(|| default_timeout(lease)),
         routes: file.proxy.routes,
     })
     .and_then(|proxy| {
@@ -220,6 +221,7 @@ pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
 pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let common = common(args.common, &file)?;
+    let lease = common.lease;
     let mut operations = file.serve.operations;
     for definition in args.operations {
         let (name, url) = definition
@@ -236,7 +238,7 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
                 "serve.operation_timeout",
                 file.serve.operation_timeout.as_ref(),
             )?)
-            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            .unwrap_or_else(|| default_timeout(lease)),
     })
     .and_then(|serve| {
         check_timeout(
@@ -246,6 +248,12 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
         )?;
         Ok(serve)
     })
+}
+
+/// The upstream or operation timeout when none is given: [`DEFAULT_UPSTREAM_TIMEOUT`], or half
+/// the lease if that is shorter, so that a short `--lease` alone is a valid setting.
+fn default_timeout(lease: Duration) -> Duration {
+    DEFAULT_UPSTREAM_TIMEOUT.min(lease / 2)
 }
 
 /// An upstream (or operation) must answer within the lease: past it, a retry may take the key
@@ -318,6 +326,7 @@ mod tests {
             ("--scope-header", "bad header"),
             ("--upstream-timeout", "0s"),
             ("--upstream-timeout", "2m"),
+            ("--upstream-timeout", "60s"),
         ] {
             let args = ["idem", "proxy", "--upstream", "http://x", flag, value];
             assert!(proxy_from(&args).is_err(), "{flag} {value}");
@@ -329,6 +338,13 @@ mod tests {
             proxy_from(&["idem", "proxy", "--config", path, "--upstream", "http://x"]).unwrap_err()
         );
         assert!(error.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn a_short_lease_alone_shortens_the_default_timeout() {
+        let resolved =
+            proxy_from(&["idem", "proxy", "--upstream", "http://x", "--lease", "2s"]).unwrap();
+        assert_eq!(resolved.upstream_timeout, Duration::from_secs(1));
     }
 
     #[test]
