@@ -65,8 +65,9 @@ test("409 in progress waits for Retry-After, then gets the first request's answe
       return { status: 201, json: { id: `slow_${count}` } };
     },
   });
-  // A 1 s lease makes idem answer `Retry-After: 1` (it is the lease's remaining time, capped at 5 s).
-  const idem = await proxyFor(t, upstream.url, "--lease", "1s");
+  // A 1 s lease makes idem answer `Retry-After: 1` (it is the lease's remaining time, capped at 5 s);
+  // the upstream must answer within the lease, and the 600 ms upstream does.
+  const idem = await proxyFor(t, upstream.url, "--lease", "1s", "--upstream-timeout", "900ms");
   const { fetch, calls } = recordingFetch();
   const client = new IdempotentClient({ baseUrl: idem.url, baseDelayMs: 10, fetch });
   const key = "order-42-attempt-1";

@@ -18,11 +18,14 @@ async function operations(t) {
   });
 }
 
-/** `idem serve` with three operations and a 1 s lease (so `Retry-After` is 1 s). */
+/** `idem serve` with three operations and a 1 s lease (so `Retry-After` is 1 s); operations
+ * must answer within the lease, and the 600 ms one does. */
 async function serve(t, ops) {
   return startIdem(t, "serve", [
     "--lease",
     "1s",
+    "--operation-timeout",
+    "900ms",
     "--operation",
     `payment.charge=${ops.url}/charge`,
     "--operation",
