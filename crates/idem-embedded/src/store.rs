@@ -1,32 +1,41 @@
-//! [`EmbeddedStore`]: the [`Store`] implementation over redb, and its on-disk layout.
+//! [`EmbeddedStore`]: the [`Store`] implementation over fjall, and its on-disk layout.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use idem_core::store::transition;
 use idem_core::{
     BeginOutcome, BeginRequest, CompleteRequest, LeaseToken, Record, RecordId, RecordState, Store,
     StoreError, Timestamp, TransitionOutcome,
 };
-use redb::{Database, ReadableDatabase, TableDefinition};
 
 use crate::writer::{Operation, Writer};
 
-/// The database file inside the store's directory.
-pub const DATABASE_FILE: &str = "idem.redb";
+/// The database's directory inside the store's directory.
+pub const DATABASE_DIR: &str = "records";
 
 /// Records by id: the 32-byte SHA-256 [`RecordId`] to an encoded [`Record`].
-pub(crate) const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("records_v1");
+pub(crate) const RECORDS: &str = "records_v1";
 
-/// The expiry index: (expires-at millis, record id) to nothing, so the sweeper finds expired
-/// records in order without scanning the whole table.
-pub(crate) const EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("expiry_v1");
+/// The expiry index: the record's expiry (8 bytes, big-endian milliseconds, so keys sort by
+/// time) followed by its 32-byte id, to nothing. The sweeper finds expired records in order
+/// without scanning the records.
+pub(crate) const EXPIRY: &str = "expiry_v1";
+
+/// The expiry index key of a record.
+pub(crate) fn expiry_key(expires_at: Timestamp, id: &RecordId) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..8].copy_from_slice(&expires_at.as_millis().to_be_bytes());
+    key[8..].copy_from_slice(id.as_bytes());
+    key
+}
 
 /// See [`EmbeddedStore::commit_stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Write transactions committed (each one fsync).
+    /// Durable commits (each one journal fsync).
     pub commits: u64,
     /// State transitions those commits carried.
     pub operations: u64,
@@ -43,25 +52,33 @@ pub enum OpenError {
         /// Why.
         source: std::io::Error,
     },
-    /// redb could not open or create the database (locked by another process, corrupt,
+    /// fjall could not open or create the database (locked by another process, corrupt,
     /// unwritable...).
     #[error("cannot open the embedded store {path}: {source}")]
     Database {
-        /// The database file.
+        /// The database directory.
         path: PathBuf,
         /// Why.
-        source: Box<redb::Error>,
+        source: Box<fjall::Error>,
     },
 }
 
-/// A durable [`Store`] in one redb file. Cloning it shares the same database and writer.
+/// The two keyspaces of the store.
+#[derive(Clone)]
+pub(crate) struct Keyspaces {
+    pub(crate) database: Database,
+    pub(crate) records: Keyspace,
+    pub(crate) expiry: Keyspace,
+}
+
+/// A durable [`Store`] in one fjall database. Cloning it shares the same database and writer.
 ///
-/// One process at a time: redb locks the file, so a second process opening the same
+/// One process at a time: fjall locks its directory, so a second opening of the same
 /// directory gets [`OpenError::Database`]. Several instances sharing records need the
 /// PostgreSQL or Redis store.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    database: Arc<Database>,
+    keyspaces: Arc<Keyspaces>,
     writer: Writer,
 }
 
@@ -72,8 +89,9 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens the store in `directory`, creating the directory and the database file
-    /// ([`DATABASE_FILE`]) if needed, and starts its writer thread.
+    /// Opens the store in `directory`, creating the directory and the database
+    /// ([`DATABASE_DIR`]) if needed, recovering whatever the journal holds after a crash, and
+    /// starts its writer thread.
     ///
     /// # Errors
     /// The directory cannot be created, or the database cannot be opened.
@@ -83,26 +101,25 @@ impl EmbeddedStore {
             path: directory.to_owned(),
             source,
         })?;
-        let path = directory.join(DATABASE_FILE);
-        let database_error = |source: redb::Error| OpenError::Database {
+        let path = directory.join(DATABASE_DIR);
+        let database_error = |source: fjall::Error| OpenError::Database {
             path: path.clone(),
             source: Box::new(source),
         };
-        let database = Database::create(&path).map_err(|e| database_error(e.into()))?;
-        // Create both tables up front, so that readers never find them missing.
-        let setup = database
-            .begin_write()
-            .map_err(|e| database_error(e.into()))?;
-        setup
-            .open_table(RECORDS)
-            .map_err(|e| database_error(e.into()))?;
-        setup
-            .open_table(EXPIRY)
-            .map_err(|e| database_error(e.into()))?;
-        setup.commit().map_err(|e| database_error(e.into()))?;
-        let database = Arc::new(database);
-        let writer = Writer::start(Arc::clone(&database));
-        Ok(Self { database, writer })
+        let database = Database::builder(&path).open().map_err(database_error)?;
+        let records = database
+            .keyspace(RECORDS, KeyspaceCreateOptions::default)
+            .map_err(database_error)?;
+        let expiry = database
+            .keyspace(EXPIRY, KeyspaceCreateOptions::default)
+            .map_err(database_error)?;
+        let keyspaces = Arc::new(Keyspaces {
+            database,
+            records,
+            expiry,
+        });
+        let writer = Writer::start(Arc::clone(&keyspaces));
+        Ok(Self { keyspaces, writer })
     }
 
     /// Counts of durable commits and of the operations they carried since the store opened:
@@ -116,33 +133,26 @@ impl EmbeddedStore {
         }
     }
 
-    /// Reads one record in a read transaction, which never waits for the writer.
+    /// Reads one record from the latest committed state, without waiting for the writer.
     ///
     /// The read runs on the calling task rather than on the blocking pool: a record is one
-    /// B-tree lookup, almost always in redb's page cache, and a hop to the blocking pool
-    /// costs more than the read itself (measured in `docs/benchmarks.md`).
+    /// lookup, almost always in memory (fjall's memtable or block cache), and a hop to the
+    /// blocking pool costs more than the read itself (measured in `docs/benchmarks.md`).
     fn read(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
-        read_record(&self.database, &id)
+        read_record(&self.keyspaces.records, &id)
     }
 }
 
-fn read_record(database: &Database, id: &RecordId) -> Result<Option<Record>, StoreError> {
-    let transaction = database.begin_read().map_err(|e| unavailable(e.into()))?;
-    let table = transaction
-        .open_table(RECORDS)
-        .map_err(|e| unavailable(e.into()))?;
-    let Some(bytes) = table
-        .get(id.as_bytes())
-        .map_err(|e| unavailable(e.into()))?
-    else {
+pub(crate) fn read_record(records: &Keyspace, id: &RecordId) -> Result<Option<Record>, StoreError> {
+    let Some(bytes) = records.get(id.as_bytes()).map_err(unavailable)? else {
         return Ok(None);
     };
-    Record::decode(bytes.value())
+    Record::decode(&bytes)
         .map(Some)
         .map_err(|e| StoreError::Corrupted(Box::new(e)))
 }
 
-pub(crate) fn unavailable(error: redb::Error) -> StoreError {
+pub(crate) fn unavailable(error: fjall::Error) -> StoreError {
     StoreError::unavailable(error)
 }
 

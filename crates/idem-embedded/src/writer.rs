@@ -1,23 +1,27 @@
 //! The single writer thread and its group commit.
 //!
 //! Every state transition is queued here. The thread takes the first waiting operation, then
-//! every other one already queued (up to [`MAX_BATCH`]), applies them one after another in
-//! one write transaction, commits once (one fsync), and only then answers each caller. Each
-//! operation still sees the writes of those before it, so a batch is equivalent to running
-//! its operations one by one; callers are answered only once their write is durable.
+//! every other one already queued (up to [`MAX_BATCH`]), decides them one after another
+//! against the stored records plus the writes of the batch so far, writes the net result as
+//! one atomic fjall batch whose journal is fsynced (one fsync for the whole batch), and only
+//! then answers each caller. A batch is thus equivalent to running its operations one by one,
+//! and callers are answered only once their write is durable. The writer is the only writer,
+//! so deciding from a read and then writing is race-free.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::collections::HashMap;
+
+use fjall::PersistMode;
 use idem_core::store::transition::{self, Write};
 use idem_core::{
     BeginOutcome, BeginRequest, CompleteRequest, LeaseToken, Record, RecordId, StoreError,
     Timestamp, TransitionOutcome,
 };
-use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{EXPIRY, RECORDS};
+use crate::store::{Keyspaces, expiry_key, read_record};
 
 /// Most operations committed together. Larger batches amortise the fsync further but make
 /// the first caller in a batch wait for all the others; past a few hundred, the fsync is no
@@ -70,13 +74,13 @@ pub(crate) struct Counters {
 }
 
 impl Writer {
-    pub(crate) fn start(database: Arc<Database>) -> Self {
+    pub(crate) fn start(keyspaces: Arc<Keyspaces>) -> Self {
         let (queue, operations) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("idem-embedded-writer".into())
-            .spawn(move || run(&database, operations, &thread_counters))
+            .spawn(move || run(&keyspaces, operations, &thread_counters))
             .map_or_else(
                 |error| tracing::error!(%error, "cannot start the embedded store's writer thread"),
                 drop,
@@ -103,7 +107,7 @@ impl Writer {
     }
 }
 
-fn run(database: &Database, mut operations: mpsc::Receiver<Operation>, counters: &Counters) {
+fn run(keyspaces: &Keyspaces, mut operations: mpsc::Receiver<Operation>, counters: &Counters) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = operations.blocking_recv() {
         batch.push(first);
@@ -113,7 +117,7 @@ fn run(database: &Database, mut operations: mpsc::Receiver<Operation>, counters:
                 Err(_) => break,
             }
         }
-        match apply_and_commit(database, &batch) {
+        match apply_and_commit(keyspaces, &batch) {
             Ok(answers) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 counters
@@ -134,33 +138,38 @@ fn run(database: &Database, mut operations: mpsc::Receiver<Operation>, counters:
     }
 }
 
-fn apply_and_commit(database: &Database, batch: &[Operation]) -> Result<Vec<Answer>, redb::Error> {
-    let transaction = database.begin_write()?;
+/// Why a whole batch failed: the database could not be read or written.
+type Fault = fjall::Error;
+
+fn apply_and_commit(keyspaces: &Keyspaces, batch: &[Operation]) -> Result<Vec<Answer>, Fault> {
+    let mut pending = Pending {
+        keyspaces,
+        records: HashMap::new(),
+        expiry: HashMap::new(),
+    };
     let mut answers = Vec::with_capacity(batch.len());
-    {
-        let mut records = transaction.open_table(RECORDS)?;
-        let mut expiry = transaction.open_table(EXPIRY)?;
-        let mut tables = Tables {
-            records: &mut records,
-            expiry: &mut expiry,
-        };
-        for operation in batch {
-            answers.push(tables.apply(operation)?);
-        }
+    for operation in batch {
+        answers.push(pending.apply(operation)?);
     }
-    transaction.commit()?;
+    pending.commit()?;
     Ok(answers)
 }
 
-struct Tables<'a, 'txn> {
-    records: &'a mut Table<'txn, &'static [u8; 32], &'static [u8]>,
-    expiry: &'a mut Table<'txn, (u64, &'static [u8; 32]), ()>,
+/// The writes of a batch so far, by key: later operations read them before the store, and
+/// the batch writes each key once (an atomic fjall batch gives all its writes one sequence
+/// number, so two writes to one key in a batch would be ambiguous).
+struct Pending<'a> {
+    keyspaces: &'a Keyspaces,
+    /// Record id to its new encoded record, or `None` for deleted.
+    records: HashMap<RecordId, Option<Record>>,
+    /// Expiry index key to present (`true`) or removed (`false`).
+    expiry: HashMap<[u8; 40], bool>,
 }
 
-impl Tables<'_, '_> {
+impl Pending<'_> {
     /// Applies one operation. A record that cannot be decoded fails that operation alone; a
-    /// redb error fails the whole batch.
-    fn apply(&mut self, operation: &Operation) -> Result<Answer, redb::Error> {
+    /// database error fails the whole batch.
+    fn apply(&mut self, operation: &Operation) -> Result<Answer, Fault> {
         Ok(match operation {
             Operation::Begin(request, _) => Answer::Begin(
                 self.transition(request.id, |current| transition::begin(current, request))?,
@@ -175,59 +184,109 @@ impl Tables<'_, '_> {
         })
     }
 
+    /// The record as this batch sees it: its own writes first, then the store.
+    fn current(&self, id: &RecordId) -> Result<Result<Option<Record>, StoreError>, Fault> {
+        if let Some(pending) = self.records.get(id) {
+            return Ok(Ok(pending.clone()));
+        }
+        match read_record(&self.keyspaces.records, id) {
+            Ok(record) => Ok(Ok(record)),
+            Err(StoreError::Unavailable(source)) => Err(fault(source)),
+            Err(corrupted) => Ok(Err(corrupted)),
+        }
+    }
+
     fn transition<T>(
         &mut self,
         id: RecordId,
         decide: impl FnOnce(Option<&Record>) -> (T, Write),
-    ) -> Result<Result<T, StoreError>, redb::Error> {
-        let current = match self.records.get(id.as_bytes())? {
-            None => None,
-            Some(bytes) => match Record::decode(bytes.value()) {
-                Ok(record) => Some(record),
-                Err(error) => return Ok(Err(StoreError::Corrupted(Box::new(error)))),
-            },
+    ) -> Result<Result<T, StoreError>, Fault> {
+        let current = match self.current(&id)? {
+            Ok(current) => current,
+            Err(corrupted) => return Ok(Err(corrupted)),
         };
         let (outcome, write) = decide(current.as_ref());
         match write {
             Write::Nothing => {}
             Write::Put(record) => {
                 if let Some(old) = &current {
-                    self.expiry
-                        .remove((old.expires_at.as_millis(), id.as_bytes()))?;
+                    self.expiry.insert(expiry_key(old.expires_at, &id), false);
                 }
-                self.records
-                    .insert(id.as_bytes(), record.encode().as_slice())?;
-                self.expiry
-                    .insert((record.expires_at.as_millis(), id.as_bytes()), ())?;
+                self.expiry.insert(expiry_key(record.expires_at, &id), true);
+                self.records.insert(id, Some(record));
             }
             Write::Delete => {
-                self.records.remove(id.as_bytes())?;
                 if let Some(old) = &current {
-                    self.expiry
-                        .remove((old.expires_at.as_millis(), id.as_bytes()))?;
+                    self.expiry.insert(expiry_key(old.expires_at, &id), false);
                 }
+                self.records.insert(id, None);
             }
         }
         Ok(Ok(outcome))
     }
 
-    fn sweep(&mut self, now: Timestamp, limit: usize) -> Result<usize, redb::Error> {
-        let due: Vec<(u64, [u8; 32])> = self
-            .expiry
-            .range((0, &[0u8; 32])..=(now.as_millis(), &[u8::MAX; 32]))?
-            .take(limit)
-            .map(|entry| {
-                entry.map(|(key, _)| {
-                    let (at, id) = key.value();
-                    (at, *id)
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        for (expires_at, id) in &due {
-            self.expiry.remove((*expires_at, id))?;
-            self.records.remove(id)?;
+    /// Deletes up to `limit` records whose index entry says they expired at or before `now`.
+    fn sweep(&mut self, now: Timestamp, limit: usize) -> Result<usize, Fault> {
+        let mut upper = [u8::MAX; 40];
+        upper[..8].copy_from_slice(&now.as_millis().to_be_bytes());
+        let mut swept = 0;
+        for entry in self.keyspaces.expiry.range(..=upper) {
+            if swept >= limit {
+                break;
+            }
+            let key = entry.key()?;
+            let Ok(index) = <[u8; 40]>::try_from(&*key) else {
+                continue;
+            };
+            if self.expiry.get(&index) == Some(&false) {
+                continue; // already removed by this batch
+            }
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&index[8..]);
+            let id = RecordId::from_bytes(id);
+            self.expiry.insert(index, false);
+            // Only a record that is still the one indexed, and still expired, is deleted.
+            if let Ok(Some(record)) = self.current(&id)?
+                && expiry_key(record.expires_at, &id) == index
+                && record.is_expired(now)
+            {
+                self.records.insert(id, None);
+                swept += 1;
+            }
         }
-        Ok(due.len())
+        Ok(swept)
+    }
+
+    /// Writes the batch atomically and fsyncs the journal before returning.
+    fn commit(self) -> Result<(), Fault> {
+        let Keyspaces {
+            database,
+            records,
+            expiry,
+        } = self.keyspaces;
+        let mut batch = database.batch().durability(Some(PersistMode::SyncAll));
+        for (id, record) in self.records {
+            match record {
+                Some(record) => batch.insert(records, id.as_bytes().to_vec(), record.encode()),
+                None => batch.remove(records, id.as_bytes().to_vec()),
+            }
+        }
+        for (index, present) in self.expiry {
+            if present {
+                batch.insert(expiry, index.to_vec(), Vec::new());
+            } else {
+                batch.remove(expiry, index.to_vec());
+            }
+        }
+        batch.commit()
+    }
+}
+
+/// A read error surfaced as a store error, back to the database error that fails the batch.
+fn fault(source: idem_core::BoxError) -> Fault {
+    match source.downcast::<fjall::Error>() {
+        Ok(error) => *error,
+        Err(other) => fjall::Error::from(std::io::Error::other(other.to_string())),
     }
 }
 

@@ -163,6 +163,6 @@ fn a_store_in_use_cannot_be_opened_twice() {
     let _store = EmbeddedStore::open(directory.path()).expect("store opens");
     assert!(
         EmbeddedStore::open(directory.path()).is_err(),
-        "redb locks the file"
+        "fjall locks the directory"
     );
 }
