@@ -91,11 +91,15 @@ async fn load(url: &str, path: Path, seconds: u64) -> Figures {
         .pool_max_idle_per_host(CONCURRENCY)
         .build()
         .unwrap();
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos())
+        .unwrap_or_default();
     let counter = Arc::new(AtomicU64::new(0));
     if path == Path::Replay {
         let warm_up = client
             .post(format!("{url}/charges"))
-            .header("idempotency-key", "replayed")
+            .header("idempotency-key", format!("{run}-replayed"))
             .header("content-type", "application/json")
             .body(BODY);
         assert!(warm_up.send().await.unwrap().status().is_success());
@@ -109,8 +113,12 @@ async fn load(url: &str, path: Path, seconds: u64) -> Figures {
                 let mut latencies = Vec::new();
                 while Instant::now() < deadline {
                     let key = match path {
-                        Path::NewKey => format!("k-{}", counter.fetch_add(1, Ordering::Relaxed)),
-                        Path::Replay => "replayed".to_owned(),
+                        // The network stores outlive a run: a key from an earlier run would be
+                        // a replay, so every run's keys are its own.
+                        Path::NewKey => {
+                            format!("{run}-k-{}", counter.fetch_add(1, Ordering::Relaxed))
+                        }
+                        Path::Replay => format!("{run}-replayed"),
                     };
                     let sent = Instant::now();
                     let response = client
