@@ -368,3 +368,35 @@ async fn openapi_document_is_served_and_matches_the_committed_copy() {
         assert!(served["paths"].get(path).is_some(), "{path} documented");
     }
 }
+
+#[tokio::test]
+async fn the_admin_port_counts_coordination_requests() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &["--admin-listen", "127.0.0.1:0"]);
+    let body = r#"{"operation":"payment.charge","payload":{"amount":3}}"#;
+    execute(&idem, Some("counted"), body).await;
+    execute(&idem, Some("counted"), body).await;
+    execute(&idem, None, body).await;
+    let admin = idem.admin_url.clone().unwrap();
+    let metrics = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |status: &str| {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("idem_coordination_requests_total{")
+                    && line.contains("route=\"/v1/idempotency/execute\"")
+                    && line.contains(&format!("status=\"{status}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(count("200").as_deref(), Some("2"), "{metrics}");
+    assert_eq!(count("400").as_deref(), Some("1"), "{metrics}");
+}

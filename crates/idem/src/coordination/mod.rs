@@ -86,9 +86,35 @@ pub fn router(state: AppState) -> Router {
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], openapi_json()) }),
         )
+        .route_layer(axum::middleware::from_fn(count_requests))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
+}
+
+/// Counts every answer of the API by method, route pattern and status
+/// (`idem_coordination_requests_total`): the service's own hit rate, conflicts and errors, on
+/// the admin port beside the store's metrics. Route patterns, not paths, keep the label set
+/// small.
+async fn count_requests(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(
+        "idem_coordination_requests_total",
+        "method" => method,
+        "route" => route,
+        "status" => status
+    )
+    .increment(1);
+    response
 }
 
 /// Runs the service until SIGTERM or SIGINT.
