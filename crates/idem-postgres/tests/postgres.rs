@@ -195,41 +195,13 @@ async fn a_lost_server_is_unavailable_promptly_then_the_pool_recovers() {
         .connect()
         .await
         .expect("PostgreSQL through the proxy");
-    let now = SystemClock.now();
-    let first = request(fresh_id(), "cut", now, Duration::from_secs(30));
-    assert_eq!(
-        store.begin(first.clone()).await.expect("begin"),
-        BeginOutcome::Acquired
-    );
-
-    drop(proxy);
-    let started = Instant::now();
-    let outcome = store.get(first.id, now).await;
-    assert!(
-        matches!(outcome, Err(StoreError::Unavailable(_))),
-        "expected Unavailable, got {outcome:?}"
-    );
-    assert!(
-        started.elapsed() < OPERATION_TIMEOUT + SLACK,
-        "took {:?}",
-        started.elapsed()
-    );
-
-    let _restored = support::Proxy::start(address, target).await;
-    let deadline = Instant::now() + OPERATION_TIMEOUT * 2;
-    loop {
-        match store.get(first.id, now).await {
-            Ok(state) => {
-                assert!(state.is_some(), "the record survived the outage");
-                break;
-            }
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("not yet recovered: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the pool did not recover: {error}"),
-        }
-    }
+    support::outage_is_unavailable_promptly_then_recovers(
+        &store,
+        proxy,
+        target,
+        OPERATION_TIMEOUT + SLACK,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -238,22 +210,5 @@ async fn a_silent_server_is_unavailable_within_the_timeouts_not_a_hang() {
     let store = PostgresStore::builder(&format!("postgres://postgres@{}/test", silent.address))
         .connect_lazy()
         .expect("a valid URL");
-    let started = Instant::now();
-    let outcome = store
-        .begin(request(
-            fresh_id(),
-            "silent",
-            SystemClock.now(),
-            Duration::from_secs(30),
-        ))
-        .await;
-    assert!(
-        matches!(outcome, Err(StoreError::Unavailable(_))),
-        "expected Unavailable, got {outcome:?}"
-    );
-    assert!(
-        started.elapsed() < OPERATION_TIMEOUT + SLACK,
-        "took {:?}",
-        started.elapsed()
-    );
+    support::silent_server_is_unavailable_within(&store, OPERATION_TIMEOUT + SLACK).await;
 }

@@ -210,41 +210,13 @@ async fn a_lost_connection_is_unavailable_promptly_then_reconnects_by_itself() {
         .connect(&through(address))
         .await
         .expect("Redis through the proxy");
-    let now = SystemClock.now();
-    let first = request("cut", now);
-    assert_eq!(
-        store.begin(first.clone()).await.expect("begin"),
-        BeginOutcome::Acquired
-    );
-
-    drop(proxy);
-    let started = Instant::now();
-    let outcome = store.get(first.id, now).await;
-    assert!(
-        matches!(outcome, Err(StoreError::Unavailable(_))),
-        "expected Unavailable, got {outcome:?}"
-    );
-    assert!(
-        started.elapsed() < OPERATION_TIMEOUT + SLACK,
-        "took {:?}",
-        started.elapsed()
-    );
-
-    let _restored = support::Proxy::start(address, target).await;
-    let deadline = Instant::now() + OPERATION_TIMEOUT * 2;
-    loop {
-        match store.get(first.id, now).await {
-            Ok(state) => {
-                assert!(state.is_some(), "the record survived the outage");
-                break;
-            }
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("not yet reconnected: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the connection did not come back: {error}"),
-        }
-    }
+    support::outage_is_unavailable_promptly_then_recovers(
+        &store,
+        proxy,
+        target,
+        OPERATION_TIMEOUT + SLACK,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -253,15 +225,5 @@ async fn a_silent_server_is_unavailable_within_the_timeouts_not_a_hang() {
     let store = RedisStore::builder()
         .connect_lazy(&format!("redis://{}", silent.address))
         .expect("a valid URL");
-    let started = Instant::now();
-    let outcome = store.begin(request("silent", SystemClock.now())).await;
-    assert!(
-        matches!(outcome, Err(StoreError::Unavailable(_))),
-        "expected Unavailable, got {outcome:?}"
-    );
-    assert!(
-        started.elapsed() < OPERATION_TIMEOUT + SLACK,
-        "took {:?}",
-        started.elapsed()
-    );
+    support::silent_server_is_unavailable_within(&store, OPERATION_TIMEOUT + SLACK).await;
 }

@@ -101,3 +101,81 @@ pub async fn resolve(host_port: &str, default_port: u16) -> SocketAddr {
         .next()
         .expect("an address")
 }
+
+/// A begin of a record no other test uses, with a long lease and TTL.
+fn fresh_begin() -> crate::BeginRequest {
+    use crate::{Clock, Fingerprint, LeaseToken, RecordId, SystemClock};
+    let now = SystemClock.now();
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&rand::random::<u64>().to_be_bytes());
+    id[8..16].copy_from_slice(&rand::random::<u64>().to_be_bytes());
+    crate::BeginRequest {
+        id: RecordId::from_bytes(id),
+        fingerprint: Fingerprint::builder().part("faults", b"outage").finish(),
+        token: LeaseToken::random(),
+        now,
+        lease_until: now.plus(std::time::Duration::from_secs(30)),
+        expires_at: now.plus(std::time::Duration::from_secs(3600)),
+    }
+}
+
+/// The outage check every network store runs: with `store` connected through `proxy` (to
+/// `target`), a record is begun; the proxy is cut and the store must answer
+/// [`StoreError::Unavailable`](crate::StoreError::Unavailable) within `limit`, not hang; the
+/// proxy comes back on the same address and the store must find the record again by itself
+/// (reconnect, pool recovery) within twice `limit`.
+pub async fn outage_is_unavailable_promptly_then_recovers<S: crate::Store>(
+    store: &S,
+    proxy: Proxy,
+    target: SocketAddr,
+    limit: std::time::Duration,
+) {
+    use std::time::Instant;
+    let first = fresh_begin();
+    let (id, now) = (first.id, first.now);
+    assert_eq!(
+        store.begin(first).await.expect("begin"),
+        crate::BeginOutcome::Acquired
+    );
+
+    let address = proxy.address;
+    drop(proxy);
+    let started = Instant::now();
+    let outcome = store.get(id, now).await;
+    assert!(
+        matches!(outcome, Err(crate::StoreError::Unavailable(_))),
+        "expected Unavailable, got {outcome:?}"
+    );
+    assert!(started.elapsed() < limit, "took {:?}", started.elapsed());
+
+    let _restored = Proxy::start(address, target).await;
+    let deadline = Instant::now() + limit * 2;
+    loop {
+        match store.get(id, now).await {
+            Ok(state) => {
+                assert!(state.is_some(), "the record survived the outage");
+                break;
+            }
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("not yet recovered: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the store did not recover: {error}"),
+        }
+    }
+}
+
+/// A store pointed at a [`Silent`] server must answer
+/// [`StoreError::Unavailable`](crate::StoreError::Unavailable) within `limit`, not hang.
+pub async fn silent_server_is_unavailable_within<S: crate::Store>(
+    store: &S,
+    limit: std::time::Duration,
+) {
+    let started = std::time::Instant::now();
+    let outcome = store.begin(fresh_begin()).await;
+    assert!(
+        matches!(outcome, Err(crate::StoreError::Unavailable(_))),
+        "expected Unavailable, got {outcome:?}"
+    );
+    assert!(started.elapsed() < limit, "took {:?}", started.elapsed());
+}
