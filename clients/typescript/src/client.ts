@@ -68,7 +68,9 @@ function problemCode(body: unknown): string | undefined {
  *
  * - 409 without `X-Idempotent-Replayed`: idem's `request_in_progress`; the first request
  *   is still executing, and a retry after `Retry-After` gets its answer. (A 409 that carries
- *   the header is the upstream's own answer, stored: retrying would only replay it.)
+ *   the header is the upstream's own answer, stored: retrying would only replay it. A 409
+ *   `outcome_unknown` says the first attempt's process died mid-way: final, since idem never
+ *   executes it again on its own; check the resource, then use a new key.)
  * - 5xx, unless it is a replay (`X-Idempotent-Replayed: true`) or idem's
  *   `upstream_outcome_unknown` 504: both are stored and every retry gets them again. The
  *   other 5xx are retried: idem's 502 `upstream_unreachable` and 503 `store_unavailable`
@@ -81,7 +83,7 @@ function problemCode(body: unknown): string | undefined {
  */
 function shouldRetry({ response, body }: Exchange): boolean {
   const replayed = response.headers.get(REPLAYED);
-  if (response.status === 409) return replayed === null;
+  if (response.status === 409) return replayed === null && problemCode(body) !== "outcome_unknown";
   if (response.status >= 500) {
     return replayed?.trim().toLowerCase() !== "true" && problemCode(body) !== "upstream_outcome_unknown";
   }

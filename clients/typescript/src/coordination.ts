@@ -37,8 +37,16 @@ export interface Acquired {
    * `number` would lose digits). Never convert it.
    */
   readonly leaseToken: string;
-  /** When the lease lapses, in Unix milliseconds; after that a retry may take the key over. */
+  /**
+   * When the lease lapses unless renewed, in Unix milliseconds (by the server's clock: an
+   * estimate). A lapsed lease leaves the key of unknown outcome (`OUTCOME_UNKNOWN`).
+   */
   readonly leaseExpiresAt: number;
+  /**
+   * How long the lease lasts, in milliseconds: call {@link CoordinationClient.renew} every
+   * third of this while you execute.
+   */
+  readonly leaseMs: number;
 }
 
 /** The key's operation finished: `result` is the stored result, the same on every call. */
@@ -247,9 +255,15 @@ export class CoordinationClient {
     const { exchange } = end;
     if (exchange !== undefined && !end.exhausted) {
       const status = exchange.response.status;
-      const body = exchange.body as { lease_token?: unknown; lease_expires_at?: unknown; result?: unknown };
+      const body = exchange.body as { lease_token?: unknown; lease_expires_at?: unknown; lease_ms?: unknown; result?: unknown };
       if (status === 201 && typeof body.lease_token === "string") {
-        return { status: "acquired", key, leaseToken: body.lease_token, leaseExpiresAt: Number(body.lease_expires_at) };
+        return {
+          status: "acquired",
+          key,
+          leaseToken: body.lease_token,
+          leaseExpiresAt: Number(body.lease_expires_at),
+          leaseMs: Number(body.lease_ms),
+        };
       }
       if (status === 200) return { status: "completed", key, result: body.result as T };
       if (status === 202) {
@@ -287,6 +301,30 @@ export class CoordinationClient {
       if (now.status === "completed" && jsonEqual(now.result, sent)) return now.result;
     }
     throw this.#failure("complete", key, end);
+  }
+
+  /**
+   * Keeps the lease while you execute: call it every third of {@link Acquired.leaseMs}. A
+   * lease that is not renewed lapses, and the key's outcome becomes unknown to every retry
+   * (`OUTCOME_UNKNOWN`): it is never executed again on its own.
+   *
+   * Retried on network errors and 503 with the same token (renewing twice is harmless).
+   *
+   * @param key - The key you began with.
+   * @param leaseToken - The token from {@link Acquired.leaseToken}, as the string it is.
+   * @returns How long the lease now lasts, in milliseconds.
+   * @throws {@link IdempotencyError} `LEASE_LOST` (409) if the lease is no longer yours:
+   *   stop executing if you can, your result will not be stored.
+   */
+  async renew(key: string, leaseToken: string, options: CallOptions = {}): Promise<number> {
+    checkToken(leaseToken);
+    const path = `${RECORDS}/${encodeURIComponent(key)}/lease`;
+    const end = await this.#call("POST", path, undefined, { lease_token: leaseToken }, transient, options.signal);
+    const { exchange } = end;
+    if (exchange?.response.status === 200 && !end.exhausted) {
+      return Number((exchange.body as { lease_ms?: unknown }).lease_ms);
+    }
+    throw this.#failure("renew", key, end);
   }
 
   /**

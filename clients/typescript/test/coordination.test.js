@@ -18,8 +18,8 @@ async function operations(t) {
   });
 }
 
-/** `idem serve` with three operations and a 1 s lease (so `Retry-After` is 1 s); operations
- * must answer within the lease, and the 600 ms one does. */
+/** `idem serve` with three operations and a 1 s lease (so `Retry-After` is 1 s); the lease is
+ * renewed while an operation runs, so the 600 ms one could take longer. */
 async function serve(t, ops) {
   return startIdem(t, "serve", [
     "--lease",
@@ -163,6 +163,17 @@ test("begin / complete / release / status round trip keeps the 64-bit lease toke
   const lost = await rejection(client.release(key, wrong));
   assert.equal(lost.status, 409);
   assert.equal(lost.code, "LEASE_LOST");
+
+  // The client renews while it executes: past two whole leases, the key is still its own.
+  assert.equal(acquired.leaseMs, 1000);
+  for (let i = 0; i < 5; i += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    assert.equal(await client.renew(key, acquired.leaseToken), 1000);
+  }
+  assert.equal((await client.status(key)).status, "processing");
+  const stolen = await rejection(client.renew(key, wrong));
+  assert.equal(stolen.status, 409);
+  assert.equal(stolen.code, "LEASE_LOST");
   await assert.rejects(client.release(key, Number(acquired.leaseToken)), TypeError);
 
   await client.release(key, acquired.leaseToken);
@@ -206,4 +217,20 @@ test("complete retried after a lost answer succeeds when its own result was stor
     key: "k-complete",
     result: { file: "a.csv", bytes: 10 },
   });
+});
+
+test("a lease that is not renewed leaves the key of unknown outcome: never executed again", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const client = new CoordinationClient({ baseUrl: idem.url });
+  const key = "job-crashed";
+  const acquired = await client.begin("report.build", { month: "2024-06" }, { key });
+  assert.equal(acquired.status, "acquired");
+  // The executing client "crashes": it neither renews nor completes.
+  await new Promise((resolve) => setTimeout(resolve, 1300));
+  const unknown = await rejection(client.begin("report.build", { month: "2024-06" }, { key }));
+  assert.equal(unknown.status, 409);
+  assert.equal(unknown.code, "OUTCOME_UNKNOWN");
+  const status = await rejection(client.status(key));
+  assert.equal(status.code, "OUTCOME_UNKNOWN");
 });

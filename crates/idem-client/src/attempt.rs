@@ -230,16 +230,20 @@ impl Attempt {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    // A replayed answer is the stored outcome: retrying only brings it back.
-                    let retryable = !is_replay(&headers)
-                        && (status == StatusCode::CONFLICT || status.is_server_error());
-                    if retryable && retries_left {
-                        tokio::time::sleep(self.retry.delay(attempts - 1, retry_after(&headers)))
-                            .await;
-                        continue;
-                    }
                     match response.bytes().await {
                         Ok(body) => {
+                            // A replayed answer is the stored outcome, and a key of unknown
+                            // outcome stays so: retrying only brings either back.
+                            let retryable = !is_replay(&headers)
+                                && !is_outcome_unknown(status, &body)
+                                && (status == StatusCode::CONFLICT || status.is_server_error());
+                            if retryable && retries_left {
+                                tokio::time::sleep(
+                                    self.retry.delay(attempts - 1, retry_after(&headers)),
+                                )
+                                .await;
+                                continue;
+                            }
                             return Ok(IdemResponse {
                                 status,
                                 headers,
@@ -278,4 +282,25 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(seconds))
+}
+
+/// idem's 409 `outcome_unknown` (layer, proxy) or `OUTCOME_UNKNOWN` (`idem serve`): the first
+/// attempt's process died mid-way, and the key is never executed again on its own.
+fn is_outcome_unknown(status: StatusCode, body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Problem {
+        code: Option<String>,
+        error: Option<Detail>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        code: Option<String>,
+    }
+    if status != StatusCode::CONFLICT {
+        return false;
+    }
+    serde_json::from_slice::<Problem>(body).is_ok_and(|problem| {
+        problem.code.as_deref() == Some("outcome_unknown")
+            || problem.error.and_then(|detail| detail.code).as_deref() == Some("OUTCOME_UNKNOWN")
+    })
 }

@@ -1,5 +1,7 @@
-//! Where the engine reads the time. Stores are handed timestamps; only the engine reads a
-//! clock, so tests can move time by hand instead of sleeping.
+//! Where an in-process store reads the time. The memory and embedded stores read a [`Clock`]
+//! given at construction; the network stores read their server's clock (see
+//! [`store`](crate::store)), unless a test hands them a [`ManualClock`] to move time by hand
+//! instead of sleeping.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -16,9 +18,8 @@ pub trait Clock: Send + Sync + Debug + 'static {
 
 /// The system's wall clock.
 ///
-/// Instances sharing a store compare leases and expiries across machines, so their clocks
-/// should be kept in sync (NTP); a skew of a few seconds only shifts when a lapsed lease can
-/// be taken over.
+/// Only stores that live in this process read it: a shared store reads its own server's
+/// clock, so instances whose clocks disagree never disturb each other.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 

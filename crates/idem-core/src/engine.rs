@@ -1,23 +1,26 @@
 //! [`Engine`]: the idempotency protocol on top of a [`Store`]: who executes, who replays,
-//! who waits, and a [`Lease`] that gives the key back if its owner never finishes.
+//! who waits, and who is told the outcome is unknown. The key an execution owns is finished
+//! by its [`Execution`] guard.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::execution::Execution;
 use crate::{
-    BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, RecordId,
-    RecordState, Store, StoreError, StoredResponse, SystemClock, Timestamp, TransitionOutcome,
+    BeginOutcome, BeginRequest, Fingerprint, LeaseToken, OnLapse, RecordId, RecordSnapshot,
+    RecordState, Store, StoreError, StoredResponse, TransitionOutcome,
 };
 
 /// How long a completed record is replayed by default: a day, as Stripe and the IETF draft's
 /// examples suggest; long enough for any client's retry schedule.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// How long an execution owns its key by default before a retry may take it over. It must
-/// exceed the slowest handler: an owner still running when its lease lapses can be overtaken
-/// and the operation executed twice. A minute covers ordinary request timeouts.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How long a lease lasts between two renewals by default. An execution's owner renews it
+/// every third of this while it runs, so it only lapses when the owner died or lost the store
+/// for this long: short enough that a crashed execution is reported promptly, long enough to
+/// ride out a store failover.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// First pause between two looks at an in-flight record while waiting for it.
 const WAIT_POLL_START: Duration = Duration::from_millis(5);
@@ -26,15 +29,15 @@ const WAIT_POLL_MAX: Duration = Duration::from_millis(200);
 
 /// Runs the idempotency protocol over a store. Cheap to clone: clones share the store.
 pub struct Engine<S> {
-    shared: Arc<Shared<S>>,
+    pub(crate) shared: Arc<Shared<S>>,
 }
 
-struct Shared<S> {
-    store: S,
-    clock: Arc<dyn Clock>,
-    ttl: Duration,
-    lease: Duration,
+pub(crate) struct Shared<S> {
+    pub(crate) store: S,
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
     wait: Option<Duration>,
+    on_lapse: OnLapse,
 }
 
 impl<S> Clone for Engine<S> {
@@ -51,34 +54,75 @@ impl<S> fmt::Debug for Engine<S> {
             .field("ttl", &self.shared.ttl)
             .field("lease", &self.shared.lease)
             .field("wait", &self.shared.wait)
+            .field("on_lapse", &self.shared.on_lapse)
             .finish_non_exhaustive()
     }
 }
 
 /// What [`Engine::begin`] decided for one request.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Begin<S: Store> {
-    /// This caller owns the key: execute, then [`Lease::complete`] or [`Lease::release`].
-    Acquired(Lease<S>),
+    /// This caller owns the key: execute, then finish the [`Execution`].
+    Acquired(Execution<S>),
     /// The same request already completed: answer with this response, execute nothing.
     Replay(StoredResponse),
     /// The same request is executing elsewhere; ask the client to retry after the hint.
     InFlight {
-        /// How long until the other execution's lease lapses.
+        /// How long until the other execution's lease lapses unless renewed.
         retry_after: Duration,
     },
+    /// An execution of the same request began, and its owner vanished (crashed, or lost the
+    /// store for a whole lease) without a result: the operation may have happened. Nothing
+    /// is executed; the client should check the resource, then use a new key.
+    OutcomeUnknown,
     /// The key was used for a different request: refuse.
     Mismatch,
+}
+
+/// Per-request settings of [`Engine::begin_with`]; [`Engine::options`] gives the engine's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeginOptions {
+    /// How long the record is kept once completed.
+    pub ttl: Duration,
+    /// What to do when the key's previous owner vanished.
+    pub on_lapse: OnLapse,
+}
+
+/// How an operator resolves a key (see [`Engine::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolution {
+    /// Delete the record: the next request with the key executes.
+    Release,
+    /// Complete the record with this response: every request with the key replays it.
+    Complete(StoredResponse),
+}
+
+/// What [`Engine::resolve`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolved {
+    /// The resolution was applied.
+    Applied,
+    /// Nothing to resolve: the key is absent or completed (the record, if any).
+    NotInFlight(Option<RecordSnapshot>),
+    /// The key's owner is alive and renewing its lease: resolving it could run the operation
+    /// twice, so nothing was changed.
+    StillRunning {
+        /// How long its lease has left.
+        lease_left: Duration,
+    },
 }
 
 /// Builds an [`Engine`] with non-default settings.
 #[derive(Debug)]
 pub struct EngineBuilder<S> {
     store: S,
-    clock: Arc<dyn Clock>,
     ttl: Duration,
     lease: Duration,
     wait: Option<Duration>,
+    on_lapse: OnLapse,
 }
 
 impl<S: Store> EngineBuilder<S> {
@@ -89,8 +133,8 @@ impl<S: Store> EngineBuilder<S> {
         self
     }
 
-    /// How long an execution owns its key before a retry may take it over (default
-    /// [`DEFAULT_LEASE`]).
+    /// How long a lease lasts between renewals (default [`DEFAULT_LEASE`]): how long after an
+    /// owner vanished its key is reported as [`Begin::OutcomeUnknown`] (or taken over).
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -105,10 +149,12 @@ impl<S: Store> EngineBuilder<S> {
         self
     }
 
-    /// Reads time from `clock` instead of the system clock.
+    /// What a request does with a key whose owner vanished (default
+    /// [`OnLapse::ReportUnknown`]). [`OnLapse::TakeOver`] re-executes: only for operations
+    /// that are safe to run twice.
     #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+    pub fn on_lapse(mut self, on_lapse: OnLapse) -> Self {
+        self.on_lapse = on_lapse;
         self
     }
 
@@ -118,17 +164,17 @@ impl<S: Store> EngineBuilder<S> {
         Engine {
             shared: Arc::new(Shared {
                 store: self.store,
-                clock: self.clock,
                 ttl: self.ttl,
                 lease: self.lease,
                 wait: self.wait,
+                on_lapse: self.on_lapse,
             }),
         }
     }
 }
 
 impl<S: Store> Engine<S> {
-    /// An engine with the default TTL and lease, the system clock, and no waiting.
+    /// An engine with the default TTL and lease, reporting lapsed keys, and no waiting.
     #[must_use]
     pub fn new(store: S) -> Self {
         Self::builder(store).build()
@@ -139,10 +185,10 @@ impl<S: Store> Engine<S> {
     pub fn builder(store: S) -> EngineBuilder<S> {
         EngineBuilder {
             store,
-            clock: Arc::new(SystemClock),
             ttl: DEFAULT_TTL,
             lease: DEFAULT_LEASE,
             wait: None,
+            on_lapse: OnLapse::ReportUnknown,
         }
     }
 
@@ -152,19 +198,28 @@ impl<S: Store> Engine<S> {
         &self.shared.store
     }
 
-    /// The clock the engine reads.
-    #[must_use]
-    pub fn clock(&self) -> &dyn Clock {
-        &*self.shared.clock
-    }
-
     /// The default TTL of completed records.
     #[must_use]
     pub fn ttl(&self) -> Duration {
         self.shared.ttl
     }
 
-    /// Decides what to do with a request, keeping completed records for the default TTL.
+    /// The lease duration executions get and renew.
+    #[must_use]
+    pub fn lease_duration(&self) -> Duration {
+        self.shared.lease
+    }
+
+    /// The engine's default [`BeginOptions`].
+    #[must_use]
+    pub fn options(&self) -> BeginOptions {
+        BeginOptions {
+            ttl: self.shared.ttl,
+            on_lapse: self.shared.on_lapse,
+        }
+    }
+
+    /// Decides what to do with a request, with the engine's default options.
     ///
     /// # Errors
     /// The store could not answer; nothing may be executed.
@@ -173,18 +228,18 @@ impl<S: Store> Engine<S> {
         id: RecordId,
         fingerprint: Fingerprint,
     ) -> Result<Begin<S>, StoreError> {
-        self.begin_with_ttl(id, fingerprint, self.shared.ttl).await
+        self.begin_with(id, fingerprint, self.options()).await
     }
 
-    /// [`begin`](Self::begin), keeping this record for `ttl` once completed.
+    /// [`begin`](Self::begin) with per-request options.
     ///
     /// # Errors
     /// The store could not answer; nothing may be executed.
-    pub async fn begin_with_ttl(
+    pub async fn begin_with(
         &self,
         id: RecordId,
         fingerprint: Fingerprint,
-        ttl: Duration,
+        options: BeginOptions,
     ) -> Result<Begin<S>, StoreError> {
         // An absurd limit that overflows `Instant` means "no wait" rather than a panic.
         let deadline = self
@@ -193,7 +248,7 @@ impl<S: Store> Engine<S> {
             .and_then(|limit| Instant::now().checked_add(limit));
         let mut pause = WAIT_POLL_START;
         loop {
-            let begun = self.try_begin(id, fingerprint, ttl).await?;
+            let begun = self.try_begin(id, fingerprint, options).await?;
             let (Begin::InFlight { .. }, Some(deadline)) = (&begun, deadline) else {
                 return Ok(begun);
             };
@@ -208,8 +263,7 @@ impl<S: Store> Engine<S> {
                 tokio::time::sleep(pause.min(deadline - now)).await;
                 pause = (pause * 2).min(WAIT_POLL_MAX);
                 match self.status(id).await? {
-                    Some(RecordState::InFlight { lease_until, .. })
-                        if lease_until > self.shared.clock.now() => {}
+                    Some(snapshot) if snapshot.lease_left().is_some_and(|left| !left.is_zero()) => {}
                     _ => break,
                 }
             }
@@ -220,64 +274,115 @@ impl<S: Store> Engine<S> {
         &self,
         id: RecordId,
         fingerprint: Fingerprint,
-        ttl: Duration,
+        options: BeginOptions,
     ) -> Result<Begin<S>, StoreError> {
-        let now = self.shared.clock.now();
         let token = LeaseToken::random();
-        let lease_until = now.plus(self.shared.lease);
         let request = BeginRequest {
             id,
             fingerprint,
             token,
-            now,
-            lease_until,
-            expires_at: now.plus(ttl),
+            lease: self.shared.lease,
+            ttl: options.ttl,
+            on_lapse: options.on_lapse,
         };
         let outcome = timed("begin", self.shared.store.begin(request)).await?;
         Ok(match outcome {
-            BeginOutcome::Acquired => Begin::Acquired(Lease {
-                engine: self.clone(),
-                id,
-                token,
-                ttl,
-                lease_until,
-                finished: false,
-            }),
+            BeginOutcome::Acquired => {
+                Begin::Acquired(Execution::start(self.clone(), id, token, options.ttl))
+            }
             BeginOutcome::Replay(response) => Begin::Replay(response),
-            BeginOutcome::InFlight { lease_until } => Begin::InFlight {
-                retry_after: now.until(lease_until),
+            BeginOutcome::InFlight { lease_left } => Begin::InFlight {
+                retry_after: lease_left,
             },
+            BeginOutcome::OutcomeUnknown => {
+                metrics::counter!("idem_outcome_unknown_total").increment(1);
+                Begin::OutcomeUnknown
+            }
             BeginOutcome::Mismatch => Begin::Mismatch,
         })
     }
 
-    /// Rebuilds the lease a client holds by its token (a two-phase flow across requests). The
-    /// store checks the token: a stale one completes or releases nothing.
+    /// Takes back an execution whose lease a client holds by its token (a two-phase flow
+    /// across requests), to renew it until it is finished. The store checks the token: a
+    /// stale one completes or releases nothing. Dropped unfinished, it leaves the key to the
+    /// client that holds the token.
     #[must_use]
-    pub fn resume_lease(&self, id: RecordId, token: LeaseToken, ttl: Duration) -> Lease<S> {
-        let lease_until = self.shared.clock.now().plus(self.shared.lease);
-        Lease {
-            engine: self.clone(),
-            id,
-            token,
-            ttl,
-            lease_until,
-            finished: false,
-        }
+    pub fn resume(&self, id: RecordId, token: LeaseToken, ttl: Duration) -> Execution<S> {
+        Execution::resume(self.clone(), id, token, ttl)
     }
 
-    /// The lease duration new executions get.
-    #[must_use]
-    pub fn lease_duration(&self) -> Duration {
-        self.shared.lease
-    }
-
-    /// The record's current state, or `None` if the key is free.
+    /// Moves the lease of the execution holding `token` forward by a whole lease (the renew
+    /// call of a two-phase flow).
     ///
     /// # Errors
     /// The store could not answer.
-    pub async fn status(&self, id: RecordId) -> Result<Option<RecordState>, StoreError> {
-        timed("get", self.shared.store.get(id, self.shared.clock.now())).await
+    pub async fn renew(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+    ) -> Result<TransitionOutcome, StoreError> {
+        timed(
+            "renew",
+            self.shared.store.renew(id, token, self.shared.lease),
+        )
+        .await
+    }
+
+    /// The record and the store's clock, or `None` if the key is free.
+    ///
+    /// # Errors
+    /// The store could not answer.
+    pub async fn status(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
+        timed("get", self.shared.store.get(id)).await
+    }
+
+    /// An operator's resolution of a key whose owner vanished: release it or complete it.
+    /// Refused while the owner is alive (its lease live), and fenced by the token read, so a
+    /// resolution never races an execution.
+    ///
+    /// # Errors
+    /// The store could not answer; nothing changed.
+    pub async fn resolve(
+        &self,
+        id: RecordId,
+        resolution: Resolution,
+    ) -> Result<Resolved, StoreError> {
+        let Some(snapshot) = self.status(id).await? else {
+            return Ok(Resolved::NotInFlight(None));
+        };
+        let RecordState::InFlight { token, .. } = snapshot.record.state else {
+            return Ok(Resolved::NotInFlight(Some(snapshot)));
+        };
+        let lease_left = snapshot.lease_left().unwrap_or_default();
+        if !lease_left.is_zero() {
+            return Ok(Resolved::StillRunning { lease_left });
+        }
+        let outcome = match resolution {
+            Resolution::Release => timed("release", self.shared.store.release(id, token)).await?,
+            Resolution::Complete(response) => {
+                let request = crate::CompleteRequest {
+                    id,
+                    token,
+                    response,
+                    ttl: self.shared.ttl,
+                };
+                timed("complete", self.shared.store.complete(request)).await?
+            }
+        };
+        match outcome {
+            TransitionOutcome::Applied => Ok(Resolved::Applied),
+            // The record changed between the read and the write (its owner came back and
+            // completed it, say): read it again and report what it is now.
+            TransitionOutcome::StaleLease => Ok(match self.status(id).await? {
+                Some(snapshot) => match snapshot.lease_left() {
+                    Some(lease_left) if !lease_left.is_zero() => {
+                        Resolved::StillRunning { lease_left }
+                    }
+                    _ => Resolved::NotInFlight(Some(snapshot)),
+                },
+                None => Resolved::NotInFlight(None),
+            }),
+        }
     }
 
     /// Deletes expired records in batches of `batch` every `interval`, on the current tokio
@@ -292,8 +397,7 @@ impl<S: Store> Engine<S> {
             loop {
                 ticker.tick().await;
                 loop {
-                    let now = engine.shared.clock.now();
-                    match engine.shared.store.sweep_expired(now, batch).await {
+                    match engine.shared.store.sweep_expired(batch).await {
                         Ok(swept) => {
                             metrics::counter!("idem_records_swept_total").increment(swept as u64);
                             // A short batch means nothing expired is left for now.
@@ -323,124 +427,8 @@ impl Drop for SweeperHandle {
     }
 }
 
-/// Ownership of one key for one execution.
-///
-/// Finish it with [`complete`](Self::complete) or [`release`](Self::release). Dropped
-/// unfinished (the handler panicked, the request was cancelled), it releases the key in the
-/// background so a retry can execute: nothing was completed, so nothing is lost.
-pub struct Lease<S: Store> {
-    engine: Engine<S>,
-    id: RecordId,
-    token: LeaseToken,
-    ttl: Duration,
-    lease_until: Timestamp,
-    finished: bool,
-}
-
-impl<S: Store> fmt::Debug for Lease<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lease")
-            .field("id", &self.id)
-            .field("token", &self.token)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: Store> Lease<S> {
-    /// The record this lease owns.
-    #[must_use]
-    pub fn id(&self) -> RecordId {
-        self.id
-    }
-
-    /// The fencing token this lease holds.
-    #[must_use]
-    pub fn token(&self) -> LeaseToken {
-        self.token
-    }
-
-    /// How long the completed record will be kept.
-    #[must_use]
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// When the lease lapses, as stored (for a resumed lease: an estimate from the engine's
-    /// lease duration).
-    #[must_use]
-    pub fn lease_until(&self) -> Timestamp {
-        self.lease_until
-    }
-
-    /// Stores `response` for replay. [`TransitionOutcome::StaleLease`] means another
-    /// execution took the key over after this lease lapsed; the response was not stored.
-    ///
-    /// # Errors
-    /// The store could not answer. The record stays in flight until its lease lapses, and a
-    /// retry after that executes again: keep the lease longer than a store outage you want
-    /// to ride out.
-    pub async fn complete(
-        mut self,
-        response: StoredResponse,
-    ) -> Result<TransitionOutcome, StoreError> {
-        self.finished = true;
-        let now = self.engine.shared.clock.now();
-        let request = CompleteRequest {
-            id: self.id,
-            token: self.token,
-            response,
-            now,
-            expires_at: now.plus(self.ttl),
-        };
-        timed("complete", self.engine.shared.store.complete(request)).await
-    }
-
-    /// Hands the lease to someone outside this process (a client of a two-phase API): it will
-    /// not be released on drop, and comes back with [`Engine::resume_lease`].
-    #[must_use]
-    pub fn detach(mut self) -> (RecordId, LeaseToken) {
-        self.finished = true;
-        (self.id, self.token)
-    }
-
-    /// Gives the key back without a result: the next request with it executes.
-    ///
-    /// # Errors
-    /// The store could not answer; the key stays owned until its lease lapses.
-    pub async fn release(mut self) -> Result<TransitionOutcome, StoreError> {
-        self.finished = true;
-        release(&self.engine, self.id, self.token).await
-    }
-}
-
-async fn release<S: Store>(
-    engine: &Engine<S>,
-    id: RecordId,
-    token: LeaseToken,
-) -> Result<TransitionOutcome, StoreError> {
-    let now = engine.shared.clock.now();
-    timed("release", engine.shared.store.release(id, token, now)).await
-}
-
-impl<S: Store> Drop for Lease<S> {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let (engine, id, token) = (self.engine.clone(), self.id, self.token);
-        // Without a runtime (the process is shutting down) the lease lapses on its own.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(error) = release(&engine, id, token).await {
-                    tracing::warn!(%error, record = %id, "releasing an abandoned idempotency key failed; it frees when its lease lapses");
-                }
-            });
-        }
-    }
-}
-
 /// Runs one store operation, recording its latency and errors.
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     operation: &'static str,
     future: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {

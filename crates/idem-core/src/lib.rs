@@ -7,8 +7,10 @@
 //!   fingerprint is a mismatch, never a replay.
 //! - [`Store`] is the narrow backend interface, one atomic call per state transition;
 //!   [`MemoryStore`] is the in-process backend. Other crates add durable ones.
-//! - [`Engine`] runs the protocol: [`Begin`] answers acquired, replay, in flight or mismatch,
-//!   and a [`Lease`] completes or releases the key.
+//! - [`Engine`] runs the protocol: [`Begin`] answers acquired, replay, in flight, outcome
+//!   unknown or mismatch. An [`Execution`] owns an acquired key: it renews the lease while the
+//!   operation runs and completes or releases the key, retrying through store faults.
+//! - [`store::transition`] is the executable spec of the five transitions every store shares.
 //!
 //! ```
 //! use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, KeyPolicy, MemoryStore};
@@ -22,9 +24,9 @@
 //! let charge = || Fingerprint::builder().method("POST").path_and_query("/charges").body(b"{\"amount\":1000}").finish();
 //!
 //! // The first attempt owns the key and executes.
-//! let Begin::Acquired(lease) = engine.begin(id, charge()).await? else { unreachable!() };
+//! let Begin::Acquired(execution) = engine.begin(id, charge()).await? else { unreachable!() };
 //! let response = StoredResponse { status: 201, headers: vec![], body: Some("ch_1".into()) };
-//! lease.complete(response.clone()).await?;
+//! let _ = execution.complete(response.clone()).await;
 //!
 //! // A retry with the same key and request gets the stored result, and executes nothing.
 //! let Begin::Replay(replayed) = engine.begin(id, charge()).await? else { unreachable!() };
@@ -35,6 +37,7 @@
 
 mod clock;
 mod engine;
+mod execution;
 mod fingerprint;
 mod key;
 mod memory;
@@ -45,7 +48,11 @@ pub mod store;
 pub mod testkit;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Begin, DEFAULT_LEASE, DEFAULT_TTL, Engine, EngineBuilder, Lease, SweeperHandle};
+pub use engine::{
+    Begin, BeginOptions, DEFAULT_LEASE, DEFAULT_TTL, Engine, EngineBuilder, Resolution, Resolved,
+    SweeperHandle,
+};
+pub use execution::{Execution, Finish};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};
 pub use key::{IdempotencyKey, KeyError, KeyPolicy, MAX_KEY_LEN};
 pub use memory::MemoryStore;
@@ -55,8 +62,8 @@ pub use record::{
 };
 pub use scope::{RecordId, Scope};
 pub use store::{
-    BeginOutcome, BeginRequest, BoxError, CompleteRequest, DynStore, ErasedStore, Store,
-    StoreError, TransitionOutcome,
+    BeginOutcome, BeginRequest, BoxError, CompleteRequest, DurabilityRisk, DynStore, ErasedStore,
+    OnLapse, OperationTimedOut, RecordSnapshot, Store, StoreError, TransitionOutcome, bounded,
 };
 
 #[doc(hidden)]

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::Duration;
+
 use crate::store::transition::{self, Write};
 use crate::{
-    BeginOutcome, BeginRequest, CompleteRequest, LeaseToken, Record, RecordId, RecordState, Store,
-    StoreError, Timestamp, TransitionOutcome,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, LeaseToken, Record, RecordId,
+    RecordSnapshot, Store, StoreError, SystemClock, Timestamp, TransitionOutcome,
 };
 
 /// How many independently locked shards the map is split into. A power of two comfortably
@@ -18,10 +20,12 @@ const SHARD_COUNT: usize = 64;
 /// A sharded, in-memory [`Store`]. Cloning it shares the same records.
 ///
 /// Nothing survives the process: use the embedded store where completed records must outlive
-/// a restart.
+/// a restart. Leases and expiry follow the process's clock (the only one there is), or the
+/// clock given to [`with_clock`](Self::with_clock).
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     shards: Arc<[Mutex<HashMap<RecordId, Record>>]>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Default for MemoryStore {
@@ -31,13 +35,21 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store on the system clock.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_clock(SystemClock)
+    }
+
+    /// An empty store that reads time from `clock` (a [`ManualClock`](crate::ManualClock) in
+    /// tests of leases and expiry).
+    #[must_use]
+    pub fn with_clock(clock: impl Clock) -> Self {
         Self {
             shards: (0..SHARD_COUNT)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            clock: Arc::new(clock),
         }
     }
 
@@ -58,9 +70,13 @@ impl MemoryStore {
         lock(&self.shards[usize::from(id.as_bytes()[0]) % SHARD_COUNT])
     }
 
-    fn apply<T>(&self, id: RecordId, decide: impl FnOnce(Option<&Record>) -> (T, Write)) -> T {
+    fn apply<T>(
+        &self,
+        id: RecordId,
+        decide: impl FnOnce(Option<&Record>, Timestamp) -> (T, Write),
+    ) -> T {
         let mut shard = self.shard(&id);
-        let (outcome, write) = decide(shard.get(&id));
+        let (outcome, write) = decide(shard.get(&id), self.clock.now());
         match write {
             Write::Nothing => {}
             Write::Put(record) => {
@@ -84,12 +100,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Store for MemoryStore {
     async fn begin(&self, request: BeginRequest) -> Result<BeginOutcome, StoreError> {
-        Ok(self.apply(request.id, |current| transition::begin(current, &request)))
+        Ok(self.apply(request.id, |current, now| {
+            transition::begin(current, &request, now)
+        }))
+    }
+
+    async fn renew(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<TransitionOutcome, StoreError> {
+        Ok(self.apply(id, |current, now| {
+            transition::renew(current, token, lease, now)
+        }))
     }
 
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
-        Ok(self.apply(request.id, |current| {
-            transition::complete(current, &request)
+        Ok(self.apply(request.id, |current, now| {
+            transition::complete(current, &request, now)
         }))
     }
 
@@ -97,16 +126,24 @@ impl Store for MemoryStore {
         &self,
         id: RecordId,
         token: LeaseToken,
-        now: Timestamp,
     ) -> Result<TransitionOutcome, StoreError> {
-        Ok(self.apply(id, |current| transition::release(current, token, now)))
+        Ok(self.apply(id, |current, now| {
+            transition::release(current, token, now)
+        }))
     }
 
-    async fn get(&self, id: RecordId, now: Timestamp) -> Result<Option<RecordState>, StoreError> {
-        Ok(transition::visible(self.shard(&id).get(&id), now))
+    async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
+        let now = self.clock.now();
+        Ok(
+            transition::live(self.shard(&id).get(&id), now).map(|record| RecordSnapshot {
+                record: record.clone(),
+                now,
+            }),
+        )
     }
 
-    async fn sweep_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+    async fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
+        let now = self.clock.now();
         let mut swept = 0;
         for shard in self.shards.iter() {
             if swept >= limit {

@@ -10,8 +10,8 @@ use crate::Fingerprint;
 
 /// A point in time, in milliseconds since the Unix epoch.
 ///
-/// Stores compare timestamps they are given rather than reading their own clock, so every
-/// store agrees with the engine's [`Clock`](crate::Clock) and tests can move time by hand.
+/// Each store reads its own clock (see [`store`](crate::store)); a timestamp is only ever
+/// compared with others from the same clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timestamp(u64);
 
@@ -180,6 +180,15 @@ pub fn decode_headers(bytes: &[u8]) -> Result<Vec<(String, Bytes)>, RecordDecode
 const RECORD_FORMAT_VERSION: u8 = 1;
 
 impl Record {
+    /// When the lease of an in-flight record lapses; `None` for a completed one.
+    #[must_use]
+    pub fn lease_until(&self) -> Option<Timestamp> {
+        match self.state {
+            RecordState::InFlight { lease_until, .. } => Some(lease_until),
+            RecordState::Completed { .. } => None,
+        }
+    }
+
     /// Whether the record is past its expiry at `now`.
     #[must_use]
     pub fn is_expired(&self, now: Timestamp) -> bool {

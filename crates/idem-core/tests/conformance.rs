@@ -2,4 +2,4 @@
 
 use idem_core::MemoryStore;
 
-idem_core::store_conformance_tests!(async { MemoryStore::new() });
+idem_core::store_conformance_tests!(|clock| async move { MemoryStore::with_clock(clock) });

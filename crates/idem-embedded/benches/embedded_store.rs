@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use idem_core::{
-    BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, MemoryStore, RecordId, Store,
-    StoredResponse, SystemClock,
+    BeginRequest, CompleteRequest, Fingerprint, LeaseToken, MemoryStore, OnLapse, RecordId, Store,
+    StoredResponse,
 };
 use idem_embedded::EmbeddedStore;
 
 async fn execute_once<S: Store>(store: &S) {
-    let now = SystemClock.now();
     let id = RecordId::from_bytes(rand_bytes());
     let token = LeaseToken::random();
     let fingerprint = Fingerprint::builder().body(b"bench").finish();
@@ -24,9 +23,9 @@ async fn execute_once<S: Store>(store: &S) {
         id,
         fingerprint,
         token,
-        now,
-        lease_until: now.plus(Duration::from_secs(60)),
-        expires_at: now.plus(Duration::from_secs(3600)),
+        lease: Duration::from_secs(60),
+        ttl: Duration::from_secs(3600),
+        on_lapse: OnLapse::ReportUnknown,
     };
     store.begin(begin).await.unwrap();
     let response = StoredResponse {
@@ -38,8 +37,7 @@ async fn execute_once<S: Store>(store: &S) {
         id,
         token,
         response,
-        now,
-        expires_at: now.plus(Duration::from_secs(3600)),
+        ttl: Duration::from_secs(3600),
     };
     store.complete(complete).await.unwrap();
 }

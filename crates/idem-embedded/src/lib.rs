@@ -8,6 +8,10 @@
 //! fsync per request. Replays are answered from the latest committed state without touching
 //! the writer. Why fjall rather than redb or SQLite is measured in `benches/engines.rs`.
 //!
+//! Leases and expiry follow the process's clock, read by the writer thread as it decides each
+//! transition; tests hand the store a [`ManualClock`](idem_core::ManualClock) instead
+//! ([`EmbeddedStore::builder`]) to move time by hand.
+//!
 //! ```
 //! use idem_core::{Begin, Engine, Fingerprint, RecordId, Scope, IdempotencyKey, KeyPolicy};
 //! use idem_embedded::EmbeddedStore;
@@ -25,7 +29,9 @@
 //! # }
 //! ```
 
+mod layout;
 mod store;
 mod writer;
 
-pub use store::{CommitStats, DATABASE_DIR, EmbeddedStore, OpenError};
+pub use layout::DATABASE_DIR;
+pub use store::{CommitStats, EmbeddedStore, EmbeddedStoreBuilder, OpenError};

@@ -1,36 +1,18 @@
-//! [`EmbeddedStore`]: the [`Store`] implementation over fjall, and its on-disk layout.
+//! [`EmbeddedStore`]: the [`Store`] implementation over fjall.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use idem_core::store::transition;
 use idem_core::{
-    BeginOutcome, BeginRequest, CompleteRequest, LeaseToken, Record, RecordId, RecordState, Store,
-    StoreError, Timestamp, TransitionOutcome,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, LeaseToken, Record, RecordId,
+    RecordSnapshot, RecordState, Store, StoreError, SystemClock, TransitionOutcome,
 };
 
-use crate::writer::{Operation, Writer};
-
-/// The database's directory inside the store's directory.
-pub const DATABASE_DIR: &str = "records";
-
-/// Records by id: the 32-byte SHA-256 [`RecordId`] to an encoded [`Record`].
-pub(crate) const RECORDS: &str = "records_v1";
-
-/// The expiry index: the record's expiry (8 bytes, big-endian milliseconds, so keys sort by
-/// time) followed by its 32-byte id, to nothing. The sweeper finds expired records in order
-/// without scanning the records.
-pub(crate) const EXPIRY: &str = "expiry_v1";
-
-/// The expiry index key of a record.
-pub(crate) fn expiry_key(expires_at: Timestamp, id: &RecordId) -> [u8; 40] {
-    let mut key = [0u8; 40];
-    key[..8].copy_from_slice(&expires_at.as_millis().to_be_bytes());
-    key[8..].copy_from_slice(id.as_bytes());
-    key
-}
+use crate::layout::{DATABASE_DIR, Keyspaces};
+use crate::writer::{Release, Renew, Sweep, Writer};
 
 /// See [`EmbeddedStore::commit_stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +25,7 @@ pub struct CommitStats {
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The directory could not be created.
     #[error("cannot create the store directory {path}: {source}")]
@@ -61,14 +44,12 @@ pub enum OpenError {
         /// Why.
         source: Box<fjall::Error>,
     },
-}
-
-/// The two keyspaces of the store.
-#[derive(Clone)]
-pub(crate) struct Keyspaces {
-    pub(crate) database: Database,
-    pub(crate) records: Keyspace,
-    pub(crate) expiry: Keyspace,
+    /// The writer thread, through which every transition goes, could not be started.
+    #[error("cannot start the embedded store's writer thread: {source}")]
+    Writer {
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A durable [`Store`] in one fjall database. Cloning it shares the same database and writer.
@@ -76,50 +57,87 @@ pub(crate) struct Keyspaces {
 /// One process at a time: fjall locks its directory, so a second opening of the same
 /// directory gets [`OpenError::Database`]. Several instances sharing records need the
 /// PostgreSQL or Redis store.
+///
+/// Leases and expiry follow the process's clock (the only one there is), or the clock given
+/// to [`EmbeddedStoreBuilder::clock`]. The writer thread reads it as it decides each
+/// transition.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    keyspaces: Arc<Keyspaces>,
+    keyspaces: Keyspaces,
+    clock: Arc<dyn Clock>,
     writer: Writer,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+        f.debug_struct("EmbeddedStore")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens an [`EmbeddedStore`] with non-default settings; see [`EmbeddedStore::builder`].
+#[derive(Debug)]
+pub struct EmbeddedStoreBuilder {
+    directory: PathBuf,
+    clock: Arc<dyn Clock>,
+}
+
+impl EmbeddedStoreBuilder {
+    /// The clock leases and expiry follow (default [`SystemClock`]; a
+    /// [`ManualClock`](idem_core::ManualClock) in tests of leases and expiry).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Opens the store, creating the directory and the database ([`DATABASE_DIR`]) if
+    /// needed, recovering whatever the journal holds after a crash, and starts its writer
+    /// thread.
+    ///
+    /// # Errors
+    /// The directory cannot be created, the database cannot be opened, or the writer thread
+    /// cannot be started.
+    pub fn open(self) -> Result<EmbeddedStore, OpenError> {
+        let Self { directory, clock } = self;
+        std::fs::create_dir_all(&directory).map_err(|source| OpenError::Directory {
+            path: directory.clone(),
+            source,
+        })?;
+        let path = directory.join(DATABASE_DIR);
+        let keyspaces = Keyspaces::open(&path).map_err(|source| OpenError::Database {
+            path,
+            source: Box::new(source),
+        })?;
+        let writer = Writer::start(keyspaces.clone(), Arc::clone(&clock))
+            .map_err(|source| OpenError::Writer { source })?;
+        Ok(EmbeddedStore {
+            keyspaces,
+            clock,
+            writer,
+        })
     }
 }
 
 impl EmbeddedStore {
-    /// Opens the store in `directory`, creating the directory and the database
-    /// ([`DATABASE_DIR`]) if needed, recovering whatever the journal holds after a crash, and
-    /// starts its writer thread.
+    /// Opens the store in `directory` on the system clock; see
+    /// [`EmbeddedStoreBuilder::open`].
     ///
     /// # Errors
-    /// The directory cannot be created, or the database cannot be opened.
+    /// The directory cannot be created, the database cannot be opened, or the writer thread
+    /// cannot be started.
     pub fn open(directory: impl AsRef<Path>) -> Result<Self, OpenError> {
-        let directory = directory.as_ref();
-        std::fs::create_dir_all(directory).map_err(|source| OpenError::Directory {
-            path: directory.to_owned(),
-            source,
-        })?;
-        let path = directory.join(DATABASE_DIR);
-        let database_error = |source: fjall::Error| OpenError::Database {
-            path: path.clone(),
-            source: Box::new(source),
-        };
-        let database = Database::builder(&path).open().map_err(database_error)?;
-        let records = database
-            .keyspace(RECORDS, KeyspaceCreateOptions::default)
-            .map_err(database_error)?;
-        let expiry = database
-            .keyspace(EXPIRY, KeyspaceCreateOptions::default)
-            .map_err(database_error)?;
-        let keyspaces = Arc::new(Keyspaces {
-            database,
-            records,
-            expiry,
-        });
-        let writer = Writer::start(Arc::clone(&keyspaces));
-        Ok(Self { keyspaces, writer })
+        Self::builder(directory).open()
+    }
+
+    /// Starts opening the store in `directory` with non-default settings.
+    #[must_use]
+    pub fn builder(directory: impl AsRef<Path>) -> EmbeddedStoreBuilder {
+        EmbeddedStoreBuilder {
+            directory: directory.as_ref().to_owned(),
+            clock: Arc::new(SystemClock),
+        }
     }
 
     /// Counts of durable commits and of the operations they carried since the store opened:
@@ -139,74 +157,64 @@ impl EmbeddedStore {
     /// lookup, almost always in memory (fjall's memtable or block cache), and a hop to the
     /// blocking pool costs more than the read itself (measured in `docs/benchmarks.md`).
     fn read(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
-        read_record(&self.keyspaces.records, &id)
+        Ok(self.keyspaces.read_record(&id)?)
     }
-}
-
-pub(crate) fn read_record(records: &Keyspace, id: &RecordId) -> Result<Option<Record>, StoreError> {
-    let Some(bytes) = records.get(id.as_bytes()).map_err(unavailable)? else {
-        return Ok(None);
-    };
-    Record::decode(&bytes)
-        .map(Some)
-        .map_err(|e| StoreError::Corrupted(Box::new(e)))
-}
-
-pub(crate) fn unavailable(error: fjall::Error) -> StoreError {
-    StoreError::unavailable(error)
 }
 
 impl Store for EmbeddedStore {
     async fn begin(&self, request: BeginRequest) -> Result<BeginOutcome, StoreError> {
-        // Fast path: a completed record answers a replay (or a mismatch) from a read
-        // transaction, with no write and no fsync. Completion is final until expiry, so the
-        // snapshot's answer is still the answer; anything else goes through the writer, which
+        // Fast path: a completed record answers a replay (or a mismatch) from the latest
+        // committed state, with no write and no fsync. Completion is final until expiry, so
+        // that answer is still the answer; anything else goes through the writer, which
         // decides again atomically.
-        let current = self.read(request.id)?;
         if let Some(
             record @ Record {
                 state: RecordState::Completed { .. },
                 ..
             },
-        ) = &current
-            && !record.is_expired(request.now)
+        ) = &self.read(request.id)?
         {
-            return Ok(transition::begin(Some(record), &request).0);
+            let now = self.clock.now();
+            if !record.is_expired(now) {
+                return Ok(transition::begin(Some(record), &request, now).0);
+            }
         }
-        self.writer
-            .submit(|reply| Operation::Begin(request, reply))
-            .await
+        self.writer.submit(request).await
+    }
+
+    async fn renew(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<TransitionOutcome, StoreError> {
+        self.writer.submit(Renew { id, token, lease }).await
     }
 
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
-        self.writer
-            .submit(|reply| Operation::Complete(request, reply))
-            .await
+        self.writer.submit(request).await
     }
 
     async fn release(
         &self,
         id: RecordId,
         token: LeaseToken,
-        now: Timestamp,
     ) -> Result<TransitionOutcome, StoreError> {
-        self.writer
-            .submit(|reply| Operation::Release {
-                id,
-                token,
+        self.writer.submit(Release { id, token }).await
+    }
+
+    async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
+        let record = self.read(id)?;
+        let now = self.clock.now();
+        Ok(
+            transition::live(record.as_ref(), now).map(|record| RecordSnapshot {
+                record: record.clone(),
                 now,
-                reply,
-            })
-            .await
+            }),
+        )
     }
 
-    async fn get(&self, id: RecordId, now: Timestamp) -> Result<Option<RecordState>, StoreError> {
-        Ok(transition::visible(self.read(id)?.as_ref(), now))
-    }
-
-    async fn sweep_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
-        self.writer
-            .submit(|reply| Operation::Sweep { now, limit, reply })
-            .await
+    async fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
+        self.writer.submit(Sweep { limit }).await
     }
 }

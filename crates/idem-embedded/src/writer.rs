@@ -1,62 +1,250 @@
 //! The single writer thread and its group commit.
 //!
-//! Every state transition is queued here. The thread takes the first waiting operation, then
+//! Every state transition is queued here. The thread takes the first waiting request, then
 //! every other one already queued (up to [`MAX_BATCH`]), decides them one after another
 //! against the stored records plus the writes of the batch so far, writes the net result as
 //! one atomic fjall batch whose journal is fsynced (one fsync for the whole batch), and only
-//! then answers each caller. A batch is thus equivalent to running its operations one by one,
+//! then answers each caller. A batch is thus equivalent to running its requests one by one,
 //! and callers are answered only once their write is durable. The writer is the only writer,
 //! so deciding from a read and then writing is race-free.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! The store's clock is read here, by the thread, as each transition is decided: every
+//! decision uses one now, the same for its lease, its expiry and its answer, and transitions
+//! decided later never see an earlier now than the ones before them on a monotonic clock.
+//!
+//! Each request travels with the channel its answer goes back on, typed by the request
+//! ([`Request::Output`]): an answer of the wrong kind cannot be sent.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use fjall::PersistMode;
 use idem_core::store::transition::{self, Write};
 use idem_core::{
-    BeginOutcome, BeginRequest, CompleteRequest, LeaseToken, Record, RecordId, StoreError,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, LeaseToken, Record, RecordId, StoreError,
     Timestamp, TransitionOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Keyspaces, expiry_key, read_record};
+use crate::layout::{self, ExpiryKey, Keyspaces, ReadError};
 
-/// Most operations committed together. Larger batches amortise the fsync further but make
-/// the first caller in a batch wait for all the others; past a few hundred, the fsync is no
+/// Most requests committed together. Larger batches amortise the fsync further but make the
+/// first caller in a batch wait for all the others; past a few hundred, the fsync is no
 /// longer the cost.
 const MAX_BATCH: usize = 512;
 
-/// Operations that may wait in the queue before callers are made to wait to enqueue: bounds
+/// Requests that may wait in the queue before callers are made to wait to enqueue: bounds
 /// memory under overload and pushes back on the callers.
 const QUEUE_CAPACITY: usize = 8192;
 
+/// Why a whole batch failed: the database could not be read or written.
+type Fault = fjall::Error;
+
+/// A transition the writer decides and commits.
+pub(crate) trait Request: Send + 'static {
+    /// What the caller is answered.
+    type Output: Send + 'static;
+
+    /// Decides the transition at `now` against the batch's view of the records, recording
+    /// its writes in the batch. A record that cannot be decoded fails this request alone
+    /// (`Ok(Err(_))`); a database error fails the whole batch (`Err(_)`).
+    fn decide(
+        &self,
+        batch: &mut Batch<'_>,
+        now: Timestamp,
+    ) -> Result<Result<Self::Output, StoreError>, Fault>;
+}
+
+impl Request for BeginRequest {
+    type Output = BeginOutcome;
+
+    fn decide(
+        &self,
+        batch: &mut Batch<'_>,
+        now: Timestamp,
+    ) -> Result<Result<BeginOutcome, StoreError>, Fault> {
+        batch.transition(self.id, |current| transition::begin(current, self, now))
+    }
+}
+
+/// [`Store::renew`](idem_core::Store::renew).
+pub(crate) struct Renew {
+    pub(crate) id: RecordId,
+    pub(crate) token: LeaseToken,
+    pub(crate) lease: Duration,
+}
+
+impl Request for Renew {
+    type Output = TransitionOutcome;
+
+    fn decide(
+        &self,
+        batch: &mut Batch<'_>,
+        now: Timestamp,
+    ) -> Result<Result<TransitionOutcome, StoreError>, Fault> {
+        batch.transition(self.id, |current| {
+            transition::renew(current, self.token, self.lease, now)
+        })
+    }
+}
+
+impl Request for CompleteRequest {
+    type Output = TransitionOutcome;
+
+    fn decide(
+        &self,
+        batch: &mut Batch<'_>,
+        now: Timestamp,
+    ) -> Result<Result<TransitionOutcome, StoreError>, Fault> {
+        batch.transition(self.id, |current| transition::complete(current, self, now))
+    }
+}
+
+/// [`Store::release`](idem_core::Store::release).
+pub(crate) struct Release {
+    pub(crate) id: RecordId,
+    pub(crate) token: LeaseToken,
+}
+
+impl Request for Release {
+    type Output = TransitionOutcome;
+
+    fn decide(
+        &self,
+        batch: &mut Batch<'_>,
+        now: Timestamp,
+    ) -> Result<Result<TransitionOutcome, StoreError>, Fault> {
+        batch.transition(self.id, |current| {
+            transition::release(current, self.token, now)
+        })
+    }
+}
+
+/// [`Store::sweep_expired`](idem_core::Store::sweep_expired).
+pub(crate) struct Sweep {
+    pub(crate) limit: usize,
+}
+
+impl Request for Sweep {
+    type Output = usize;
+
+    fn decide(
+        &self,
+        batch: &mut Batch<'_>,
+        now: Timestamp,
+    ) -> Result<Result<usize, StoreError>, Fault> {
+        batch.sweep(now, self.limit).map(Ok)
+    }
+}
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// One queued state transition and where to send its answer.
-pub(crate) enum Operation {
-    Begin(BeginRequest, Reply<BeginOutcome>),
-    Complete(CompleteRequest, Reply<TransitionOutcome>),
-    Release {
-        id: RecordId,
-        token: LeaseToken,
-        now: Timestamp,
-        reply: Reply<TransitionOutcome>,
-    },
-    Sweep {
-        now: Timestamp,
-        limit: usize,
-        reply: Reply<usize>,
-    },
+/// A request and the channel its answer goes back on.
+pub(crate) struct Queued<R: Request> {
+    request: R,
+    reply: Reply<R::Output>,
 }
 
-/// The answer an operation produced inside the transaction, held until the commit.
-enum Answer {
-    Begin(Result<BeginOutcome, StoreError>),
-    Transition(Result<TransitionOutcome, StoreError>),
-    Swept(usize),
+/// A decided request, holding its answer until the batch is durable.
+struct Answer<T> {
+    reply: Reply<T>,
+    result: Result<T, StoreError>,
 }
+
+impl<R: Request> Queued<R> {
+    /// Decides the request, unless an earlier one in the batch already failed it. The clock
+    /// is read now, as the transition is decided.
+    fn decide(self, batch: &mut Batch<'_>, clock: &dyn Clock) -> Answer<R::Output> {
+        let result = if batch.fault.is_some() {
+            Err(StoreError::unavailable(
+                "the embedded store's commit failed",
+            ))
+        } else {
+            match self.request.decide(batch, clock.now()) {
+                Ok(result) => result,
+                Err(fault) => {
+                    let result = Err(StoreError::unavailable(fault.to_string()));
+                    batch.fault = Some(fault);
+                    result
+                }
+            }
+        };
+        Answer {
+            reply: self.reply,
+            result,
+        }
+    }
+}
+
+impl<T> Answer<T> {
+    /// Answers the caller: with the decided result once the batch is durable, with the
+    /// batch's error otherwise. A caller that stopped waiting (its request was cancelled) is
+    /// no error: its write is durable all the same, and an orphaned lease is released or
+    /// lapses.
+    fn send(self, failure: Option<&str>) {
+        let result = match failure {
+            None => self.result,
+            Some(message) => Err(StoreError::unavailable(message.to_owned())),
+        };
+        drop(self.reply.send(result));
+    }
+}
+
+/// Every kind of queued request.
+pub(crate) enum Operation {
+    Begin(Queued<BeginRequest>),
+    Renew(Queued<Renew>),
+    Complete(Queued<CompleteRequest>),
+    Release(Queued<Release>),
+    Sweep(Queued<Sweep>),
+}
+
+/// Every kind of decided request: each variant's answer has its request's output type.
+enum Answered {
+    Begin(Answer<BeginOutcome>),
+    Transition(Answer<TransitionOutcome>),
+    Swept(Answer<usize>),
+}
+
+impl Operation {
+    fn decide(self, batch: &mut Batch<'_>, clock: &dyn Clock) -> Answered {
+        match self {
+            Self::Begin(queued) => Answered::Begin(queued.decide(batch, clock)),
+            Self::Renew(queued) => Answered::Transition(queued.decide(batch, clock)),
+            Self::Complete(queued) => Answered::Transition(queued.decide(batch, clock)),
+            Self::Release(queued) => Answered::Transition(queued.decide(batch, clock)),
+            Self::Sweep(queued) => Answered::Swept(queued.decide(batch, clock)),
+        }
+    }
+}
+
+impl Answered {
+    fn send(self, failure: Option<&str>) {
+        match self {
+            Self::Begin(answer) => answer.send(failure),
+            Self::Transition(answer) => answer.send(failure),
+            Self::Swept(answer) => answer.send(failure),
+        }
+    }
+}
+
+macro_rules! queued_as {
+    ($request:ty, $variant:ident) => {
+        impl From<Queued<$request>> for Operation {
+            fn from(queued: Queued<$request>) -> Self {
+                Self::$variant(queued)
+            }
+        }
+    };
+}
+
+queued_as!(BeginRequest, Begin);
+queued_as!(Renew, Renew);
+queued_as!(CompleteRequest, Complete);
+queued_as!(Release, Release);
+queued_as!(Sweep, Sweep);
 
 /// The queue in front of the writer thread. Cloning shares the thread; it stops once every
 /// clone is dropped.
@@ -74,114 +262,103 @@ pub(crate) struct Counters {
 }
 
 impl Writer {
-    pub(crate) fn start(keyspaces: Arc<Keyspaces>) -> Self {
+    /// Starts the writer thread over `keyspaces`, reading `clock`.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub(crate) fn start(keyspaces: Keyspaces, clock: Arc<dyn Clock>) -> std::io::Result<Self> {
         let (queue, operations) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("idem-embedded-writer".into())
-            .spawn(move || run(&keyspaces, operations, &thread_counters))
-            .map_or_else(
-                |error| tracing::error!(%error, "cannot start the embedded store's writer thread"),
-                drop,
-            );
-        Self { queue, counters }
+            .spawn(move || run(&keyspaces, &*clock, operations, &thread_counters))?;
+        Ok(Self { queue, counters })
     }
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }
 
-    /// Queues an operation and waits until it is durable.
-    pub(crate) async fn submit<T>(
-        &self,
-        operation: impl FnOnce(Reply<T>) -> Operation,
-    ) -> Result<T, StoreError> {
+    /// Queues `request` and waits until its transition is durable.
+    pub(crate) async fn submit<R>(&self, request: R) -> Result<R::Output, StoreError>
+    where
+        R: Request,
+        Operation: From<Queued<R>>,
+    {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(operation(reply)).await.map_err(|_| {
-            StoreError::unavailable("the embedded store's writer thread has stopped")
-        })?;
-        answer.await.map_err(|_| {
-            StoreError::unavailable("the embedded store's writer thread has stopped")
-        })?
+        let stopped = || StoreError::unavailable("the embedded store's writer thread has stopped");
+        self.queue
+            .send(Queued { request, reply }.into())
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
-fn run(keyspaces: &Keyspaces, mut operations: mpsc::Receiver<Operation>, counters: &Counters) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+fn run(
+    keyspaces: &Keyspaces,
+    clock: &dyn Clock,
+    mut operations: mpsc::Receiver<Operation>,
+    counters: &Counters,
+) {
+    let mut queued = Vec::with_capacity(MAX_BATCH);
+    let mut answered = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = operations.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
+        queued.push(first);
+        while queued.len() < MAX_BATCH {
             match operations.try_recv() {
-                Ok(operation) => batch.push(operation),
+                Ok(operation) => queued.push(operation),
                 Err(_) => break,
             }
         }
-        match apply_and_commit(keyspaces, &batch) {
-            Ok(answers) => {
+        let mut batch = Batch::new(keyspaces);
+        answered.extend(
+            queued
+                .drain(..)
+                .map(|operation| operation.decide(&mut batch, clock)),
+        );
+        let count = answered.len() as u64;
+        match batch.commit() {
+            Ok(()) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .operations
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                for (operation, answer) in batch.drain(..).zip(answers) {
-                    answer_with(operation, answer);
+                counters.operations.fetch_add(count, Ordering::Relaxed);
+                for answer in answered.drain(..) {
+                    answer.send(None);
                 }
             }
             Err(error) => {
-                tracing::error!(%error, operations = batch.len(), "embedded store commit failed");
+                tracing::error!(%error, operations = count, "embedded store commit failed");
                 let message = error.to_string();
-                for operation in batch.drain(..) {
-                    fail(operation, StoreError::unavailable(message.clone()));
+                for answer in answered.drain(..) {
+                    answer.send(Some(&message));
                 }
             }
         }
     }
 }
 
-/// Why a whole batch failed: the database could not be read or written.
-type Fault = fjall::Error;
-
-fn apply_and_commit(keyspaces: &Keyspaces, batch: &[Operation]) -> Result<Vec<Answer>, Fault> {
-    let mut pending = Pending {
-        keyspaces,
-        records: HashMap::new(),
-        expiry: HashMap::new(),
-    };
-    let mut answers = Vec::with_capacity(batch.len());
-    for operation in batch {
-        answers.push(pending.apply(operation)?);
-    }
-    pending.commit()?;
-    Ok(answers)
-}
-
-/// The writes of a batch so far, by key: later operations read them before the store, and
-/// the batch writes each key once (an atomic fjall batch gives all its writes one sequence
+/// The writes of a batch so far, by key: later requests read them before the store, and the
+/// batch writes each key once (an atomic fjall batch gives all its writes one sequence
 /// number, so two writes to one key in a batch would be ambiguous).
-struct Pending<'a> {
+pub(crate) struct Batch<'a> {
     keyspaces: &'a Keyspaces,
-    /// Record id to its new encoded record, or `None` for deleted.
+    /// Record id to its new record, or `None` for deleted.
     records: HashMap<RecordId, Option<Record>>,
     /// Expiry index key to present (`true`) or removed (`false`).
-    expiry: HashMap<[u8; 40], bool>,
+    expiry: HashMap<ExpiryKey, bool>,
+    /// The database error that dooms the batch: nothing is written, every caller is failed.
+    fault: Option<Fault>,
 }
 
-impl Pending<'_> {
-    /// Applies one operation. A record that cannot be decoded fails that operation alone; a
-    /// database error fails the whole batch.
-    fn apply(&mut self, operation: &Operation) -> Result<Answer, Fault> {
-        Ok(match operation {
-            Operation::Begin(request, _) => Answer::Begin(
-                self.transition(request.id, |current| transition::begin(current, request))?,
-            ),
-            Operation::Complete(request, _) => Answer::Transition(
-                self.transition(request.id, |current| transition::complete(current, request))?,
-            ),
-            Operation::Release { id, token, now, .. } => Answer::Transition(
-                self.transition(*id, |current| transition::release(current, *token, *now))?,
-            ),
-            Operation::Sweep { now, limit, .. } => Answer::Swept(self.sweep(*now, *limit)?),
-        })
+impl<'a> Batch<'a> {
+    fn new(keyspaces: &'a Keyspaces) -> Self {
+        Self {
+            keyspaces,
+            records: HashMap::new(),
+            expiry: HashMap::new(),
+            fault: None,
+        }
     }
 
     /// The record as this batch sees it: its own writes first, then the store.
@@ -189,10 +366,10 @@ impl Pending<'_> {
         if let Some(pending) = self.records.get(id) {
             return Ok(Ok(pending.clone()));
         }
-        match read_record(&self.keyspaces.records, id) {
+        match self.keyspaces.read_record(id) {
             Ok(record) => Ok(Ok(record)),
-            Err(StoreError::Unavailable(source)) => Err(fault(source)),
-            Err(corrupted) => Ok(Err(corrupted)),
+            Err(ReadError::Database(fault)) => Err(fault),
+            Err(corrupted @ ReadError::Corrupted(_)) => Ok(Err(corrupted.into())),
         }
     }
 
@@ -210,14 +387,17 @@ impl Pending<'_> {
             Write::Nothing => {}
             Write::Put(record) => {
                 if let Some(old) = &current {
-                    self.expiry.insert(expiry_key(old.expires_at, &id), false);
+                    self.expiry
+                        .insert(layout::expiry_key(old.expires_at, &id), false);
                 }
-                self.expiry.insert(expiry_key(record.expires_at, &id), true);
+                self.expiry
+                    .insert(layout::expiry_key(record.expires_at, &id), true);
                 self.records.insert(id, Some(record));
             }
             Write::Delete => {
                 if let Some(old) = &current {
-                    self.expiry.insert(expiry_key(old.expires_at, &id), false);
+                    self.expiry
+                        .insert(layout::expiry_key(old.expires_at, &id), false);
                 }
                 self.records.insert(id, None);
             }
@@ -227,27 +407,20 @@ impl Pending<'_> {
 
     /// Deletes up to `limit` records whose index entry says they expired at or before `now`.
     fn sweep(&mut self, now: Timestamp, limit: usize) -> Result<usize, Fault> {
-        let mut upper = [u8::MAX; 40];
-        upper[..8].copy_from_slice(&now.as_millis().to_be_bytes());
         let mut swept = 0;
-        for entry in self.keyspaces.expiry.range(..=upper) {
+        for index in self.keyspaces.expired_up_to(now) {
             if swept >= limit {
                 break;
             }
-            let key = entry.key()?;
-            let Ok(index) = <[u8; 40]>::try_from(&*key) else {
-                continue;
-            };
+            let index = index?;
             if self.expiry.get(&index) == Some(&false) {
                 continue; // already removed by this batch
             }
-            let mut id = [0u8; 32];
-            id.copy_from_slice(&index[8..]);
-            let id = RecordId::from_bytes(id);
+            let id = layout::expiry_key_record(&index);
             self.expiry.insert(index, false);
             // Only a record that is still the one indexed, and still expired, is deleted.
             if let Ok(Some(record)) = self.current(&id)?
-                && expiry_key(record.expires_at, &id) == index
+                && layout::expiry_key(record.expires_at, &id) == index
                 && record.is_expired(now)
             {
                 self.records.insert(id, None);
@@ -257,8 +430,12 @@ impl Pending<'_> {
         Ok(swept)
     }
 
-    /// Writes the batch atomically and fsyncs the journal before returning.
+    /// Writes the batch atomically and fsyncs the journal before returning; writes nothing
+    /// if the batch was doomed.
     fn commit(self) -> Result<(), Fault> {
+        if let Some(fault) = self.fault {
+            return Err(fault);
+        }
         let Keyspaces {
             database,
             records,
@@ -266,9 +443,10 @@ impl Pending<'_> {
         } = self.keyspaces;
         let mut batch = database.batch().durability(Some(PersistMode::SyncAll));
         for (id, record) in self.records {
+            let key = layout::record_key(&id).to_vec();
             match record {
-                Some(record) => batch.insert(records, id.as_bytes().to_vec(), record.encode()),
-                None => batch.remove(records, id.as_bytes().to_vec()),
+                Some(record) => batch.insert(records, key, record.encode()),
+                None => batch.remove(records, key),
             }
         }
         for (index, present) in self.expiry {
@@ -279,42 +457,5 @@ impl Pending<'_> {
             }
         }
         batch.commit()
-    }
-}
-
-/// A read error surfaced as a store error, back to the database error that fails the batch.
-fn fault(source: idem_core::BoxError) -> Fault {
-    match source.downcast::<fjall::Error>() {
-        Ok(error) => *error,
-        Err(other) => fjall::Error::from(std::io::Error::other(other.to_string())),
-    }
-}
-
-fn answer_with(operation: Operation, answer: Answer) {
-    // A caller that stopped waiting (its request was cancelled) is no error: its write is
-    // durable all the same, and an orphaned lease is released or lapses.
-    match (operation, answer) {
-        (Operation::Begin(_, reply), Answer::Begin(outcome)) => drop(reply.send(outcome)),
-        (
-            Operation::Complete(_, reply) | Operation::Release { reply, .. },
-            Answer::Transition(outcome),
-        ) => {
-            drop(reply.send(outcome));
-        }
-        (Operation::Sweep { reply, .. }, Answer::Swept(count)) => drop(reply.send(Ok(count))),
-        (operation, _) => fail(
-            operation,
-            StoreError::unavailable("embedded store answer mismatch"),
-        ),
-    }
-}
-
-fn fail(operation: Operation, error: StoreError) {
-    match operation {
-        Operation::Begin(_, reply) => drop(reply.send(Err(error))),
-        Operation::Complete(_, reply) | Operation::Release { reply, .. } => {
-            drop(reply.send(Err(error)))
-        }
-        Operation::Sweep { reply, .. } => drop(reply.send(Err(error))),
     }
 }

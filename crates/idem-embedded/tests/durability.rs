@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use idem_core::{
-    BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, RecordId, Store,
-    StoredResponse, SystemClock,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, ManualClock,
+    OnLapse, RecordId, Store, StoredResponse, SystemClock,
 };
 use idem_embedded::EmbeddedStore;
 
@@ -24,6 +24,17 @@ fn id(n: u32) -> RecordId {
 
 fn fingerprint(n: u32) -> Fingerprint {
     Fingerprint::builder().part("n", &n.to_be_bytes()).finish()
+}
+
+fn begin_request(n: u32, token: LeaseToken) -> BeginRequest {
+    BeginRequest {
+        id: id(n),
+        fingerprint: fingerprint(n),
+        token,
+        lease: Duration::from_secs(60),
+        ttl: Duration::from_secs(3600),
+        on_lapse: OnLapse::ReportUnknown,
+    }
 }
 
 fn response(n: u32) -> StoredResponse {
@@ -45,26 +56,16 @@ async fn crash_child() {
     let store = EmbeddedStore::open(directory).expect("store opens");
     let mut stdout = std::io::stdout().lock();
     for n in 0.. {
-        let now = SystemClock.now();
         let token = LeaseToken::random();
-        let begin = BeginRequest {
-            id: id(n),
-            fingerprint: fingerprint(n),
-            token,
-            now,
-            lease_until: now.plus(Duration::from_secs(60)),
-            expires_at: now.plus(Duration::from_secs(3600)),
-        };
         assert_eq!(
-            store.begin(begin).await.expect("begin"),
+            store.begin(begin_request(n, token)).await.expect("begin"),
             BeginOutcome::Acquired
         );
         let complete = CompleteRequest {
             id: id(n),
             token,
             response: response(n),
-            now,
-            expires_at: now.plus(Duration::from_secs(3600)),
+            ttl: Duration::from_secs(3600),
         };
         store.complete(complete).await.expect("complete");
         writeln!(stdout, "completed {n}").expect("stdout");
@@ -104,18 +105,12 @@ async fn completed_records_survive_kill_9() {
     child.wait().expect("child reaped");
 
     let store = EmbeddedStore::open(directory.path()).expect("store reopens after a crash");
-    let now = SystemClock.now();
     for n in completed {
-        let retry = BeginRequest {
-            id: id(n),
-            fingerprint: fingerprint(n),
-            token: LeaseToken::random(),
-            now,
-            lease_until: now.plus(Duration::from_secs(60)),
-            expires_at: now.plus(Duration::from_secs(3600)),
-        };
         assert_eq!(
-            store.begin(retry).await.expect("begin"),
+            store
+                .begin(begin_request(n, LeaseToken::random()))
+                .await
+                .expect("begin"),
             BeginOutcome::Replay(response(n)),
             "record {n} was acknowledged as completed before the crash and must replay"
         );
@@ -128,20 +123,14 @@ async fn concurrent_writes_share_commits() {
     let directory = tempfile::tempdir().expect("temporary directory");
     let store = Arc::new(EmbeddedStore::open(directory.path()).expect("store opens"));
     let before = store.commit_stats();
-    let now = SystemClock.now();
     let tasks: Vec<_> = (0..WRITES)
         .map(|n| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                let request = BeginRequest {
-                    id: id(n),
-                    fingerprint: fingerprint(n),
-                    token: LeaseToken::random(),
-                    now,
-                    lease_until: now.plus(Duration::from_secs(60)),
-                    expires_at: now.plus(Duration::from_secs(3600)),
-                };
-                store.begin(request).await.expect("begin")
+                store
+                    .begin(begin_request(n, LeaseToken::random()))
+                    .await
+                    .expect("begin")
             })
         })
         .collect();
@@ -165,4 +154,70 @@ fn a_store_in_use_cannot_be_opened_twice() {
         EmbeddedStore::open(directory.path()).is_err(),
         "fjall locks the directory"
     );
+}
+
+/// Leases and expiry follow the store's clock across a reopening: the expiry index is on disk
+/// with the records, and a store reopened later (by its clock) sweeps what expired meanwhile
+/// and keeps the rest.
+#[tokio::test]
+async fn expiry_follows_the_clock_across_a_reopening() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let clock = ManualClock::new(SystemClock.now());
+    {
+        let store = EmbeddedStore::builder(directory.path())
+            .clock(clock.clone())
+            .open()
+            .expect("store opens");
+        for n in 0..3 {
+            let token = LeaseToken::random();
+            store.begin(begin_request(n, token)).await.expect("begin");
+            let ttl = Duration::from_secs(if n == 0 { 7200 } else { 60 });
+            let complete = CompleteRequest {
+                id: id(n),
+                token,
+                response: response(n),
+                ttl,
+            };
+            store.complete(complete).await.expect("complete");
+        }
+        // In flight, its lease lapsing in a minute.
+        store
+            .begin(begin_request(3, LeaseToken::random()))
+            .await
+            .expect("begin");
+    }
+    // Dropping the store stops its writer; the directory is free once the thread exits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let store = loop {
+        match EmbeddedStore::builder(directory.path())
+            .clock(clock.clone())
+            .open()
+        {
+            Ok(store) => break store,
+            Err(error) if std::time::Instant::now() > deadline => panic!("no reopening: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        store
+            .begin(begin_request(3, LeaseToken::random()))
+            .await
+            .expect("begin"),
+        BeginOutcome::OutcomeUnknown,
+        "the lease lapsed by the store's clock"
+    );
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 3);
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 0);
+    assert_eq!(
+        store
+            .begin(begin_request(0, LeaseToken::random()))
+            .await
+            .expect("begin"),
+        BeginOutcome::Replay(response(0))
+    );
+    for n in 1..4 {
+        assert!(store.get(id(n)).await.expect("get").is_none());
+    }
 }

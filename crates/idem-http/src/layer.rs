@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderName, Method};
-use idem_core::{Engine, EngineBuilder, KeyPolicy, Store};
+use idem_core::{Engine, EngineBuilder, KeyPolicy, OnLapse, Store};
 use tower::Layer;
 
 use crate::scope::ScopeSource;
@@ -25,6 +25,11 @@ pub const DEFAULT_MAX_STORED_RESPONSE: usize = 1024 * 1024;
 /// The longest `Retry-After` sent with a 409: the real wait is usually far shorter than the
 /// lease (the owner finishes early), so clients are told to look again soon.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// How long the layer reads a response body to store it (default 30 s). A body still
+/// streaming after that (server-sent events, a stalled upstream) reaches the client as it
+/// comes, and the key is completed without it: retries are told it cannot be replayed.
+pub const DEFAULT_BODY_BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The header that carries the key (IETF draft-ietf-httpapi-idempotency-key-header).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -46,22 +51,24 @@ pub enum StoreFailureMode {
 /// What happens to a key when the request is cancelled (the client disconnects) while the
 /// inner service is still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum CancelPolicy {
-    /// Drop the inner service's future with the request and release the key, so a retry
-    /// executes (the default). Right for in-process handlers whose work stops when their
-    /// future is dropped and that did not commit anything yet; a handler cancelled after its
-    /// side effect may then run twice.
-    #[default]
-    Release,
     /// Run the inner service in its own task, so it finishes even if the client goes away,
-    /// and store its response for the retry. Right whenever the work cannot be recalled once
-    /// started: a gateway that already forwarded the request, a handler that calls a
-    /// payment API. Costs one task spawn per executed request.
+    /// and store its response for the retry (the default). Right whenever the work cannot be
+    /// recalled once started: a gateway that already forwarded the request, a handler that
+    /// writes to a database or calls a payment API. Costs one task spawn per executed
+    /// request (see `docs/benchmarks.md`).
+    #[default]
     RunToCompletion,
+    /// Drop the inner service's future with the request and release the key, so a retry
+    /// executes. Only for handlers with no side effect before their first await point that
+    /// can be cancelled: a handler cancelled after its side effect would run twice.
+    Release,
 }
 
 type RequestPredicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
 type RequestTtl = Arc<dyn Fn(&Parts) -> Option<Duration> + Send + Sync>;
+type RequestOnLapse = Arc<dyn Fn(&Parts) -> Option<OnLapse> + Send + Sync>;
 
 /// The layer's settings, shared by every clone of the layer and its services.
 pub(crate) struct Config {
@@ -80,6 +87,9 @@ pub(crate) struct Config {
     pub(crate) canonical_json: bool,
     pub(crate) max_retry_after: Duration,
     pub(crate) on_cancel: CancelPolicy,
+    pub(crate) on_lapse: OnLapse,
+    pub(crate) on_lapse_for: Option<RequestOnLapse>,
+    pub(crate) body_buffer_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -177,7 +187,7 @@ impl<St> fmt::Debug for IdempotencyLayerBuilder<St> {
 }
 
 impl<St: Store> IdempotencyLayerBuilder<St> {
-    /// A builder over an engine configured elsewhere (clock, lease, wait).
+    /// A builder over an engine configured elsewhere (lease, wait).
     #[must_use]
     pub fn from_engine_builder(engine: EngineBuilder<St>) -> Self {
         Self {
@@ -197,7 +207,10 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
                 failure_mode: StoreFailureMode::FailClosed,
                 canonical_json: false,
                 max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-                on_cancel: CancelPolicy::Release,
+                on_cancel: CancelPolicy::RunToCompletion,
+                on_lapse: OnLapse::ReportUnknown,
+                on_lapse_for: None,
+                body_buffer_timeout: DEFAULT_BODY_BUFFER_TIMEOUT,
             },
         }
     }
@@ -209,8 +222,9 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
         self
     }
 
-    /// How long an execution owns its key before a retry may take it over (default 60 s).
-    /// Keep it above the slowest handler: see [`idem_core::DEFAULT_LEASE`].
+    /// How long a lease lasts between renewals (default [`idem_core::DEFAULT_LEASE`]). The
+    /// layer renews it while the handler runs, so it only decides how soon a key whose
+    /// process died is reported as of unknown outcome.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.engine = self.engine.lease(lease);
@@ -225,10 +239,31 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
         self
     }
 
-    /// Reads time from `clock` (tests).
+    /// What a request does with a key whose earlier execution's process died (default
+    /// [`OnLapse::ReportUnknown`]: answer 409 `outcome_unknown`, execute nothing).
+    /// [`OnLapse::TakeOver`] executes again: only for handlers that are safe to re-run.
     #[must_use]
-    pub fn clock(mut self, clock: impl idem_core::Clock) -> Self {
-        self.engine = self.engine.clock(clock);
+    pub fn on_lapse(mut self, on_lapse: OnLapse) -> Self {
+        self.config.on_lapse = on_lapse;
+        self
+    }
+
+    /// Gives the requests for which `policy` answers `Some` their own [`OnLapse`] (a route
+    /// that is safe to re-run); others keep the layer's.
+    #[must_use]
+    pub fn on_lapse_for(
+        mut self,
+        policy: impl Fn(&Parts) -> Option<OnLapse> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.on_lapse_for = Some(Arc::new(policy));
+        self
+    }
+
+    /// How long a response body is read for storage (default
+    /// [`DEFAULT_BODY_BUFFER_TIMEOUT`]).
+    #[must_use]
+    pub fn body_buffer_timeout(mut self, limit: Duration) -> Self {
+        self.config.body_buffer_timeout = limit;
         self
     }
 
@@ -341,7 +376,7 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
         self
     }
 
-    /// What a cancelled request does to its key (default [`CancelPolicy::Release`]).
+    /// What a cancelled request does to its key (default [`CancelPolicy::RunToCompletion`]).
     #[must_use]
     pub fn on_cancel(mut self, policy: CancelPolicy) -> Self {
         self.config.on_cancel = policy;

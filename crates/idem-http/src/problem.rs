@@ -12,6 +12,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// Every error the layer can answer with. The `code` strings are a stable API: clients match
 /// on them, so they never change once released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProblemCode {
     /// 400: the route requires an `Idempotency-Key` and the request has none.
     KeyMissing,
@@ -23,6 +24,11 @@ pub enum ProblemCode {
     KeyMismatch,
     /// 409: a request with this key is still being processed; retry after `Retry-After`.
     RequestInProgress,
+    /// 409: an earlier request with this key began executing and its process died (or lost
+    /// the store) before it finished: the operation may or may not have happened. Never
+    /// executed again on its own: check the resource, then use a new key (or an operator
+    /// resolves the key).
+    OutcomeUnknown,
     /// 413: the request body exceeds the layer's limit; nothing was executed.
     RequestBodyTooLarge,
     /// 400: the request body could not be read (the client aborted the upload).
@@ -43,11 +49,12 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::KeyMissing,
         Self::KeyInvalid,
         Self::KeyMismatch,
         Self::RequestInProgress,
+        Self::OutcomeUnknown,
         Self::RequestBodyTooLarge,
         Self::RequestBodyUnreadable,
         Self::StoreUnavailable,
@@ -64,6 +71,7 @@ impl ProblemCode {
             Self::KeyInvalid => "idempotency_key_invalid",
             Self::KeyMismatch => "idempotency_key_mismatch",
             Self::RequestInProgress => "request_in_progress",
+            Self::OutcomeUnknown => "outcome_unknown",
             Self::RequestBodyTooLarge => "request_body_too_large",
             Self::RequestBodyUnreadable => "request_body_unreadable",
             Self::StoreUnavailable => "store_unavailable",
@@ -81,7 +89,7 @@ impl ProblemCode {
                 StatusCode::BAD_REQUEST
             }
             Self::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RequestInProgress => StatusCode::CONFLICT,
+            Self::RequestInProgress | Self::OutcomeUnknown => StatusCode::CONFLICT,
             Self::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ResponseNotStored => StatusCode::GONE,
@@ -98,6 +106,7 @@ impl ProblemCode {
             Self::KeyInvalid => "Invalid Idempotency-Key",
             Self::KeyMismatch => "Idempotency-Key reused for a different request",
             Self::RequestInProgress => "A request with this Idempotency-Key is in progress",
+            Self::OutcomeUnknown => "Outcome of an earlier request with this Idempotency-Key unknown",
             Self::RequestBodyTooLarge => "Request body too large",
             Self::RequestBodyUnreadable => "Request body unreadable",
             Self::StoreUnavailable => "Idempotency store unavailable",

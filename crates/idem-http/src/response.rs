@@ -90,8 +90,7 @@ pub(crate) enum Buffered {
 ///
 /// Reading stops at `deadline` too: a body that streams for longer than that (server-sent
 /// events, a stalled upstream) is handed on to the client as it comes, and the key is
-/// completed without it, rather than staying in flight until its lease lapses and a retry
-/// executes again.
+/// completed without it (the lease is renewed meanwhile, so it never lapses while we read).
 pub(crate) async fn buffer_body<B>(
     body: B,
     limit: usize,

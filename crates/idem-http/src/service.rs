@@ -5,7 +5,9 @@
 //! 3. Ask the engine: replay the stored response, 409 while in flight, 422 on mismatch, or
 //!    acquire the key and run the inner service once.
 //! 4. Store what the inner service answered (status, end-to-end headers, body) and return it.
-//!    A panic, a cancellation or an inner error before a response releases the key.
+//!    The lease is renewed while the inner service runs; the inner service runs to completion
+//!    even if the client hangs up (unless [`CancelPolicy::Release`] says otherwise). A panic or
+//!    an inner error before a response releases the key.
 
 use std::fmt;
 use std::future::Future;
@@ -19,7 +21,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, RecordId, Store, StoredResponse};
+use idem_core::{
+    Begin, BeginOptions, Engine, Execution, Fingerprint, Finish, IdempotencyKey, RecordId, Store,
+    StoredResponse,
+};
 use serde_json::{Map, Value};
 use tower::Service;
 use tracing::Instrument;
@@ -77,6 +82,7 @@ pub(crate) enum Outcome {
     Executed,
     Replayed,
     InFlight,
+    OutcomeUnknown,
     Mismatch,
     KeyMissing,
     KeyInvalid,
@@ -94,6 +100,7 @@ impl Outcome {
             Self::Executed => "executed",
             Self::Replayed => "replayed",
             Self::InFlight => "in_flight",
+            Self::OutcomeUnknown => "outcome_unknown",
             Self::Mismatch => "mismatch",
             Self::KeyMissing => "key_missing",
             Self::KeyInvalid => "key_invalid",
@@ -253,20 +260,32 @@ where
             .body(&body)
             .finish();
         let id = RecordId::new(&self.config.scope.scope(&parts), &key);
-        let ttl = self
-            .config
-            .ttl_for
-            .as_ref()
-            .and_then(|ttl_for| ttl_for(&parts))
-            .unwrap_or_else(|| self.engine.ttl());
+        let options = BeginOptions {
+            ttl: self
+                .config
+                .ttl_for
+                .as_ref()
+                .and_then(|ttl_for| ttl_for(&parts))
+                .unwrap_or_else(|| self.engine.ttl()),
+            on_lapse: self
+                .config
+                .on_lapse_for
+                .as_ref()
+                .and_then(|on_lapse_for| on_lapse_for(&parts))
+                .unwrap_or(self.config.on_lapse),
+        };
         let request = Request::from_parts(parts, Either::Left(Full::new(body)));
 
-        match self.engine.begin_with_ttl(id, fingerprint, ttl).await {
-            Ok(Begin::Acquired(lease)) => self.execute(request, lease).await,
+        match self.engine.begin_with(id, fingerprint, options).await {
+            Ok(Begin::Acquired(execution)) => self.execute(request, execution).await,
             Ok(Begin::Replay(stored)) => Ok(self.replay(&stored)),
             Ok(Begin::InFlight { retry_after }) => Ok(self.in_flight(retry_after)),
+            Ok(Begin::OutcomeUnknown) => Ok(self.refuse(Outcome::OutcomeUnknown, ProblemCode::OutcomeUnknown,
+                "an earlier request with this idempotency key began executing and did not finish (its process stopped): it may or may not have taken effect. It is not executed again: check the resource, then use a new key")),
             Ok(Begin::Mismatch) => Ok(self.refuse(Outcome::Mismatch, ProblemCode::KeyMismatch,
                 "this idempotency key was already used for a different request (method, path, query, content type or body differ); use a new key for a new request")),
+            Ok(_) => Ok(self.refuse(Outcome::StoreUnavailable, ProblemCode::StoreUnavailable,
+                "the idempotency store gave an answer this version does not know; nothing was executed")),
             Err(error) => match self.config.failure_mode {
                 StoreFailureMode::FailClosed => {
                     tracing::error!(%error, "idempotency store unavailable; refusing the request");
@@ -284,28 +303,27 @@ where
         }
     }
 
-    /// Runs the inner service once under `lease` and stores its response.
+    /// Runs the inner service once under `execution` and stores its response.
     async fn execute(
         mut self,
         request: Request<InnerBody<ReqBody>>,
-        lease: idem_core::Lease<St>,
+        execution: Execution<St>,
     ) -> Result<Response<ResponseBody>, S::Error> {
         let config = Arc::clone(&self.config);
-        let engine = self.engine.clone();
         let on_cancel = self.config.on_cancel;
         let run = async move {
             // If the inner service panics, or this future is dropped before a response
-            // exists, `lease` is dropped unfinished and releases the key.
+            // exists, `execution` is dropped unfinished and releases the key.
             let response = match self.inner.call(request).await {
                 Ok(response) => response,
                 Err(error) => {
-                    if let Err(store_error) = lease.release().await {
-                        tracing::warn!(%store_error, "releasing the key after an inner error failed");
+                    if let Finish::Retrying(store_error) = execution.release().await {
+                        tracing::warn!(%store_error, "releasing the key after an inner error failed; retrying in the background");
                     }
                     return Err(error);
                 }
             };
-            Ok(store_response(response, lease, &engine, &config).await)
+            Ok(store_response(response, execution, &config).await)
         };
         match on_cancel {
             CancelPolicy::Release => run.await,

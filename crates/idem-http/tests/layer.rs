@@ -12,10 +12,12 @@ use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use idem_core::{
-    BeginOutcome, BeginRequest, CompleteRequest, KeyPolicy, LeaseToken, MemoryStore, RecordId,
-    RecordState, Store, StoreError, Timestamp, TransitionOutcome,
+    BeginOutcome, BeginRequest, CompleteRequest, KeyPolicy, LeaseToken, MemoryStore, OnLapse,
+    RecordId, RecordSnapshot, Store, StoreError, Timestamp, TransitionOutcome,
 };
-use idem_http::{IdempotencyLayer, IdempotencyLayerBuilder, ScopeSource, StoreFailureMode};
+use idem_http::{
+    CancelPolicy, IdempotencyLayer, IdempotencyLayerBuilder, ScopeSource, StoreFailureMode,
+};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -546,11 +548,13 @@ async fn many_concurrent_duplicates_execute_once() {
 }
 
 #[tokio::test]
-async fn cancelled_request_releases_the_key() {
+async fn with_the_release_policy_a_cancelled_request_releases_the_key() {
     let executions = Executions::default();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let app = gated_app(
-        IdempotencyLayer::new(MemoryStore::new()),
+        IdempotencyLayer::builder(MemoryStore::new())
+            .on_cancel(CancelPolicy::Release)
+            .build(),
         Arc::clone(&gate),
         &executions,
     );
@@ -652,11 +656,14 @@ async fn inner_service_error_releases_the_key() {
     assert_eq!(response.headers()["x-idempotent-replayed"], "false");
 }
 
-/// A store that can be switched off, to simulate an outage.
+/// A store that can be switched off, to simulate an outage, or that loses only some
+/// transitions: the next `failing_completes` completions, or every renewal.
 #[derive(Clone, Default)]
 struct FlakyStore {
     inner: MemoryStore,
     down: Arc<AtomicBool>,
+    failing_completes: Arc<AtomicUsize>,
+    renewals_fail: Arc<AtomicBool>,
 }
 
 impl FlakyStore {
@@ -674,26 +681,43 @@ impl Store for FlakyStore {
         self.check()?;
         self.inner.begin(request).await
     }
+    async fn renew(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<TransitionOutcome, StoreError> {
+        self.check()?;
+        if self.renewals_fail.load(Ordering::SeqCst) {
+            return Err(StoreError::unavailable("connection reset"));
+        }
+        self.inner.renew(id, token, lease).await
+    }
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
         self.check()?;
+        let failing = self
+            .failing_completes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StoreError::unavailable("connection reset"));
+        }
         self.inner.complete(request).await
     }
     async fn release(
         &self,
         id: RecordId,
         token: LeaseToken,
-        now: Timestamp,
     ) -> Result<TransitionOutcome, StoreError> {
         self.check()?;
-        self.inner.release(id, token, now).await
+        self.inner.release(id, token).await
     }
-    async fn get(&self, id: RecordId, now: Timestamp) -> Result<Option<RecordState>, StoreError> {
+    async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
         self.check()?;
-        self.inner.get(id, now).await
+        self.inner.get(id).await
     }
-    async fn sweep_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+    async fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
         self.check()?;
-        self.inner.sweep_expired(now, limit).await
+        self.inner.sweep_expired(limit).await
     }
 }
 
@@ -861,8 +885,7 @@ async fn client_hanging_up_after_the_handler_ran_never_makes_it_run_twice() {
 async fn skipped_routes_pass_through_and_routes_can_have_their_own_ttl() {
     let clock = idem_core::ManualClock::new(Timestamp::from_millis(1_000_000_000));
     let executions = Executions::default();
-    let layer = IdempotencyLayer::builder(MemoryStore::new())
-        .clock(clock.clone())
+    let layer = IdempotencyLayer::builder(MemoryStore::with_clock(clock.clone()))
         .skip_when(|parts| parts.uri.path() == "/fail")
         .ttl_for(|parts| (parts.uri.path() == "/charges").then_some(Duration::from_secs(3600)))
         .build();
@@ -891,12 +914,11 @@ async fn skipped_routes_pass_through_and_routes_can_have_their_own_ttl() {
 }
 
 #[tokio::test]
-async fn run_to_completion_finishes_and_stores_a_cancelled_execution() {
+async fn by_default_a_cancelled_execution_runs_to_completion_and_is_stored() {
     let executions = Executions::default();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let layer = IdempotencyLayer::builder(MemoryStore::new())
-        .on_cancel(idem_http::CancelPolicy::RunToCompletion)
-        .build();
+    // The default: a handler whose client hung up after its side effect must not run twice.
+    let layer = IdempotencyLayer::new(MemoryStore::new());
     let app = gated_app(layer, Arc::clone(&gate), &executions);
     let first = tokio::spawn({
         let app = app.clone();
@@ -927,42 +949,73 @@ async fn run_to_completion_finishes_and_stores_a_cancelled_execution() {
     assert_eq!(executions.count(), 1);
 }
 
-#[tokio::test]
-async fn a_response_body_streaming_past_half_the_lease_never_lets_a_retry_run_again() {
-    let executions = Executions::default();
-    let app = Router::new()
+/// A handler whose body streams its second event after 600 ms.
+fn streaming_app<St: Store>(layer: IdempotencyLayer<St>, executions: &Executions) -> Router {
+    let executions = executions.clone();
+    Router::new()
         .route(
             "/events",
-            post({
-                let executions = executions.clone();
-                move || async move {
-                    executions.bump();
-                    let chunks = futures_util::stream::unfold(0, |n| async move {
-                        match n {
-                            0 => {
-                                Some((Ok::<_, std::io::Error>(Bytes::from_static(b"event 1\n")), 1))
-                            }
-                            1 => {
-                                tokio::time::sleep(Duration::from_millis(600)).await;
-                                Some((Ok(Bytes::from_static(b"event 2\n")), 2))
-                            }
-                            _ => None,
+            post(move || async move {
+                executions.bump();
+                let chunks = futures_util::stream::unfold(0, |n| async move {
+                    match n {
+                        0 => Some((Ok::<_, std::io::Error>(Bytes::from_static(b"event 1\n")), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(600)).await;
+                            Some((Ok(Bytes::from_static(b"event 2\n")), 2))
                         }
-                    });
-                    Body::from_stream(chunks)
-                }
+                        _ => None,
+                    }
+                });
+                Body::from_stream(chunks)
             }),
         )
-        .layer(
-            IdempotencyLayer::builder(MemoryStore::new())
-                .lease(Duration::from_millis(200))
-                .build(),
-        );
+        .layer(layer)
+}
+
+#[tokio::test]
+async fn a_response_body_streaming_for_several_leases_keeps_its_key_and_is_replayed_whole() {
+    let executions = Executions::default();
+    let app = streaming_app(
+        IdempotencyLayer::builder(MemoryStore::new())
+            .lease(Duration::from_millis(150))
+            .build(),
+        &executions,
+    );
     let first = tokio::spawn({
         let app = app.clone();
         async move { send(&app, post_with_key("/events", "stream", "")).await }
     });
-    // Past the lease: without the deadline the key would still be in flight and taken over.
+    // Two leases in: the lease is renewed while the body streams, so the key is in flight.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (status, _, body) = send(&app, post_with_key("/events", "stream", "")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(problem_code(&body), "request_in_progress");
+    let (status, _, whole) = first.await.unwrap();
+    assert_eq!(
+        (status, whole.as_ref()),
+        (StatusCode::OK, b"event 1\nevent 2\n".as_ref())
+    );
+    let (status, headers, replayed) = send(&app, post_with_key("/events", "stream", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-idempotent-replayed"], "true");
+    assert_eq!(replayed, whole, "the whole body was stored");
+    assert_eq!(executions.count(), 1);
+}
+
+#[tokio::test]
+async fn a_response_body_streaming_past_the_buffer_timeout_is_completed_without_it() {
+    let executions = Executions::default();
+    let app = streaming_app(
+        IdempotencyLayer::builder(MemoryStore::new())
+            .body_buffer_timeout(Duration::from_millis(200))
+            .build(),
+        &executions,
+    );
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with_key("/events", "stream", "")).await }
+    });
     tokio::time::sleep(Duration::from_millis(350)).await;
     let (status, _, body) = send(&app, post_with_key("/events", "stream", "")).await;
     assert_eq!(
@@ -977,5 +1030,121 @@ async fn a_response_body_streaming_past_half_the_lease_never_lets_a_retry_run_ag
         (StatusCode::OK, b"event 1\nevent 2\n".as_ref()),
         "the first client still gets everything"
     );
+    assert_eq!(executions.count(), 1);
+}
+
+#[tokio::test]
+async fn a_handler_slower_than_several_leases_keeps_its_key() {
+    let executions = Executions::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .lease(Duration::from_millis(100))
+        .build();
+    let app = gated_app(layer, Arc::clone(&gate), &executions);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with_key("/slow", "k", "")).await }
+    });
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, _, body) = send(&app, post_with_key("/slow", "k", "")).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(problem_code(&body), "request_in_progress");
+    }
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
+    assert_eq!(executions.count(), 1, "five leases long, one execution");
+}
+
+#[tokio::test]
+async fn an_owner_that_lost_the_store_leaves_its_key_of_unknown_outcome() {
+    let executions = Executions::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = FlakyStore::default();
+    let layer = IdempotencyLayer::builder(store.clone())
+        .lease(Duration::from_millis(100))
+        .build();
+    let app = gated_app(layer, Arc::clone(&gate), &executions);
+    // The owner cannot renew (as if cut off from the store): its lease lapses mid-execution.
+    store.renewals_fail.store(true, Ordering::SeqCst);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with_key("/slow", "k", "")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (status, headers, body) = send(&app, post_with_key("/slow", "k", "")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(problem_code(&body), "outcome_unknown");
+    assert!(headers.get("retry-after").is_none(), "retrying does not help");
+    assert_eq!(executions.count(), 1, "never executed again on its own");
+    // The owner was only cut off: it finishes, and its completion is still accepted.
+    store.renewals_fail.store(false, Ordering::SeqCst);
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
+    let (status, headers, _) = send(&app, post_with_key("/slow", "k", "")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["x-idempotent-replayed"], "true");
+    assert_eq!(executions.count(), 1);
+}
+
+#[tokio::test]
+async fn take_over_re_executes_a_key_whose_owner_vanished() {
+    let executions = Executions::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = FlakyStore::default();
+    let layer = IdempotencyLayer::builder(store.clone())
+        .lease(Duration::from_millis(100))
+        .on_lapse_for(|parts| (parts.uri.path() == "/slow").then_some(OnLapse::TakeOver))
+        .build();
+    let app = gated_app(layer, Arc::clone(&gate), &executions);
+    store.renewals_fail.store(true, Ordering::SeqCst);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with_key("/slow", "k", "")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    store.renewals_fail.store(false, Ordering::SeqCst);
+    let second = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with_key("/slow", "k", "")).await }
+    });
+    while executions.count() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gate.add_permits(2);
+    assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
+    assert_eq!(second.await.unwrap().0, StatusCode::CREATED);
+    assert_eq!(executions.count(), 2, "the route opted into re-execution");
+}
+
+#[tokio::test]
+async fn a_completion_lost_to_a_store_fault_is_retried_and_never_re_executed() {
+    let executions = Executions::default();
+    let store = FlakyStore::default();
+    store.failing_completes.store(3, Ordering::SeqCst);
+    let app = app(
+        IdempotencyLayer::builder(store.clone())
+            .lease(Duration::from_millis(200))
+            .build(),
+        &executions,
+    );
+    let (status, headers, first) = send(&app, post_with_key("/charges", "k", "{}")).await;
+    assert_eq!(status, StatusCode::CREATED, "the client gets its answer");
+    assert_eq!(headers["x-idempotent-replayed"], "false");
+    let mut replay = None;
+    for _ in 0..200 {
+        let (status, headers, body) = send(&app, post_with_key("/charges", "k", "{}")).await;
+        match status {
+            StatusCode::CONFLICT => assert_eq!(problem_code(&body), "request_in_progress"),
+            StatusCode::CREATED => {
+                assert_eq!(headers["x-idempotent-replayed"], "true");
+                replay = Some(body);
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(replay.unwrap(), first, "the completion landed");
     assert_eq!(executions.count(), 1);
 }

@@ -26,11 +26,6 @@ pub enum ConnectError {
     TimedOut(Duration),
 }
 
-/// An operation that got no answer in time (a hung server or a silent network partition).
-#[derive(Debug, thiserror::Error)]
-#[error("PostgreSQL did not answer within {0:?}")]
-pub(crate) struct OperationTimedOut(pub(crate) Duration);
-
 /// Sorts a driver error: data this build cannot decode is [`StoreError::Corrupted`];
 /// everything else (I/O, timeouts, an exhausted pool, a server refusing the statement) is
 /// [`StoreError::Unavailable`], as retrying later may succeed.

@@ -7,14 +7,23 @@
 //! COMMITTED with any number of concurrent clients: `begin` is an `INSERT … ON CONFLICT`
 //! that decides on the latest committed version of the row (the statement and why it is
 //! correct are documented in the crate's `src/sql.rs`). Replays, the common answer to a
-//! retry, are read-only. Expired rows are deleted by the engine's sweeper in small batches
-//! with `FOR UPDATE SKIP LOCKED`, so several instances can sweep at once without blocking
-//! requests.
+//! retry, are read-only, and so is the answer that a lapsed lease's outcome is unknown.
+//! Expired rows are deleted by the engine's sweeper in small batches with `FOR UPDATE SKIP
+//! LOCKED`, so several instances can sweep at once without blocking requests.
+//!
+//! **The database's clock decides.** Each statement reads the server's `clock_timestamp()`
+//! once and decides every lease and expiry against it; requests carry only durations. So
+//! instances whose own clocks disagree, by seconds or by hours, still agree on every lease
+//! and never take over each other's live executions. (For tests,
+//! [`PostgresStoreBuilder::clock`] replaces the server's clock by one a test moves by hand;
+//! production leaves the database's clock in charge.)
 //!
 //! Durability is PostgreSQL's: with `synchronous_commit = on` (the default) a completed
 //! record survives a crash once `complete` returned; with a synchronous standby it also
-//! survives failover. The statements need PostgreSQL 9.5 or later (`ON CONFLICT`, `SKIP
-//! LOCKED`); tested with 15.
+//! survives failover. [`Store::durability_risks`](idem_core::Store::durability_risks) reads
+//! the server's settings and reports those that can lose completed records (`fsync = off`,
+//! `synchronous_commit = off`, standbys replicating asynchronously). The statements need
+//! PostgreSQL 9.5 or later (`ON CONFLICT`, `SKIP LOCKED`); tested with 15.
 //!
 //! ```no_run
 //! use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, KeyPolicy, RecordId, Scope};

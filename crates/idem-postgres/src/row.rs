@@ -2,6 +2,8 @@
 //! as `bigint`, the header list as a compact `bytea`, and a returned row back into a
 //! [`Record`].
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use idem_core::{
     Fingerprint, LeaseToken, Record, RecordState, StoredResponse, Timestamp, decode_headers,
@@ -51,6 +53,17 @@ fn timestamp_from_sql(column: &'static str, millis: i64) -> Result<Timestamp, Ro
     u64::try_from(millis)
         .map(Timestamp::from_millis)
         .map_err(|_| unexpected(column, format!("negative timestamp {millis}")))
+}
+
+/// A duration (a lease, a TTL) as `bigint` milliseconds, saturating like
+/// [`Timestamp::plus`]; the statements add it to their now without overflowing.
+pub(crate) fn duration_to_sql(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The statement's own now, from the column `now` (see `sql`).
+pub(crate) fn now_from_row(row: &PgRow) -> Result<Timestamp, RowError> {
+    timestamp_from_sql("now", row.try_get("now")?)
 }
 
 /// A token as `bigint`, bit for bit: tokens are random `u64`s and only ever compared for
@@ -117,5 +130,11 @@ mod tests {
         assert_eq!(timestamp_to_sql(now), 1_700_000_000_000);
         assert_eq!(timestamp_to_sql(Timestamp::from_millis(u64::MAX)), i64::MAX);
         assert!(timestamp_from_sql("expires_at", -1).is_err());
+    }
+
+    #[test]
+    fn durations_saturate() {
+        assert_eq!(duration_to_sql(Duration::from_millis(1500)), 1500);
+        assert_eq!(duration_to_sql(Duration::MAX), i64::MAX);
     }
 }

@@ -2,23 +2,64 @@
 //! `idem_core::store::transition`, and the conformance suite checks that they agree.
 //!
 //! Every statement runs on its own (autocommit) under READ COMMITTED, PostgreSQL's default.
-//! Parameters are numbered as listed above each statement. Times are milliseconds from the
-//! caller's clock: the server's clock is never read, so all instances agree with the engine.
+//! Parameters are numbered as listed above each statement.
+//!
+//! **The database's clock decides.** Times are `bigint` milliseconds since the Unix epoch, and
+//! every lease and expiry decision compares them with the server's `clock_timestamp()`, never
+//! with an instance's clock: instances whose clocks disagree by minutes still agree on every
+//! lease, because they all ask the same server. Requests carry durations (a lease, a TTL),
+//! which the statement adds to that instant. (The comment in the first migration, which says
+//! the caller's clock, predates this; applied migrations are never edited.)
+//!
+//! Each statement reads the clock once, in its `clock` CTE (a CTE holding a volatile function
+//! is evaluated once and materialised), so all of its comparisons and the times it writes use
+//! one instant, which lies within the call. `$1` of every statement overrides that instant:
+//! NULL in production, or the now of the clock given to
+//! [`PostgresStoreBuilder::clock`](crate::PostgresStoreBuilder::clock) so that tests can move
+//! time by hand instead of sleeping.
+//!
+//! Sums of an instant and a duration saturate at `i64::MAX` ("never"), like
+//! `Timestamp::plus`, instead of overflowing `bigint`.
 
-/// Begin. `$1` id, `$2` fingerprint, `$3` token, `$4` now, `$5` lease_until, `$6` expires_at,
-/// `$7` a fresh random acquisition number. Returns exactly one row: the record as the
-/// statement left it, and whether this statement acquired it.
+/// The `clock` CTE: one instant per statement, in milliseconds; `$1` overrides it.
+macro_rules! clock {
+    () => {
+        "clock AS (
+    SELECT COALESCE($1::bigint, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+               AS now
+)"
+    };
+}
+
+/// `clock.now + <duration in ms>`, saturating at `i64::MAX`.
+macro_rules! later {
+    ($duration:literal) => {
+        concat!(
+            "LEAST(clock.now::numeric + ",
+            $duration,
+            "::numeric, 9223372036854775807)::bigint"
+        )
+    };
+}
+
+/// Begin. `$1` now override, `$2` id, `$3` fingerprint, `$4` token, `$5` lease (ms), `$6` TTL
+/// (ms), `$7` whether a lapsed lease may be taken over (`OnLapse::TakeOver`), `$8` a fresh
+/// random acquisition number. Returns exactly one row: the record as the statement left it,
+/// whether this statement acquired it, and the statement's `now`.
 ///
-/// A record may be acquired when it is expired (`expires_at <= now`), or in flight with a
-/// lapsed lease (`lease_until <= now`) and the same fingerprint; or when there is none.
+/// A record may be acquired when it is expired (`expires_at <= now`), or, with `$7`, in flight
+/// with a lapsed lease (`lease_until <= now`) and the same fingerprint; or when there is none.
+/// A lapsed lease without `$7` is not acquirable: the statement writes nothing and the row it
+/// returns tells the caller the outcome is unknown.
 ///
 /// Why this is race-free under READ COMMITTED, with any number of concurrent clients:
 ///
 /// - `snapshot` reads the row as of the statement's snapshot. If that row is live and may not
-///   be acquired (completed, in flight with a live lease, or another fingerprint), the answer
-///   (replay, in flight, mismatch) is the state at that instant, which lies within the call:
-///   the `INSERT` selects no row, nothing is written and no lock is taken. Replays, the hot
-///   path of retries, stay read-only.
+///   be acquired (completed, in flight with a live lease, in flight with a lapsed lease and no
+///   takeover asked, or another fingerprint), the answer (replay, in flight, outcome unknown,
+///   mismatch) is the state at that instant, which lies within the call: the `INSERT` selects
+///   no row, nothing is written and no lock is taken. Replays, the hot path of retries, stay
+///   read-only, and so does an outcome-unknown answer.
 /// - Otherwise (no row, or one that may be acquired) the `INSERT … ON CONFLICT` decides on the
 ///   latest committed version, not on the snapshot: the unique index makes concurrent inserts
 ///   of one id wait for each other, and on a conflict `DO UPDATE` locks the newest version of
@@ -26,27 +67,54 @@
 ///   that version. So a row committed by another client after our snapshot is still seen:
 ///   racing begins take the row lock one after the other, each deciding on what the previous
 ///   one wrote, and once one has acquired the others find its live lease.
+/// - The clock was read before any lock wait, so a begin that waited decides with an instant
+///   slightly in the past. That errs on the safe side: being expired or lapsed only becomes
+///   true as time passes, so a version acquirable at that instant is acquirable when the lock
+///   is granted (the lock keeps it from changing), and a version not yet lapsed then is
+///   reported in flight, with a lease left a little longer than it is. A racing begin that
+///   read a later instant wrote a lease ending after ours started, so we find it live.
 /// - `DO UPDATE` always fires, writing either the new in-flight record or the row unchanged,
 ///   because with `DO UPDATE … WHERE false` `RETURNING` yields nothing, and a plain `SELECT`
 ///   in the same statement cannot see a row committed after its snapshot. `RETURNING` thus
 ///   always reports the row as this statement left it. Rewriting an unchanged row costs a row
 ///   version, and only happens to begins that lose a race. Which of the two was written is
-///   told by `acquisition = $7`: PostgreSQL before 18 cannot return the old row, and
+///   told by `acquisition = $8`: PostgreSQL before 18 cannot return the old row, and
 ///   comparing tokens would misread a begin that reuses the token it already holds.
-pub(crate) const BEGIN: &str = "
-WITH snapshot AS (
+///
+/// The caller answers a row it did not acquire with `transition::begin` at the returned `now`:
+/// the same predicate on the same instant, so the two cannot disagree.
+pub(crate) const BEGIN: &str = concat!(
+    "
+WITH ",
+    clock!(),
+    ",
+fresh AS (
+    SELECT ",
+    later!("$5"),
+    " AS lease_until,
+           GREATEST(",
+    later!("$5"),
+    ", ",
+    later!("$6"),
+    ") AS expires_at
+    FROM clock
+),
+snapshot AS (
     SELECT state, fingerprint, token, lease_until, expires_at,
            response_status, response_headers, response_body,
-           (expires_at <= $4 OR (state = 'in_flight' AND lease_until <= $4 AND fingerprint = $2))
+           (expires_at <= clock.now
+            OR ($7 AND state = 'in_flight' AND lease_until <= clock.now AND fingerprint = $3))
                AS acquirable
-    FROM idem_records
-    WHERE id = $1
+    FROM idem_records, clock
+    WHERE id = $2
 ),
 upsert AS (
     INSERT INTO idem_records AS r
         (id, fingerprint, state, token, lease_until, expires_at,
          response_status, response_headers, response_body, acquisition, created_at)
-    SELECT $1, $2, 'in_flight', $3, $5, GREATEST($5, $6), NULL, NULL, NULL, $7, now()
+    SELECT $2, $3, 'in_flight', $4, fresh.lease_until, fresh.expires_at,
+           NULL, NULL, NULL, $8, now()
+    FROM fresh
     WHERE NOT EXISTS (SELECT FROM snapshot WHERE NOT acquirable)
     ON CONFLICT (id) DO UPDATE SET
         (fingerprint, state, token, lease_until, expires_at,
@@ -54,58 +122,124 @@ upsert AS (
         = (SELECT EXCLUDED.fingerprint, EXCLUDED.state, EXCLUDED.token, EXCLUDED.lease_until,
                   EXCLUDED.expires_at, EXCLUDED.response_status, EXCLUDED.response_headers,
                   EXCLUDED.response_body, EXCLUDED.acquisition, EXCLUDED.created_at
-           WHERE r.expires_at <= $4
-              OR (r.state = 'in_flight' AND r.lease_until <= $4 AND r.fingerprint = $2)
+           FROM clock
+           WHERE r.expires_at <= clock.now
+              OR ($7 AND r.state = 'in_flight' AND r.lease_until <= clock.now
+                  AND r.fingerprint = $3)
            UNION ALL
            SELECT r.fingerprint, r.state, r.token, r.lease_until,
                   r.expires_at, r.response_status, r.response_headers,
                   r.response_body, r.acquisition, r.created_at
-           WHERE NOT (r.expires_at <= $4
-              OR (r.state = 'in_flight' AND r.lease_until <= $4 AND r.fingerprint = $2)))
+           FROM clock
+           WHERE NOT (r.expires_at <= clock.now
+              OR ($7 AND r.state = 'in_flight' AND r.lease_until <= clock.now
+                  AND r.fingerprint = $3)))
     RETURNING state, fingerprint, token, lease_until, expires_at,
-              response_status, response_headers, response_body, acquisition = $7 AS acquired
+              response_status, response_headers, response_body, acquisition = $8 AS acquired
 )
-SELECT * FROM upsert
+SELECT upsert.*, clock.now FROM upsert, clock
 UNION ALL
 SELECT state, fingerprint, token, lease_until, expires_at,
-       response_status, response_headers, response_body, false
-FROM snapshot
-WHERE NOT EXISTS (SELECT FROM upsert)";
+       response_status, response_headers, response_body, false, clock.now
+FROM snapshot, clock
+WHERE NOT EXISTS (SELECT FROM upsert)"
+);
 
-/// Complete. `$1` id, `$2` token, `$3` status, `$4` headers, `$5` body, `$6` expires_at,
-/// `$7` now. One row affected: applied; none: stale lease.
+/// Renew. `$1` now override, `$2` id, `$3` token, `$4` lease (ms). One row affected: applied;
+/// none: stale lease.
+///
+/// A lapsed lease that was not taken over still carries its owner's token and is renewed;
+/// one taken over carries another token. `UPDATE` re-checks its `WHERE` on the newest version
+/// of a row that changed after its snapshot, so a concurrent takeover, completion or release
+/// is never overwritten.
+pub(crate) const RENEW: &str = concat!(
+    "
+WITH ",
+    clock!(),
+    "
+UPDATE idem_records
+SET lease_until = ",
+    later!("$4"),
+    ",
+    expires_at = GREATEST(expires_at, ",
+    later!("$4"),
+    ")
+FROM clock
+WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now"
+);
+
+/// Complete. `$1` now override, `$2` id, `$3` token, `$4` status, `$5` headers, `$6` body,
+/// `$7` TTL (ms). One row affected: applied; none: stale lease.
 ///
 /// `UPDATE` re-checks its `WHERE` on the newest version of a row that changed after its
-/// snapshot, so a concurrent takeover (a new token) or release is never overwritten.
-pub(crate) const COMPLETE: &str = "
+/// snapshot, so a concurrent takeover (a new token) or release is never overwritten. A lapsed
+/// lease not taken over still carries the owner's token, so its completion is accepted.
+pub(crate) const COMPLETE: &str = concat!(
+    "
+WITH ",
+    clock!(),
+    "
 UPDATE idem_records
-SET state = 'completed', response_status = $3, response_headers = $4, response_body = $5,
-    expires_at = $6
-WHERE id = $1 AND state = 'in_flight' AND token = $2 AND expires_at > $7";
+SET state = 'completed', response_status = $4, response_headers = $5, response_body = $6,
+    expires_at = ",
+    later!("$7"),
+    "
+FROM clock
+WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now"
+);
 
-/// Release. `$1` id, `$2` token, `$3` now. One row affected: applied; none: stale lease.
-pub(crate) const RELEASE: &str = "
+/// Release. `$1` now override, `$2` id, `$3` token. One row affected: applied; none: stale
+/// lease.
+pub(crate) const RELEASE: &str = concat!(
+    "
+WITH ",
+    clock!(),
+    "
 DELETE FROM idem_records
-WHERE id = $1 AND state = 'in_flight' AND token = $2 AND expires_at > $3";
+USING clock
+WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now"
+);
 
-/// Get. `$1` id, `$2` now. The live row, if any.
-pub(crate) const GET: &str = "
+/// Get. `$1` now override, `$2` id. The live row, if any, with the statement's `now`.
+pub(crate) const GET: &str = concat!(
+    "
+WITH ",
+    clock!(),
+    "
 SELECT state, fingerprint, token, lease_until, expires_at,
-       response_status, response_headers, response_body
-FROM idem_records
-WHERE id = $1 AND expires_at > $2";
+       response_status, response_headers, response_body, clock.now
+FROM idem_records, clock
+WHERE id = $2 AND expires_at > clock.now"
+);
 
-/// Sweep. `$1` now, `$2` batch size. Deletes up to `$2` rows expired at `$1`, earliest first.
+/// Sweep. `$1` now override, `$2` batch size. Deletes up to `$2` rows expired at the
+/// statement's now, earliest first.
 ///
 /// `SKIP LOCKED` lets several instances sweep at once, each taking other rows, and never waits
 /// for a row a request is writing. The locked row's expiry is checked again on its newest
 /// version, so a record acquired afresh since the snapshot is not deleted.
-pub(crate) const SWEEP: &str = "
+pub(crate) const SWEEP: &str = concat!(
+    "
+WITH ",
+    clock!(),
+    "
 DELETE FROM idem_records
 WHERE id IN (
     SELECT id FROM idem_records
-    WHERE expires_at <= $1
+    WHERE expires_at <= (SELECT now FROM clock)
     ORDER BY expires_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-) AND expires_at <= $1";
+) AND expires_at <= (SELECT now FROM clock)"
+);
+
+/// The server settings that decide whether an acknowledged commit survives, for
+/// `durability_risks`: what this session's commits use (`synchronous_commit` may be set per
+/// role or database), whether the server flushes at all, whether commits wait for a standby,
+/// and how many standbys stream from this server (a failover to an asynchronous one may lose
+/// the last commits). `pg_stat_replication` shows its rows to every user.
+pub(crate) const DURABILITY_SETTINGS: &str = "
+SELECT current_setting('synchronous_commit') AS synchronous_commit,
+       current_setting('fsync') AS fsync,
+       current_setting('synchronous_standby_names') AS synchronous_standby_names,
+       (SELECT count(*) FROM pg_stat_replication) AS standbys";

@@ -2,19 +2,20 @@
 //! and its embedded schema migrations.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use idem_core::store::transition;
 use idem_core::{
-    BeginOutcome, BeginRequest, CompleteRequest, LeaseToken, RecordId, RecordState, Store,
-    StoreError, Timestamp, TransitionOutcome,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, DurabilityRisk, LeaseToken, OnLapse,
+    RecordId, RecordSnapshot, Store, StoreError, TransitionOutcome,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
-use crate::error::{ConnectError, OperationTimedOut, store_error};
-use crate::row::{record_from_row, timestamp_to_sql, token_to_sql};
+use crate::error::{ConnectError, store_error};
+use crate::row::{duration_to_sql, now_from_row, record_from_row, timestamp_to_sql, token_to_sql};
 use crate::sql;
 
 /// Connections per pool unless [`PostgresStoreBuilder::max_connections`] says otherwise.
@@ -51,9 +52,15 @@ const MAX_SWEEP_BATCH: i64 = 10_000;
 
 /// A [`Store`] in a PostgreSQL table, `idem_records`, shared by every instance pointed at the
 /// same database. Cloning it shares the pool.
+///
+/// Every lease and expiry is decided by the database server's clock (`clock_timestamp()`),
+/// never by this instance's, so instances with skewed clocks never disturb each other.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// A clock that replaces the server's, for tests only; see
+    /// [`PostgresStoreBuilder::clock`].
+    clock: Option<Arc<dyn Clock>>,
 }
 
 /// Options for a [`PostgresStore`], from [`PostgresStore::builder`].
@@ -61,6 +68,7 @@ pub struct PostgresStore {
 pub struct PostgresStoreBuilder {
     url: String,
     max_connections: u32,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl PostgresStoreBuilder {
@@ -69,6 +77,20 @@ impl PostgresStoreBuilder {
     #[must_use]
     pub fn max_connections(mut self, max_connections: u32) -> Self {
         self.max_connections = max_connections.max(1);
+        self
+    }
+
+    /// **For tests only.** Decides leases and expiry by `clock` (an
+    /// [`idem_core::ManualClock`]) instead of the database server's clock, so that a test can
+    /// move time by hand instead of sleeping: each statement is given `clock`'s now and uses it
+    /// where it would read `clock_timestamp()`.
+    ///
+    /// Production leaves this unset, and the database's clock is in charge: every instance
+    /// then agrees on every lease however far their own clocks drift, which a clock per
+    /// instance would not give.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -130,7 +152,10 @@ impl PostgresStoreBuilder {
             // engine answers 503 and executes nothing) and the pool replaces it.
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        PostgresStore::from_pool(pool)
+        PostgresStore {
+            pool,
+            clock: self.clock.clone(),
+        }
     }
 }
 
@@ -158,6 +183,7 @@ impl PostgresStore {
         PostgresStoreBuilder {
             url: url.to_owned(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            clock: None,
         }
     }
 
@@ -167,7 +193,7 @@ impl PostgresStore {
     /// pool's own acquire timeout.
     #[must_use]
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, clock: None }
     }
 
     /// The pool, to share it with the application or to close it.
@@ -191,31 +217,41 @@ impl PostgresStore {
             .map_err(ConnectError::Migrate)
     }
 
-    /// Runs one statement within [`OPERATION_TIMEOUT`], sorting its errors.
-    async fn bounded<T>(
-        future: impl Future<Output = Result<T, sqlx::Error>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(OPERATION_TIMEOUT, future).await {
-            Ok(result) => result.map_err(store_error),
-            Err(_) => Err(StoreError::unavailable(OperationTimedOut(
-                OPERATION_TIMEOUT,
-            ))),
-        }
+    /// The `$1` of every statement: NULL, so that the server reads its own clock, unless a
+    /// test gave the builder a clock.
+    fn now_override(&self) -> Option<i64> {
+        self.clock
+            .as_ref()
+            .map(|clock| timestamp_to_sql(clock.now()))
     }
+}
+
+/// Runs one statement within [`OPERATION_TIMEOUT`] (see [`idem_core::bounded`]), sorting
+/// its driver errors.
+async fn bounded<T>(
+    operation: &'static str,
+    future: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    idem_core::bounded(operation, OPERATION_TIMEOUT, async {
+        future.await.map_err(store_error)
+    })
+    .await
 }
 
 impl Store for PostgresStore {
     async fn begin(&self, request: BeginRequest) -> Result<BeginOutcome, StoreError> {
         // Names this statement's acquisition; see `sql::BEGIN`.
         let acquisition: i64 = rand::random();
-        let row = Self::bounded(
+        let row = bounded(
+            "begin",
             sqlx::query(sql::BEGIN)
+                .bind(self.now_override())
                 .bind(request.id.as_bytes().as_slice())
                 .bind(request.fingerprint.as_bytes().as_slice())
                 .bind(token_to_sql(request.token))
-                .bind(timestamp_to_sql(request.now))
-                .bind(timestamp_to_sql(request.lease_until))
-                .bind(timestamp_to_sql(request.expires_at))
+                .bind(duration_to_sql(request.lease))
+                .bind(duration_to_sql(request.ttl))
+                .bind(request.on_lapse == OnLapse::TakeOver)
                 .bind(acquisition)
                 .fetch_one(&self.pool),
         )
@@ -224,10 +260,11 @@ impl Store for PostgresStore {
         if acquired {
             return Ok(BeginOutcome::Acquired);
         }
-        // The row this statement left untouched: answer from it with the reference semantics,
-        // which must agree that it could not be acquired.
+        // The row this statement left untouched: answer from it with the reference semantics
+        // at the statement's own instant, which must agree that it could not be acquired.
         let record = record_from_row(&row)?;
-        match transition::begin(Some(&record), &request).0 {
+        let now = now_from_row(&row)?;
+        match transition::begin(Some(&record), &request, now).0 {
             BeginOutcome::Acquired => Err(StoreError::Corrupted(
                 "idem_records row is acquirable by the reference semantics but the begin \
                  statement did not acquire it"
@@ -237,19 +274,39 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn renew(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let result = bounded(
+            "renew",
+            sqlx::query(sql::RENEW)
+                .bind(self.now_override())
+                .bind(id.as_bytes().as_slice())
+                .bind(token_to_sql(token))
+                .bind(duration_to_sql(lease))
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(applied(result.rows_affected()))
+    }
+
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
         let headers = idem_core::encode_headers(&request.response.headers);
         let status = i32::from(request.response.status);
         let body = request.response.body.as_deref();
-        let result = Self::bounded(
+        let result = bounded(
+            "complete",
             sqlx::query(sql::COMPLETE)
+                .bind(self.now_override())
                 .bind(request.id.as_bytes().as_slice())
                 .bind(token_to_sql(request.token))
                 .bind(status)
                 .bind(headers)
                 .bind(body)
-                .bind(timestamp_to_sql(request.expires_at))
-                .bind(timestamp_to_sql(request.now))
+                .bind(duration_to_sql(request.ttl))
                 .execute(&self.pool),
         )
         .await?;
@@ -260,38 +317,43 @@ impl Store for PostgresStore {
         &self,
         id: RecordId,
         token: LeaseToken,
-        now: Timestamp,
     ) -> Result<TransitionOutcome, StoreError> {
-        let result = Self::bounded(
+        let result = bounded(
+            "release",
             sqlx::query(sql::RELEASE)
+                .bind(self.now_override())
                 .bind(id.as_bytes().as_slice())
                 .bind(token_to_sql(token))
-                .bind(timestamp_to_sql(now))
                 .execute(&self.pool),
         )
         .await?;
         Ok(applied(result.rows_affected()))
     }
 
-    async fn get(&self, id: RecordId, now: Timestamp) -> Result<Option<RecordState>, StoreError> {
-        let row = Self::bounded(
+    async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
+        let row = bounded(
+            "get",
             sqlx::query(sql::GET)
+                .bind(self.now_override())
                 .bind(id.as_bytes().as_slice())
-                .bind(timestamp_to_sql(now))
                 .fetch_optional(&self.pool),
         )
         .await?;
         match row {
-            Some(row) => Ok(Some(record_from_row(&row)?.state)),
+            Some(row) => Ok(Some(RecordSnapshot {
+                record: record_from_row(&row)?,
+                now: now_from_row(&row)?,
+            })),
             None => Ok(None),
         }
     }
 
-    async fn sweep_expired(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+    async fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).map_or(MAX_SWEEP_BATCH, |l| l.min(MAX_SWEEP_BATCH));
-        let result = Self::bounded(
+        let result = bounded(
+            "sweep_expired",
             sqlx::query(sql::SWEEP)
-                .bind(timestamp_to_sql(now))
+                .bind(self.now_override())
                 .bind(limit)
                 .execute(&self.pool),
         )
@@ -299,6 +361,85 @@ impl Store for PostgresStore {
         // At most `limit` rows, which came from a usize.
         Ok(usize::try_from(result.rows_affected()).unwrap_or(usize::MAX))
     }
+
+    async fn durability_risks(&self) -> Result<Vec<DurabilityRisk>, StoreError> {
+        let row = bounded(
+            "durability_risks",
+            sqlx::query(sql::DURABILITY_SETTINGS).fetch_one(&self.pool),
+        )
+        .await?;
+        let setting = |column: &'static str| -> Result<String, StoreError> {
+            row.try_get::<String, _>(column).map_err(store_error)
+        };
+        let standbys: i64 = row.try_get("standbys").map_err(store_error)?;
+        Ok(durability_risks(&DurabilitySettings {
+            synchronous_commit: setting("synchronous_commit")?,
+            fsync: setting("fsync")?,
+            synchronous_standby_names: setting("synchronous_standby_names")?,
+            standbys,
+        }))
+    }
+}
+
+/// The server settings [`Store::durability_risks`] reads.
+#[derive(Debug)]
+struct DurabilitySettings {
+    synchronous_commit: String,
+    fsync: String,
+    synchronous_standby_names: String,
+    /// Standbys streaming from this server.
+    standbys: i64,
+}
+
+/// What in `settings` may make the server forget records. None of them deletes live records
+/// on its own, so none refuses the start: they only lose the last commits in a crash or a
+/// failover, which an operator may accept knowingly.
+fn durability_risks(settings: &DurabilitySettings) -> Vec<DurabilityRisk> {
+    let mut risks = Vec::new();
+    if settings.fsync.eq_ignore_ascii_case("off") {
+        risks.push(DurabilityRisk {
+            setting: "fsync=off".to_owned(),
+            risk: "PostgreSQL does not flush its writes to disk, so a crash of the server or its \
+                   machine can lose or corrupt completed records, and a retry then executes the \
+                   operation again."
+                .to_owned(),
+            refuse: false,
+        });
+    }
+    let synchronous_commit = settings.synchronous_commit.to_ascii_lowercase();
+    if synchronous_commit == "off" {
+        risks.push(DurabilityRisk {
+            setting: "synchronous_commit=off".to_owned(),
+            risk: "PostgreSQL acknowledges commits before they are on disk, so a crash of the \
+                   server can lose the last completed records, and a retry of those requests \
+                   then executes them again."
+                .to_owned(),
+            refuse: false,
+        });
+    }
+    let standby_names = settings.synchronous_standby_names.trim();
+    if settings.standbys > 0 && standby_names.is_empty() {
+        risks.push(DurabilityRisk {
+            setting: "synchronous_standby_names=''".to_owned(),
+            risk: format!(
+                "{} standby(s) replicate from this server asynchronously, so a failover to one \
+                 of them can lose the last completed records, and a retry of those requests \
+                 then executes them again.",
+                settings.standbys
+            ),
+            refuse: false,
+        });
+    } else if !standby_names.is_empty() && synchronous_commit == "local" {
+        risks.push(DurabilityRisk {
+            setting: "synchronous_commit=local".to_owned(),
+            risk: "Commits do not wait for the synchronous standbys, so a failover to a standby \
+                   can lose the last completed records, and a retry of those requests then \
+                   executes them again."
+                .to_owned(),
+            refuse: false,
+        });
+    }
+    risks
 }
 
 /// A fenced statement's outcome from the rows it changed (the id is the primary key: 0 or 1).
@@ -307,5 +448,58 @@ fn applied(rows_affected: u64) -> TransitionOutcome {
         TransitionOutcome::Applied
     } else {
         TransitionOutcome::StaleLease
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(
+        synchronous_commit: &str,
+        fsync: &str,
+        names: &str,
+        standbys: i64,
+    ) -> DurabilitySettings {
+        DurabilitySettings {
+            synchronous_commit: synchronous_commit.to_owned(),
+            fsync: fsync.to_owned(),
+            synchronous_standby_names: names.to_owned(),
+            standbys,
+        }
+    }
+
+    fn risky_settings(settings: &DurabilitySettings) -> Vec<String> {
+        durability_risks(settings)
+            .into_iter()
+            .inspect(|risk| assert!(!risk.refuse, "{risk:?}"))
+            .map(|risk| risk.setting)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_on_a_single_server_are_no_risk() {
+        assert!(risky_settings(&settings("on", "on", "", 0)).is_empty());
+        // Without synchronous standbys, `local` flushes like `on`.
+        assert!(risky_settings(&settings("local", "on", "", 0)).is_empty());
+        assert!(risky_settings(&settings("on", "on", "FIRST 1 (s1)", 1)).is_empty());
+    }
+
+    #[test]
+    fn each_setting_that_loses_commits_is_a_risk_that_does_not_refuse() {
+        assert_eq!(risky_settings(&settings("on", "off", "", 0)), ["fsync=off"]);
+        assert_eq!(
+            risky_settings(&settings("off", "on", "", 0)),
+            ["synchronous_commit=off"]
+        );
+        assert_eq!(
+            risky_settings(&settings("on", "on", "", 2)),
+            ["synchronous_standby_names=''"]
+        );
+        assert_eq!(
+            risky_settings(&settings("local", "on", "s1", 1)),
+            ["synchronous_commit=local"]
+        );
+        assert_eq!(risky_settings(&settings("off", "off", "", 1)).len(), 3);
     }
 }

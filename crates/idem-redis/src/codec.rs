@@ -8,10 +8,12 @@
 //! | `state` | `in_flight` or `completed` |
 //! | `fp` | the fingerprint, 32 raw bytes |
 //! | `token`, `lease_until` | the owner's token and lease (in flight only) |
-//! | `expires_at` | when the record is forgotten |
+//! | `expires_at` | when the record is forgotten, on Redis's clock |
 //! | `status`, `headers`, `has_body`, `body` | the stored response (completed only) |
 //!
-//! Tokens and times are decimal strings (see `lua/prelude.lua`); `headers` is a format byte
+//! Tokens and times are decimal strings (see `lua/prelude.lua`), times in milliseconds of the
+//! clock the scripts read (Redis's `TIME`, unless a test gave the store a clock of its own);
+//! `headers` is a format byte
 //! then postcard; `has_body` is `1`, or `0` for a response stored without its body, so an
 //! empty body and no body stay distinct.
 
@@ -19,7 +21,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use idem_core::{
-    BeginOutcome, Fingerprint, LeaseToken, RecordId, RecordState, StoredResponse, Timestamp,
+    BeginOutcome, Fingerprint, LeaseToken, Record, RecordId, RecordSnapshot, RecordState,
+    StoredResponse, Timestamp,
 };
 use redis::Value;
 
@@ -68,6 +71,10 @@ fn response(
     })
 }
 
+fn timestamp(field: &str, bytes: &[u8]) -> Result<Timestamp, DecodeError> {
+    decimal(field, bytes).map(Timestamp::from_millis)
+}
+
 /// The strings of a script's reply array; `None` for a nil (a field that was missing).
 fn strings(reply: Value) -> Result<Vec<Option<Vec<u8>>>, DecodeError> {
     let Value::Array(items) = reply else {
@@ -99,9 +106,14 @@ pub(crate) fn begin_outcome(reply: Value) -> Result<BeginOutcome, DecodeError> {
     match outcome.as_slice() {
         b"acquired" => Ok(BeginOutcome::Acquired),
         b"mismatch" => Ok(BeginOutcome::Mismatch),
-        b"in_flight" => Ok(BeginOutcome::InFlight {
-            lease_until: Timestamp::from_millis(decimal("lease_until", &next("lease_until")?)?),
-        }),
+        b"unknown" => Ok(BeginOutcome::OutcomeUnknown),
+        b"in_flight" => {
+            let lease_until = timestamp("lease_until", &next("lease_until")?)?;
+            let now = timestamp("now", &next("now")?)?;
+            Ok(BeginOutcome::InFlight {
+                lease_left: now.until(lease_until),
+            })
+        }
         b"replay" => {
             let (status, headers) = (next("status")?, next("headers")?);
             let (has_body, body) = (next("has_body")?, next("body")?);
@@ -117,12 +129,34 @@ pub(crate) fn begin_outcome(reply: Value) -> Result<BeginOutcome, DecodeError> {
     }
 }
 
-/// The state of a record from its hash (`HGETALL`), or `None` if it is absent or expired at
-/// `now`: Redis deletes expired keys on its own clock, later than their logical expiry.
-pub(crate) fn visible_state(
+/// The reply of `lua/get.lua` (the script's clock, then the hash's fields and values): the
+/// record and that clock, or `None` if the record is absent or expired at that clock, since
+/// Redis deletes a key only a grace period after the record expired.
+pub(crate) fn snapshot(reply: Value) -> Result<Option<RecordSnapshot>, DecodeError> {
+    let mut items = strings(reply)?.into_iter();
+    let now = timestamp(
+        "now",
+        &items
+            .next()
+            .flatten()
+            .ok_or_else(|| unreadable("get reply without now"))?,
+    )?;
+    let mut fields = HashMap::new();
+    while let Some(field) = items.next() {
+        let (Some(field), Some(Some(value))) = (field, items.next()) else {
+            return Err(unreadable("get reply with a field without a value"));
+        };
+        let field = String::from_utf8(field).map_err(|_| unreadable("a field is not UTF-8"))?;
+        fields.insert(field, value);
+    }
+    Ok(visible_record(fields, now)?.map(|record| RecordSnapshot { record, now }))
+}
+
+/// A record from its hash's fields, or `None` if it is absent or expired at `now`.
+fn visible_record(
     mut fields: HashMap<String, Vec<u8>>,
     now: Timestamp,
-) -> Result<Option<RecordState>, DecodeError> {
+) -> Result<Option<Record>, DecodeError> {
     if fields.is_empty() {
         return Ok(None);
     }
@@ -131,7 +165,7 @@ pub(crate) fn visible_state(
             .remove(field)
             .ok_or_else(|| unreadable(format!("record without {field}")))
     };
-    let expires_at = Timestamp::from_millis(decimal("expires_at", &take("expires_at")?)?);
+    let expires_at = timestamp("expires_at", &take("expires_at")?)?;
     if now >= expires_at {
         return Ok(None);
     }
@@ -139,22 +173,23 @@ pub(crate) fn visible_state(
         .map(Fingerprint::from_bytes)
         .map_err(|_| unreadable("fingerprint is not 32 bytes"))?;
     let state = take("state")?;
-    match state.as_slice() {
-        b"in_flight" => Ok(Some(RecordState::InFlight {
+    let state = match state.as_slice() {
+        b"in_flight" => RecordState::InFlight {
             fingerprint,
             token: LeaseToken::from_u64(decimal("token", &take("token")?)?),
-            lease_until: Timestamp::from_millis(decimal("lease_until", &take("lease_until")?)?),
-        })),
+            lease_until: timestamp("lease_until", &take("lease_until")?)?,
+        },
         b"completed" => {
             let (status, headers) = (take("status")?, take("headers")?);
             let (has_body, body) = (take("has_body")?, take("body")?);
-            Ok(Some(RecordState::Completed {
+            RecordState::Completed {
                 fingerprint,
                 response: response(&status, &headers, &has_body, body)?,
-            }))
+            }
         }
-        _ => Err(unreadable("unknown state")),
-    }
+        _ => return Err(unreadable("unknown state")),
+    };
+    Ok(Some(Record { state, expires_at }))
 }
 
 #[cfg(test)]
@@ -190,41 +225,73 @@ mod tests {
             begin_outcome(replay).unwrap(),
             BeginOutcome::Replay(expected)
         );
-        let in_flight = Value::Array(vec![bulk(b"in_flight"), bulk(b"18446744073709551615")]);
+        let in_flight = Value::Array(vec![bulk(b"in_flight"), bulk(b"1500"), bulk(b"1200")]);
         assert_eq!(
             begin_outcome(in_flight).unwrap(),
             BeginOutcome::InFlight {
-                lease_until: Timestamp::from_millis(u64::MAX)
+                lease_left: std::time::Duration::from_millis(300)
             }
+        );
+        assert_eq!(
+            begin_outcome(Value::Array(vec![bulk(b"unknown")])).unwrap(),
+            BeginOutcome::OutcomeUnknown
         );
         for bad in [
             Value::Int(1),
             Value::Array(vec![bulk(b"replay"), Value::Nil]),
             Value::Array(vec![bulk(b"corrupt"), bulk(b"no expires_at")]),
-            Value::Array(vec![bulk(b"in_flight"), bulk(b"-1")]),
+            Value::Array(vec![bulk(b"in_flight"), bulk(b"-1"), bulk(b"0")]),
+            Value::Array(vec![bulk(b"in_flight"), bulk(b"1")]),
         ] {
             assert!(begin_outcome(bad).is_err());
         }
     }
 
     #[test]
-    fn expired_hashes_read_as_absent() {
-        let fields = HashMap::from([
-            ("state".to_owned(), b"in_flight".to_vec()),
-            ("fp".to_owned(), vec![1; 32]),
-            ("token".to_owned(), b"7".to_vec()),
-            ("lease_until".to_owned(), b"150".to_vec()),
-            ("expires_at".to_owned(), b"200".to_vec()),
-        ]);
-        let live = visible_state(fields.clone(), Timestamp::from_millis(199)).unwrap();
-        assert!(matches!(live, Some(RecordState::InFlight { .. })));
+    fn get_replies_are_read_at_the_clock_they_carry() {
+        let fields: Vec<&[u8]> = vec![
+            b"state",
+            b"in_flight",
+            b"fp",
+            &[1; 32],
+            b"token",
+            b"7",
+            b"lease_until",
+            b"150",
+            b"expires_at",
+            b"200",
+        ];
+        let reply = |now: &[u8]| {
+            Value::Array(
+                std::iter::once(bulk(now))
+                    .chain(fields.iter().map(|item| bulk(item)))
+                    .collect(),
+            )
+        };
+        let live = snapshot(reply(b"120")).unwrap().expect("live at 120");
+        assert_eq!(live.now, Timestamp::from_millis(120));
+        assert_eq!(live.record.expires_at, Timestamp::from_millis(200));
         assert_eq!(
-            visible_state(fields, Timestamp::from_millis(200)).unwrap(),
-            None
+            live.record.state,
+            RecordState::InFlight {
+                fingerprint: Fingerprint::from_bytes([1; 32]),
+                token: LeaseToken::from_u64(7),
+                lease_until: Timestamp::from_millis(150),
+            }
         );
         assert_eq!(
-            visible_state(HashMap::new(), Timestamp::from_millis(0)).unwrap(),
-            None
+            live.lease_left(),
+            Some(std::time::Duration::from_millis(30))
         );
+        // Expired at the script's clock: absent, whether or not Redis deleted the key yet.
+        assert_eq!(snapshot(reply(b"200")).unwrap(), None);
+        assert_eq!(snapshot(Value::Array(vec![bulk(b"5")])).unwrap(), None);
+        for bad in [
+            Value::Array(vec![]),
+            Value::Array(vec![bulk(b"5"), bulk(b"state")]),
+            Value::Array(vec![bulk(b"5"), bulk(b"state"), bulk(b"in_flight")]),
+        ] {
+            assert!(snapshot(bad).is_err());
+        }
     }
 }

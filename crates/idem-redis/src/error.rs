@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use idem_core::StoreError;
-use redis::{ErrorKind, RedisError};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::codec::DecodeError;
 
@@ -28,10 +28,15 @@ pub enum ConnectError {
     TimedOut(Duration),
 }
 
-/// An operation that got no answer in time, retries and reconnections included.
-#[derive(Debug, thiserror::Error)]
-#[error("Redis did not answer within {0:?}")]
-pub(crate) struct OperationTimedOut(pub(crate) Duration);
+/// Whether the server answered a command with a refusal (an unknown or renamed command, a
+/// missing ACL permission) rather than failing to answer: asking again will not help.
+pub(crate) fn refused(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+            | ErrorKind::Extension
+    )
+}
 
 /// Sorts a driver error: a reply or a key this build cannot read (a parse error, an
 /// unexpected type, a key of another type at a record's name) is [`StoreError::Corrupted`];

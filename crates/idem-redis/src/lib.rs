@@ -4,9 +4,15 @@
 //!
 //! [`RedisStore`] keeps each record as one hash at `{prefix}:{<hex id>}` (the braces are a
 //! cluster hash tag). Each state transition is one `EVALSHA` of a Lua script (`src/lua/`), so
-//! it reads and writes the record in one atomic step and one round trip; the scripts mirror
-//! `idem_core::store::transition` and compare the `now` the engine passes, never Redis's
-//! clock. Every write sets the key's expiry to the record's logical expiry plus
+//! it reads the clock, reads the record and writes it in one atomic step and one round trip;
+//! the scripts mirror `idem_core::store::transition`.
+//!
+//! **Redis's clock decides.** Requests carry durations (a lease of 30 s, a TTL of a day); each
+//! script reads Redis's clock (`TIME`) and judges every lease and expiry by it, never by the
+//! clock of the instance that sent it, so instances whose clocks disagree by minutes still
+//! agree on every lease. (Tests may hand the store a clock of their own with
+//! [`RedisStoreBuilder::clock`], to move time by hand; production never does.) Every write
+//! also sets the key's expiry, from the same now, to the record's logical expiry plus
 //! [`EXPIRY_GRACE`], so Redis deletes expired records itself and
 //! [`sweep_expired`](idem_core::Store::sweep_expired) has nothing to do.
 //!
@@ -42,9 +48,10 @@
 //!   writes on a crash; RDB snapshots alone lose everything since the last snapshot; no
 //!   persistence loses everything on restart. Choose knowing that each lost completion is a
 //!   possible second execution.
-//! - **Memory.** Records must not be evicted: use `maxmemory-policy noeviction` (or a
-//!   `volatile-*` policy never reached), so that a full Redis refuses writes, which the
-//!   engine reports as unavailable (503), rather than forgetting completed records.
+//! - **Memory.** Records must not be evicted: use `maxmemory-policy noeviction`, so that a
+//!   full Redis refuses writes, which the engine reports as unavailable (503), rather than
+//!   forgetting completed records. Every other policy may evict them, `volatile-*` included,
+//!   since every record carries a TTL.
 //! - **Failover.** Replication is asynchronous: a replica promoted by Sentinel or the cluster
 //!   may miss the latest completions and leases, and at-most-once can then be violated for
 //!   keys written just before the failover (a retry executes again, or a duplicate acquires
@@ -53,12 +60,17 @@
 //!   `min-replicas-to-write` keeps a primary cut off from its replicas from accepting writes
 //!   that a failover would discard. When the guarantee must survive failover, use the
 //!   PostgreSQL store with a synchronous standby.
-//! - **Clocks.** Answers depend only on the engine's clock; Redis's clock only decides when
-//!   a key is physically deleted, [`EXPIRY_GRACE`] after it logically expired. Instances
-//!   whose clocks differ by more than that could find a record deleted that their clock
-//!   still considers live.
+//! - **Clocks.** Only Redis's clock matters; the instances' clocks may be skewed. Each
+//!   record is judged by the clock of the node that holds it, and after a failover by the
+//!   promoted replica's, so keep the nodes' clocks synchronised (NTP) as for any Redis: a
+//!   clock that jumps ahead lapses leases and expires records early.
+//!
+//! [`durability_risks`](idem_core::Store::durability_risks) reads these settings from the
+//! server (every primary of a cluster) and reports what they risk: an eviction policy other
+//! than `noeviction` is one idem refuses to start on unless told to accept it.
 
 mod codec;
+mod durability;
 mod error;
 mod store;
 

@@ -1,21 +1,24 @@
 //! [`RedisStore`]: the [`Store`] implementation, one Lua script per transition, over one
 //! Redis (a reconnecting [`ConnectionManager`]) or a Redis Cluster.
 
-use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use idem_core::{
-    BeginOutcome, BeginRequest, CompleteRequest, LeaseToken, RecordId, RecordState, Store,
-    StoreError, Timestamp, TransitionOutcome,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, DurabilityRisk, LeaseToken, OnLapse,
+    RecordId, RecordSnapshot, Store, StoreError, TransitionOutcome,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, FromRedisValue, RedisResult, Script, ScriptInvocation, Value};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{
+    Client, Cmd, FromRedisValue, RedisError, RedisResult, Script, ScriptInvocation, Value,
+};
 
-use crate::codec::{begin_outcome, record_key, visible_state};
-use crate::error::{ConnectError, OperationTimedOut, store_error};
+use crate::codec::{begin_outcome, record_key, snapshot};
+use crate::durability::{self, NodeReplies};
+use crate::error::{ConnectError, store_error};
 
 /// The prefix of every key unless [`RedisStoreBuilder::key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "idem";
@@ -43,34 +46,41 @@ const RECONNECT_RETRIES: usize = 1;
 /// [`RECONNECT_RETRIES`].
 const CLUSTER_RETRIES: u32 = 2;
 
-/// How long after its logical expiry Redis deletes a record (`PEXPIRE`). Logical expiry
-/// compares `expires_at` with the caller's clock and decides every answer; Redis expires keys
-/// on its own clock. The physical deletion must never come first, or a live record would
-/// vanish and its request could execute again: the grace period covers clock skew between
-/// the instances sharing the store (one instance's `now` behind the writer's), and callers
-/// whose logical clock runs ahead of real time. It only costs memory: a minute more of keys
+/// How long after its logical expiry Redis deletes a record (`PEXPIRE`, set by the script
+/// from the same now it judged the record with). Logical expiry (`expires_at` against the
+/// script's now) decides every answer; the physical deletion must never come first, or a live
+/// record would vanish and its request could execute again.
+///
+/// Both are on Redis's clock, so the instances' clocks, skewed or not, play no part (and a
+/// replica promoted on failover judges both with its own clock, which moves them together).
+/// What the grace still covers: the script rounding `TIME` down to milliseconds and Redis
+/// applying `PEXPIRE` a moment after the script read `TIME`; and, in tests only, a clock given
+/// with [`RedisStoreBuilder::clock`], which may lag Redis's: a record written at that clock's
+/// now is still counted down by Redis in real time, so it must outlive the real time a test
+/// spends between writing it and reading it. It costs memory only: a few seconds more of keys
 /// whose answers are already "absent".
-pub const EXPIRY_GRACE: Duration = Duration::from_secs(60);
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(5);
 
 /// Past this, a record gets no physical expiry at all: Redis refuses expiry times that
 /// overflow its clock arithmetic, and a century is "never" for an idempotency record.
 const MAX_PHYSICAL_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// Prepends the helpers every script shares.
-macro_rules! script {
-    ($file:literal) => {
-        LazyLock::new(|| {
-            Script::new(concat!(
-                include_str!("lua/prelude.lua"),
-                include_str!(concat!("lua/", $file))
-            ))
-        })
-    };
+/// A script: the constants and helpers every script shares, then its own body.
+fn script(body: &str) -> Script {
+    Script::new(&format!(
+        "local GRACE_MS = {}\nlocal MAX_PHYSICAL_TTL_MS = {}\n{}{}",
+        EXPIRY_GRACE.as_millis(),
+        MAX_PHYSICAL_TTL.as_millis(),
+        include_str!("lua/prelude.lua"),
+        body
+    ))
 }
 
-static BEGIN: LazyLock<Script> = script!("begin.lua");
-static COMPLETE: LazyLock<Script> = script!("complete.lua");
-static RELEASE: LazyLock<Script> = script!("release.lua");
+static BEGIN: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/begin.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/renew.lua")));
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/complete.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/release.lua")));
+static GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/get.lua")));
 
 /// A connection to one Redis or to a cluster; both are cheap to clone and multiplex.
 #[derive(Clone)]
@@ -89,17 +99,44 @@ impl Connection {
         }
     }
 
-    async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> RedisResult<T> {
+    /// Sends a keyless command to the server, or to every primary of a cluster, and answers
+    /// each node's reply or error (`None` for the single server, else the node's address). On
+    /// a cluster, a node that did not answer at all fails the whole call.
+    async fn on_each_primary(&self, command: Cmd) -> RedisResult<NodeReplies> {
         match self.clone() {
-            Self::Single(mut connection) => command.query_async(&mut connection).await,
-            Self::Cluster(mut connection) => command.query_async(&mut connection).await,
+            Self::Single(mut connection) => {
+                Ok(vec![(None, command.query_async(&mut connection).await)])
+            }
+            Self::Cluster(mut connection) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                // Without a response policy the driver answers a map of node to reply, a
+                // node's error reply included as a value.
+                let reply = connection.route_command(command, routing).await?;
+                let Value::Map(replies) = reply else {
+                    return Err(RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "a command sent to every primary did not answer a map",
+                    )));
+                };
+                replies
+                    .into_iter()
+                    .map(|(node, reply)| {
+                        let node = String::from_redis_value(node)?;
+                        let reply = match reply {
+                            Value::ServerError(error) => Err(RedisError::from(error)),
+                            value => Ok(value),
+                        };
+                        Ok((Some(node), reply))
+                    })
+                    .collect()
+            }
         }
     }
 
     /// Loads every script, so the first requests need no NOSCRIPT round trip, and so that
     /// a server refusing scripts is found at start rather than on the first request.
     async fn load_scripts(&self) -> RedisResult<()> {
-        for script in [&*BEGIN, &*COMPLETE, &*RELEASE] {
+        for script in [&*BEGIN, &*RENEW, &*COMPLETE, &*RELEASE, &*GET] {
             match self.clone() {
                 Self::Single(mut connection) => script.load_async(&mut connection).await?,
                 Self::Cluster(mut connection) => script.load_async(&mut connection).await?,
@@ -111,10 +148,14 @@ impl Connection {
 
 /// A [`Store`] in Redis, shared by every instance pointed at the same server or cluster
 /// (and the same key prefix). Cloning it shares the connection.
+///
+/// Every lease and expiry is decided on Redis's clock, read by each script (`TIME`), so
+/// instances whose clocks disagree still agree on every lease.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
     key_prefix: String,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -123,9 +164,14 @@ impl std::fmt::Debug for RedisStore {
             Connection::Single(_) => "single",
             Connection::Cluster(_) => "cluster",
         };
+        let clock = match self.clock {
+            None => "redis",
+            Some(_) => "test clock",
+        };
         f.debug_struct("RedisStore")
             .field("mode", &mode)
             .field("key_prefix", &self.key_prefix)
+            .field("clock", &clock)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +180,7 @@ impl std::fmt::Debug for RedisStore {
 #[derive(Clone, Debug)]
 pub struct RedisStoreBuilder {
     key_prefix: String,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl RedisStoreBuilder {
@@ -146,11 +193,26 @@ impl RedisStoreBuilder {
         self
     }
 
-    fn checked_prefix(self) -> Result<String, ConnectError> {
+    /// **For tests only**: judge leases and expiry by `clock` (an
+    /// [`idem_core::ManualClock`], say) instead of Redis's clock, so that a test can move time
+    /// by hand rather than sleep. The store then sends the clock's now with every script,
+    /// which uses it in place of `TIME`.
+    ///
+    /// Production leaves this unset: Redis's clock then decides every lease and expiry, which
+    /// is what lets instances with skewed clocks share one store. Instances that each passed
+    /// their own clock would be back to comparing their clocks.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The prefix, checked, and the clock.
+    fn parts(self) -> Result<(String, Option<Arc<dyn Clock>>), ConnectError> {
         if self.key_prefix.contains(['{', '}']) {
             return Err(ConnectError::InvalidKeyPrefix(self.key_prefix));
         }
-        Ok(self.key_prefix)
+        Ok((self.key_prefix, self.clock))
     }
 
     /// Connects to one Redis at `url` and loads the scripts. The connection reconnects by
@@ -171,7 +233,7 @@ impl RedisStoreBuilder {
     /// # Errors
     /// The URL or the prefix is invalid.
     pub fn connect_lazy(self, url: &str) -> Result<RedisStore, ConnectError> {
-        let key_prefix = self.checked_prefix()?;
+        let (key_prefix, clock) = self.parts()?;
         let client = Client::open(url).map_err(ConnectError::InvalidUrl)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
@@ -182,6 +244,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             connection: Connection::Single(manager),
             key_prefix,
+            clock,
         })
     }
 
@@ -195,7 +258,7 @@ impl RedisStoreBuilder {
         self,
         urls: &[impl AsRef<str>],
     ) -> Result<RedisStore, ConnectError> {
-        let key_prefix = self.checked_prefix()?;
+        let (key_prefix, clock) = self.parts()?;
         let client = ClusterClient::builder(urls.iter().map(AsRef::as_ref))
             .connection_timeout(CONNECTION_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
@@ -211,6 +274,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             connection,
             key_prefix,
+            clock,
         })
     }
 }
@@ -249,6 +313,7 @@ impl RedisStore {
     pub fn builder() -> RedisStoreBuilder {
         RedisStoreBuilder {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            clock: None,
         }
     }
 
@@ -258,25 +323,37 @@ impl RedisStore {
         record_key(&self.key_prefix, id)
     }
 
-    async fn bounded<T>(future: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
-        match tokio::time::timeout(OPERATION_TIMEOUT, future).await {
-            Ok(result) => result.map_err(store_error),
-            Err(_) => Err(StoreError::unavailable(OperationTimedOut(
-                OPERATION_TIMEOUT,
-            ))),
-        }
+    /// The now a script must judge by: the test clock's, or `""`, which tells the script to
+    /// read Redis's own clock.
+    fn now_arg(&self) -> String {
+        self.clock
+            .as_ref()
+            .map(|clock| clock.now().as_millis().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Runs one script under [`OPERATION_TIMEOUT`].
+    async fn run<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        idem_core::bounded(operation, OPERATION_TIMEOUT, async {
+            self.connection
+                .invoke(invocation)
+                .await
+                .map_err(store_error)
+        })
+        .await
     }
 }
 
-/// The `PEXPIRE` argument of a record expiring at `expires_at`: its logical time to live plus
-/// [`EXPIRY_GRACE`], or `""` (no physical expiry) past [`MAX_PHYSICAL_TTL`].
-fn physical_ttl(now: Timestamp, expires_at: Timestamp) -> String {
-    let ttl = now.until(expires_at).saturating_add(EXPIRY_GRACE);
-    if ttl > MAX_PHYSICAL_TTL {
-        String::new()
-    } else {
-        ttl.as_millis().to_string()
-    }
+/// A duration in whole milliseconds, as the scripts take it (saturating: a TTL of
+/// `Duration::MAX` means "never expires").
+fn millis(duration: Duration) -> String {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .to_string()
 }
 
 fn applied(reply: i64) -> TransitionOutcome {
@@ -289,19 +366,36 @@ fn applied(reply: i64) -> TransitionOutcome {
 
 impl Store for RedisStore {
     async fn begin(&self, request: BeginRequest) -> Result<BeginOutcome, StoreError> {
-        // The script stores max(expires_at, lease_until), as the reference does.
-        let record_expires_at = request.expires_at.max(request.lease_until);
+        let take_over = match request.on_lapse {
+            OnLapse::TakeOver => "1",
+            _ => "0",
+        };
         let mut invocation = BEGIN.prepare_invoke();
         invocation
             .key(self.key(request.id))
             .arg(request.fingerprint.as_bytes().as_slice())
             .arg(request.token.as_u64().to_string())
-            .arg(request.now.as_millis().to_string())
-            .arg(request.lease_until.as_millis().to_string())
-            .arg(request.expires_at.as_millis().to_string())
-            .arg(physical_ttl(request.now, record_expires_at));
-        let reply: Value = Self::bounded(self.connection.invoke(&invocation)).await?;
+            .arg(millis(request.lease))
+            .arg(millis(request.ttl))
+            .arg(take_over)
+            .arg(self.now_arg());
+        let reply: Value = self.run("begin", &invocation).await?;
         Ok(begin_outcome(reply)?)
+    }
+
+    async fn renew(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let mut invocation = RENEW.prepare_invoke();
+        invocation
+            .key(self.key(id))
+            .arg(token.as_u64().to_string())
+            .arg(millis(lease))
+            .arg(self.now_arg());
+        Ok(applied(self.run("renew", &invocation).await?))
     }
 
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
@@ -314,46 +408,71 @@ impl Store for RedisStore {
         invocation
             .key(self.key(request.id))
             .arg(request.token.as_u64().to_string())
-            .arg(request.now.as_millis().to_string())
-            .arg(request.expires_at.as_millis().to_string())
+            .arg(millis(request.ttl))
             .arg(request.response.status.to_string())
             .arg(headers)
             .arg(has_body)
             .arg(body)
-            .arg(physical_ttl(request.now, request.expires_at));
-        let reply: i64 = Self::bounded(self.connection.invoke(&invocation)).await?;
-        Ok(applied(reply))
+            .arg(self.now_arg());
+        Ok(applied(self.run("complete", &invocation).await?))
     }
 
     async fn release(
         &self,
         id: RecordId,
         token: LeaseToken,
-        now: Timestamp,
     ) -> Result<TransitionOutcome, StoreError> {
         let mut invocation = RELEASE.prepare_invoke();
         invocation
             .key(self.key(id))
             .arg(token.as_u64().to_string())
-            .arg(now.as_millis().to_string());
-        let reply: i64 = Self::bounded(self.connection.invoke(&invocation)).await?;
-        Ok(applied(reply))
+            .arg(self.now_arg());
+        Ok(applied(self.run("release", &invocation).await?))
     }
 
-    async fn get(&self, id: RecordId, now: Timestamp) -> Result<Option<RecordState>, StoreError> {
-        // One read of one key needs no script: HGETALL is atomic.
-        let fields: HashMap<String, Vec<u8>> = Self::bounded(
-            self.connection
-                .query(redis::cmd("HGETALL").arg(self.key(id))),
-        )
-        .await?;
-        Ok(visible_state(fields, now)?)
+    /// A script rather than `HGETALL` and `TIME`: the clock must be the one of the node that
+    /// holds the key, read in the same atomic step.
+    async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
+        let mut invocation = GET.prepare_invoke();
+        invocation.key(self.key(id)).arg(self.now_arg());
+        let reply: Value = self.run("get", &invocation).await?;
+        Ok(snapshot(reply)?)
     }
 
     /// Deletes nothing and answers 0: every write sets the key's expiry, and Redis deletes
     /// expired keys itself, [`EXPIRY_GRACE`] after their logical expiry.
-    async fn sweep_expired(&self, _now: Timestamp, _limit: usize) -> Result<usize, StoreError> {
+    async fn sweep_expired(&self, _limit: usize) -> Result<usize, StoreError> {
         Ok(0)
+    }
+
+    /// Reads `maxmemory-policy`, `appendonly`, `appendfsync`, `save` (`CONFIG GET`) and the
+    /// replication role (`INFO replication`) of the server, or of every primary of a cluster
+    /// (the driver routes the commands to each primary it knows; a risk shared by several is
+    /// reported once, naming them), and reports what they risk:
+    ///
+    /// - any eviction policy but `noeviction` (`volatile-*` included: every record carries a
+    ///   TTL): Redis may delete live records, so `refuse` is set;
+    /// - no AOF: records lost on restart (no RDB snapshots) or since the last snapshot;
+    /// - `appendfsync everysec` or `no`: the last writes lost on a crash;
+    /// - a primary with replicas: the last writes lost on failover.
+    ///
+    /// A server that refuses `CONFIG` (renamed or denied on managed Redis) gets one risk
+    /// saying the settings could not be read, not an error; an unreachable one is
+    /// [`StoreError::Unavailable`].
+    async fn durability_risks(&self) -> Result<Vec<DurabilityRisk>, StoreError> {
+        idem_core::bounded("durability_risks", OPERATION_TIMEOUT, async {
+            let mut readings = Vec::new();
+            for (setting, command) in durability::commands() {
+                let replies = self
+                    .connection
+                    .on_each_primary(command)
+                    .await
+                    .map_err(store_error)?;
+                readings.push((setting, replies));
+            }
+            durability::risks(readings)
+        })
+        .await
     }
 }
 
@@ -362,11 +481,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn physical_expiry_comes_a_grace_period_after_logical_expiry() {
-        let now = Timestamp::from_millis(1_000);
-        assert_eq!(physical_ttl(now, Timestamp::from_millis(3_000)), "62000");
-        // Already expired: still kept for the grace period, never a negative TTL.
-        assert_eq!(physical_ttl(now, Timestamp::from_millis(10)), "60000");
-        assert_eq!(physical_ttl(now, Timestamp::from_millis(u64::MAX)), "");
+    fn durations_travel_as_saturated_milliseconds() {
+        assert_eq!(millis(Duration::from_millis(1_500)), "1500");
+        assert_eq!(millis(Duration::from_micros(1_999)), "1");
+        assert_eq!(millis(Duration::MAX), u64::MAX.to_string());
+    }
+
+    #[test]
+    fn every_script_is_distinct() {
+        let scripts = [&*BEGIN, &*RENEW, &*COMPLETE, &*RELEASE, &*GET];
+        let hashes: std::collections::HashSet<_> =
+            scripts.iter().map(|script| script.get_hash()).collect();
+        assert_eq!(hashes.len(), scripts.len());
     }
 }

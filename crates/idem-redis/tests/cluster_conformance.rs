@@ -2,7 +2,8 @@
 //! hash tag, so each Lua script touches one slot. The nodes come from
 //! `IDEM_TEST_REDIS_CLUSTER_URLS` (comma-separated; `scripts/test` starts a throwaway
 //! three-node cluster on 127.0.0.1:7101-7103 when none answers). It fails, never skips, when
-//! the cluster is unreachable.
+//! the cluster is unreachable. As in `conformance.rs`, the suite's manual clock replaces
+//! Redis's.
 
 use idem_redis::RedisStore;
 
@@ -17,8 +18,10 @@ fn urls() -> Vec<String> {
 }
 
 idem_core::store_conformance_tests!(
-    async {
-        RedisStore::connect_cluster(&urls())
+    |clock| async move {
+        RedisStore::builder()
+            .clock(clock)
+            .connect_cluster(&urls())
             .await
             .unwrap_or_else(|error| {
                 panic!("Redis Cluster at {:?} must be reachable: {error}", urls())

@@ -1,11 +1,18 @@
-//! The admin listener: `GET /metrics` (Prometheus text), `/healthz` (the process answers) and
-//! `/readyz` (the store answers). It never shares the public address.
+//! The admin listener: `GET /metrics` (Prometheus text), `/healthz` (the process answers),
+//! `/readyz` (the store answers, and what in its settings may make it forget records), and
+//! `/records/{key}` to look a record up and resolve it (see [`crate::records`]). It never
+//! shares the public address: resolving a key is an operator's act.
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use idem_core::{Engine, IdempotencyKey, KeyPolicy, RecordId, Scope};
+use axum::extract::Path;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+use idem_core::{Engine, IdempotencyKey, KeyPolicy, RecordId, Scope, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::store::SharedStore;
@@ -44,6 +51,9 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/records/{key}", get(show_record))
+        .route("/records/{key}/release", post(release_record))
+        .route("/records/{key}/complete", post(complete_record))
         .with_state(AdminState { metrics, engine });
     crate::announce("admin", listener.local_addr()?);
     axum::serve(listener, app)
@@ -56,15 +66,120 @@ async fn render_metrics(State(state): State<AdminState>) -> String {
     state.metrics.render()
 }
 
-/// Ready when the store answers a read of a key nobody uses.
-async fn ready(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+/// Ready when the store answers a read of a key nobody uses. The body also lists what in the
+/// store's settings may make it forget records (read anew each time: settings change).
+async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
     let probe = IdempotencyKey::parse(b"idem-readiness-probe", KeyPolicy::Any)
         .map(|key| RecordId::new(&Scope::new("idem-admin"), &key));
-    match probe {
-        Ok(id) => match state.engine.status(id).await {
-            Ok(_) => (StatusCode::OK, "ready\n"),
-            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
-        },
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "probe key invalid\n"),
+    let Ok(id) = probe else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "probe key invalid\n".into());
+    };
+    if state.engine.status(id).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n".into());
     }
+    let mut body = String::from("ready\n");
+    match state.engine.store().durability_risks().await {
+        Ok(risks) => {
+            for risk in risks {
+                body.push_str(&format!("store risk: {}: {}\n", risk.setting, risk.risk));
+            }
+        }
+        Err(error) => body.push_str(&format!("store risk: settings unreadable: {error}\n")),
+    }
+    (StatusCode::OK, body)
+}
+
+/// The header carrying the credential that scoped the record's requests (absent: the
+/// anonymous scope). A header, not the query string, so it stays out of access logs.
+const CREDENTIAL_HEADER: &str = "x-idem-credential";
+
+fn record_ref(key: String, headers: &HeaderMap) -> crate::records::RecordRef {
+    crate::records::RecordRef {
+        credential: headers
+            .get(CREDENTIAL_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        key,
+    }
+}
+
+fn answer(result: anyhow::Result<Value>, failure: StatusCode) -> (StatusCode, Json<Value>) {
+    match result {
+        Ok(record) => (StatusCode::OK, Json(record)),
+        Err(error) => (
+            failure,
+            Json(serde_json::json!({ "error": format!("{error:#}") })),
+        ),
+    }
+}
+
+async fn show_record(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let record = record_ref(key, &headers);
+    answer(
+        crate::records::show(&state.engine, &record).await,
+        StatusCode::BAD_REQUEST,
+    )
+}
+
+async fn release_record(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let record = record_ref(key, &headers);
+    let result = crate::records::resolve(
+        &state.engine,
+        &record,
+        idem_core::Resolution::Release,
+        "admin listener",
+    )
+    .await;
+    answer(result, StatusCode::CONFLICT)
+}
+
+/// The answer an operator completes a key with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Completion {
+    status: u16,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    body: String,
+}
+
+async fn complete_record(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    completion: Result<Json<Completion>, axum::extract::rejection::JsonRejection>,
+) -> (StatusCode, Json<Value>) {
+    let Ok(Json(completion)) = completion else {
+        let error = "send {\"status\": 201, \"headers\": [[\"content-type\", \"application/json\"]], \"body\": \"...\"}";
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": error })),
+        );
+    };
+    if StatusCode::from_u16(completion.status).is_err() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": "status is not an HTTP status" })),
+        );
+    }
+    let record = record_ref(key, &headers);
+    let response =
+        crate::records::response(completion.status, completion.headers, completion.body);
+    let result = crate::records::resolve(
+        &state.engine,
+        &record,
+        idem_core::Resolution::Complete(response),
+        "admin listener",
+    )
+    .await;
+    answer(result, StatusCode::CONFLICT)
 }

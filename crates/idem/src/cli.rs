@@ -34,6 +34,53 @@ pub enum Command {
     },
     /// Print the coordination API's OpenAPI 3.1 document.
     Openapi,
+    /// Look up one record by its key, and resolve a key whose execution's owner died.
+    Records {
+        /// What to do.
+        #[command(subcommand)]
+        action: RecordsAction,
+    },
+}
+
+/// `idem records …`.
+#[derive(Debug, Subcommand)]
+pub enum RecordsAction {
+    /// Print the record as JSON: absent, in_flight, outcome_unknown or completed.
+    Show(RecordArgs),
+    /// Delete a record whose owner died (outcome unknown): the next retry executes. Only when
+    /// you know the operation did not take effect.
+    Release(RecordArgs),
+    /// Complete a record whose owner died with the answer every retry will get. Only when you
+    /// know what the operation did.
+    Complete {
+        /// Which record.
+        #[command(flatten)]
+        record: RecordArgs,
+        /// The status code replayed.
+        #[arg(long)]
+        status: u16,
+        /// A header replayed, `name: value` (repeatable).
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The body replayed.
+        #[arg(long, default_value = "")]
+        body: String,
+    },
+}
+
+/// Which record `idem records` acts on.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The store, as for `--store`.
+    #[arg(long, env = "IDEM_STORE", value_name = "URL")]
+    pub store: String,
+    /// The idempotency key, as the client sent it.
+    #[arg(long)]
+    pub key: String,
+    /// The value of the header that scoped the request (`Authorization`, or the
+    /// `--scope-header` one); leave out for requests that carried none.
+    #[arg(long, env = "IDEM_RECORD_CREDENTIAL", hide_env_values = true)]
+    pub credential: Option<String>,
 }
 
 /// Options shared by `proxy` and `serve`.
@@ -78,6 +125,11 @@ pub struct CommonArgs {
     /// A TOML config file; flags and environment variables win over it.
     #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Start even on a store whose settings let it delete live records on its own (a Redis
+    /// eviction policy other than noeviction): such a store may re-run operations.
+    #[arg(long, env = "IDEM_ACCEPT_STORE_RISKS")]
+    pub accept_store_risks: bool,
 }
 
 /// `idem proxy`.
@@ -96,7 +148,7 @@ pub struct ProxyArgs {
     pub require_key: bool,
 
     /// How long to wait for the upstream's response headers before the outcome is unknown
-    /// (504, kept for replay); shorter than --lease [default: 30s, or half the lease if shorter].
+    /// (504, kept for replay) [default: 30s]. The lease is renewed meanwhile.
     #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub upstream_timeout: Option<std::time::Duration>,
 }
@@ -117,8 +169,8 @@ pub struct ServeArgs {
     )]
     pub operations: Vec<String>,
 
-    /// How long to wait for an operation's answer before its outcome is unknown; shorter than
-    /// --lease [default: 30s, or half the lease if shorter].
+    /// How long to wait for an operation's answer before its outcome is unknown [default:
+    /// 30s]. The lease is renewed meanwhile.
     #[arg(long, env = "IDEM_OPERATION_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub operation_timeout: Option<std::time::Duration>,
 }

@@ -16,6 +16,7 @@
 //! path = "/payments/**"          # `*` one segment, `**` the rest
 //! require_key = true
 //! ttl = "1h"
+//! on_lapse = "report_unknown"    # or "take_over": re-run after a crash (safe operations only)
 //!
 //! [[proxy.routes]]
 //! path = "/webhooks/**"
@@ -23,6 +24,7 @@
 //!
 //! [serve.operations]
 //! "payment.charge" = "http://127.0.0.1:4000/charge"
+//! "report.render" = { url = "http://127.0.0.1:4000/render", on_lapse = "take_over" }
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,7 +36,8 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::cli::{CommonArgs, LogFormat, parse_duration};
-use crate::routes::RouteRule;
+use crate::routes::{LapsePolicy, RouteRule};
+use idem_core::OnLapse;
 
 /// Where `idem` listens when told nothing: loopback only, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -55,6 +58,7 @@ pub struct FileConfig {
     scope_header: Option<String>,
     admin_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
+    accept_store_risks: Option<bool>,
     #[serde(default)]
     proxy: ProxyFile,
     #[serde(default)]
@@ -77,8 +81,44 @@ pub struct ProxyFile {
 #[serde(deny_unknown_fields)]
 pub struct ServeFile {
     #[serde(default)]
-    operations: BTreeMap<String, String>,
+    operations: BTreeMap<String, OperationFile>,
     operation_timeout: Option<String>,
+}
+
+/// One `[serve.operations]` entry: its URL, or a table with the URL and a policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OperationFile {
+    Url(String),
+    Table {
+        url: String,
+        #[serde(default)]
+        on_lapse: Option<LapsePolicy>,
+    },
+}
+
+/// A registered operation, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Where it is POSTed.
+    pub url: String,
+    /// What a retry does after the instance executing it died mid-way.
+    pub on_lapse: OnLapse,
+}
+
+impl From<OperationFile> for Operation {
+    fn from(file: OperationFile) -> Self {
+        match file {
+            OperationFile::Url(url) => Self {
+                url,
+                on_lapse: OnLapse::ReportUnknown,
+            },
+            OperationFile::Table { url, on_lapse } => Self {
+                url,
+                on_lapse: on_lapse.map_or(OnLapse::ReportUnknown, OnLapse::from),
+            },
+        }
+    }
 }
 
 impl FileConfig {
@@ -104,6 +144,7 @@ pub struct Common {
     pub scope_header: Option<String>,
     pub admin_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
+    pub accept_store_risks: bool,
 }
 
 /// `idem proxy`'s settings, resolved.
@@ -120,7 +161,7 @@ pub struct Proxy {
 #[derive(Debug, Clone)]
 pub struct Serve {
     pub common: Common,
-    pub operations: BTreeMap<String, String>,
+    pub operations: BTreeMap<String, Operation>,
     pub operation_timeout: Duration,
 }
 
@@ -183,6 +224,7 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Human),
+        accept_store_risks: args.accept_store_risks || file.accept_store_risks.unwrap_or(false),
     };
     check(&common)?;
     Ok(common)
@@ -192,7 +234,6 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
 pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let common = common(args.common, &file)?;
-    let lease = common.lease;
     let upstream = args
         .upstream
         .or(file.proxy.upstream)
@@ -207,7 +248,7 @@ pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
                 "proxy.upstream_timeout",
                 file.proxy.upstream_timeout.as_ref(),
             )?)
-            .unwrap_or_else(|| default_timeout(lease)),
+            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
         routes: file.proxy.routes,
     })
     .and_then(|proxy| {
@@ -221,13 +262,23 @@ pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
 pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let common = common(args.common, &file)?;
-    let lease = common.lease;
-    let mut operations = file.serve.operations;
+    let mut operations: BTreeMap<String, Operation> = file
+        .serve
+        .operations
+        .into_iter()
+        .map(|(name, operation)| (name, operation.into()))
+        .collect();
     for definition in args.operations {
         let (name, url) = definition
             .split_once('=')
             .with_context(|| format!("--operation {definition:?}: expected NAME=URL"))?;
-        operations.insert(name.trim().to_owned(), url.trim().to_owned());
+        operations.insert(
+            name.trim().to_owned(),
+            Operation {
+                url: url.trim().to_owned(),
+                on_lapse: OnLapse::ReportUnknown,
+            },
+        );
     }
     Ok(Serve {
         common,
@@ -238,7 +289,7 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
                 "serve.operation_timeout",
                 file.serve.operation_timeout.as_ref(),
             )?)
-            .unwrap_or_else(|| default_timeout(lease)),
+            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
     })
     .and_then(|serve| {
         check_timeout(
@@ -250,23 +301,10 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
     })
 }
 
-/// The upstream or operation timeout when none is given: [`DEFAULT_UPSTREAM_TIMEOUT`], or half
-/// the lease if that is shorter, so that a short `--lease` alone is a valid setting.
-fn default_timeout(lease: Duration) -> Duration {
-    DEFAULT_UPSTREAM_TIMEOUT.min(lease / 2)
-}
-
-/// An upstream (or operation) must answer within the lease: past it, a retry may take the key
-/// over while the first request still runs, and the operation would execute twice. A zero
-/// timeout would make every request an unknown outcome.
-fn check_timeout(flag: &str, timeout: Duration, common: &Common) -> anyhow::Result<()> {
+/// A zero timeout would make every request an unknown outcome. A timeout longer than the
+/// lease is fine: the lease is renewed for as long as the upstream (or operation) runs.
+fn check_timeout(flag: &str, timeout: Duration, _common: &Common) -> anyhow::Result<()> {
     anyhow::ensure!(!timeout.is_zero(), "{flag} must be longer than 0s");
-    anyhow::ensure!(
-        timeout < common.lease,
-        "{flag} ({}) must be shorter than --lease ({}): a retry may take a key over once its lease lapses",
-        humantime::format_duration(timeout),
-        humantime::format_duration(common.lease)
-    );
     Ok(())
 }
 
@@ -325,8 +363,6 @@ mod tests {
             ("--wait", "2h"),
             ("--scope-header", "bad header"),
             ("--upstream-timeout", "0s"),
-            ("--upstream-timeout", "2m"),
-            ("--upstream-timeout", "60s"),
         ] {
             let args = ["idem", "proxy", "--upstream", "http://x", flag, value];
             assert!(proxy_from(&args).is_err(), "{flag} {value}");
@@ -341,16 +377,20 @@ mod tests {
     }
 
     #[test]
-    fn a_short_lease_alone_shortens_the_default_timeout() {
-        let resolved =
-            proxy_from(&["idem", "proxy", "--upstream", "http://x", "--lease", "2s"]).unwrap();
-        assert_eq!(resolved.upstream_timeout, Duration::from_secs(1));
+    fn an_upstream_timeout_may_outlast_the_lease_since_leases_are_renewed() {
+        let resolved = proxy_from(&[
+            "idem", "proxy", "--upstream", "http://x", "--lease", "2s", "--upstream-timeout", "2m",
+        ])
+        .unwrap();
+        assert_eq!(resolved.upstream_timeout, Duration::from_secs(120));
+        assert_eq!(resolved.common.lease, Duration::from_secs(2));
     }
 
     #[test]
     fn operations_merge_flags_over_file() {
-        let file =
-            write("[serve.operations]\n\"a\" = \"http://file-a\"\n\"b\" = \"http://file-b\"\n");
+        let file = write(
+            "[serve.operations]\n\"a\" = { url = \"http://file-a\", on_lapse = \"take_over\" }\n\"b\" = \"http://file-b\"\n",
+        );
         let path = file.path().to_str().unwrap();
         let Command::Serve(args) = Cli::try_parse_from([
             "idem",
@@ -366,7 +406,9 @@ mod tests {
             panic!()
         };
         let resolved = serve(args).unwrap();
-        assert_eq!(resolved.operations["a"], "http://file-a");
-        assert_eq!(resolved.operations["b"], "http://flag-b");
+        assert_eq!(resolved.operations["a"].url, "http://file-a");
+        assert_eq!(resolved.operations["a"].on_lapse, OnLapse::TakeOver);
+        assert_eq!(resolved.operations["b"].url, "http://flag-b");
+        assert_eq!(resolved.operations["b"].on_lapse, OnLapse::ReportUnknown);
     }
 }

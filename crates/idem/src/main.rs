@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod coordination;
 mod proxy;
+mod records;
 mod routes;
 mod server;
 mod store;
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::cli::{Cli, Command, LogFormat, RecordArgs, RecordsAction};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -48,7 +49,55 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", coordination::openapi_json());
             Ok(())
         }
+        Command::Records { action } => {
+            init_logs(LogFormat::Human);
+            records_command(action).await
+        }
     }
+}
+
+/// `idem records …`: one store call, the record as JSON on stdout.
+async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
+    let (args, resolution) = match action {
+        RecordsAction::Show(args) => (args, None),
+        RecordsAction::Release(args) => (args, Some(idem_core::Resolution::Release)),
+        RecordsAction::Complete {
+            record,
+            status,
+            headers,
+            body,
+        } => {
+            let headers = headers
+                .iter()
+                .map(|header| {
+                    header
+                        .split_once(':')
+                        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("--header {header:?}: expected NAME: VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(
+                http::StatusCode::from_u16(status).is_ok(),
+                "--status {status} is not an HTTP status"
+            );
+            let response = records::response(status, headers, body);
+            (record, Some(idem_core::Resolution::Complete(response)))
+        }
+    };
+    let RecordArgs {
+        store,
+        key,
+        credential,
+    } = args;
+    let location = store::StoreLocation::parse(&store)?;
+    let engine = idem_core::Engine::new(store::open(&location).await?);
+    let record = records::RecordRef { credential, key };
+    let answer = match resolution {
+        None => records::show(&engine, &record).await?,
+        Some(resolution) => records::resolve(&engine, &record, resolution, "idem records").await?,
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
 }
 
 /// Logs go to stderr, `RUST_LOG` filters them (default `info`).

@@ -270,7 +270,8 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
     };
 
     let require_key = config.require_key;
-    let (requires, skips, ttls) = (
+    let (requires, skips, ttls, lapses) = (
+        std::sync::Arc::clone(&routes),
         std::sync::Arc::clone(&routes),
         std::sync::Arc::clone(&routes),
         routes,
@@ -280,6 +281,7 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         .require_key_when(move |parts| requires.requires_key(parts, require_key))
         .skip_when(move |parts| skips.skips(parts))
         .ttl_for(move |parts| ttls.ttl(parts))
+        .on_lapse_for(move |parts| lapses.on_lapse(parts))
         // Once a request is forwarded it cannot be recalled: a client that hangs up must not
         // free the key while the upstream still executes.
         .on_cancel(CancelPolicy::RunToCompletion)

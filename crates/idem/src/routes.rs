@@ -1,11 +1,12 @@
 //! Per-route rules for `idem proxy`: which requests require a key, which skip idempotency,
-//! and which have their own TTL. The first rule that matches a request applies.
+//! which have their own TTL, and which may be re-run after their instance crashed. The first rule that matches a request applies.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use http::Method;
 use http::request::Parts;
+use idem_core::OnLapse;
 use serde::Deserialize;
 
 use crate::cli::parse_duration;
@@ -29,6 +30,28 @@ pub struct RouteRule {
     /// Replay TTL for this route.
     #[serde(default)]
     ttl: Option<String>,
+    /// What a retry does when the instance executing the first request died mid-way.
+    #[serde(default)]
+    on_lapse: Option<LapsePolicy>,
+}
+
+/// `on_lapse` as written in a route rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LapsePolicy {
+    /// Answer 409 `outcome_unknown` and execute nothing (the default).
+    ReportUnknown,
+    /// Execute again: only for routes that are safe to re-run.
+    TakeOver,
+}
+
+impl From<LapsePolicy> for OnLapse {
+    fn from(policy: LapsePolicy) -> Self {
+        match policy {
+            LapsePolicy::ReportUnknown => Self::ReportUnknown,
+            LapsePolicy::TakeOver => Self::TakeOver,
+        }
+    }
 }
 
 /// A rule, checked and ready to match.
@@ -39,6 +62,7 @@ pub struct Route {
     require_key: Option<bool>,
     skip: bool,
     ttl: Option<Duration>,
+    on_lapse: Option<OnLapse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +115,7 @@ impl RouteRule {
             require_key: self.require_key,
             skip: self.skip,
             ttl,
+            on_lapse: self.on_lapse.map(OnLapse::from),
         })
     }
 }
@@ -154,6 +179,11 @@ impl RouteTable {
     pub fn ttl(&self, parts: &Parts) -> Option<Duration> {
         self.matching(parts).and_then(|route| route.ttl)
     }
+
+    /// What the request does after a crashed execution, if its rule says.
+    pub fn on_lapse(&self, parts: &Parts) -> Option<OnLapse> {
+        self.matching(parts).and_then(|route| route.on_lapse)
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +218,7 @@ mod tests {
             path = "/payments/*/capture"
             require_key = true
             ttl = "1h"
+            on_lapse = "take_over"
             [[routes]]
             path = "/webhooks/**"
             skip = true
@@ -198,6 +229,11 @@ mod tests {
             table.ttl(&parts("POST", "/payments/p1/capture")),
             Some(Duration::from_secs(3600))
         );
+        assert_eq!(
+            table.on_lapse(&parts("POST", "/payments/p1/capture")),
+            Some(OnLapse::TakeOver)
+        );
+        assert_eq!(table.on_lapse(&parts("POST", "/webhooks/x")), None);
         assert!(
             !table.requires_key(&parts("PUT", "/payments/p1/capture"), false),
             "method must match"
@@ -231,5 +267,9 @@ mod tests {
             let rule: RouteRule = toml::from_str(rule).unwrap();
             assert!(rule.compile().is_err(), "{rule:?}");
         }
+        let error = toml::from_str::<RouteRule>("path = \"/a\"\non_lapse = \"sometimes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("take_over"), "{error}");
     }
 }

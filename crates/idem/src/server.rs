@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use http::HeaderName;
-use idem_core::{Engine, SweeperHandle};
+use idem_core::{Engine, Store, SweeperHandle};
 use idem_http::{IdempotencyLayerBuilder, ScopeSource};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
@@ -38,12 +38,10 @@ pub struct Server {
 impl Server {
     /// Opens the store, starts the sweeper, the admin listener and the signal handler.
     pub async fn start(common: Common, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        if common.ttl < common.lease {
-            tracing::warn!(ttl = ?common.ttl, lease = ?common.lease, "--ttl is shorter than --lease: a slow execution's record may expire before it completes");
-        }
         let location = StoreLocation::parse(&common.store)?;
         let store = crate::store::open(&location).await?;
         tracing::info!(store = %location.describe(), "store open");
+        check_durability(&store, common.accept_store_risks).await?;
         let mut engine = Engine::builder(store.clone())
             .ttl(common.ttl)
             .lease(common.lease);
@@ -141,6 +139,32 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Reads what in the store's own settings may make it forget records, logs each risk, and
+/// refuses to start on one that deletes live records on its own (eviction) unless told to
+/// accept it. Settings that cannot be read are logged, not fatal.
+async fn check_durability(store: &SharedStore, accept: bool) -> anyhow::Result<()> {
+    let risks = match store.durability_risks().await {
+        Ok(risks) => risks,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the store's durability settings");
+            return Ok(());
+        }
+    };
+    for risk in &risks {
+        tracing::warn!(setting = %risk.setting, "store durability risk: {}", risk.risk);
+    }
+    if let Some(risk) = risks.iter().find(|risk| risk.refuse)
+        && !accept
+    {
+        anyhow::bail!(
+            "refusing to start: the store's setting {} may delete live idempotency records and re-run operations ({}). Fix the setting, or pass --accept-store-risks to run anyway",
+            risk.setting,
+            risk.risk
+        );
+    }
+    Ok(())
 }
 
 /// Resolves once the shutdown flag is set.

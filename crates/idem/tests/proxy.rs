@@ -505,23 +505,33 @@ async fn a_client_hanging_up_never_frees_a_key_the_upstream_is_executing() {
     assert_eq!(upstream.calls("/slow"), 1);
 }
 
-#[tokio::test]
-async fn kill_9_mid_request_holds_the_key_until_its_lease_lapses() {
+/// The proxy dies (kill -9) while the upstream executes: the key stays held while the dead
+/// owner's lease runs, and once it lapses the outcome is unknown (409 `outcome_unknown`): the
+/// operation may have happened, so it is never executed again on its own (unless the route
+/// opts into take-over). Returns the upstream, and the status, problem code and replay header of a retry sent
+/// after the lease lapsed.
+async fn kill_9_mid_request(config: Option<&str>) -> (Upstream, (u16, String), String) {
     let upstream = Upstream::start().await;
     let data = tempfile::tempdir().unwrap();
     let store = data.path().join("idem-data");
     let store = store.to_str().unwrap();
-    let args = [
+    let config_file = data.path().join("idem.toml");
+    let upstream_url = upstream.url();
+    let mut args = vec![
         "proxy",
         "--listen",
         "127.0.0.1:0",
         "--store",
         store,
         "--upstream",
-        &upstream.url(),
+        &upstream_url,
         "--lease",
         "2s",
     ];
+    if let Some(config) = config {
+        std::fs::write(&config_file, config).unwrap();
+        args.extend(["--config", config_file.to_str().unwrap()]);
+    }
     let idem = Idem::start(&args);
     let request = client()
         .post(idem.url("/slow"))
@@ -547,17 +557,40 @@ async fn kill_9_mid_request_holds_the_key_until_its_lease_lapses() {
     };
     let held = send().await.unwrap();
     assert_eq!(
-        held.status(),
-        409,
+        code(held).await,
+        (409, "request_in_progress".into()),
         "the dead owner's lease still holds the key: no immediate second execution"
     );
     assert_eq!(upstream.calls("/slow"), 1);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let retried = send().await.unwrap();
+    let after_lapse = send().await.unwrap();
+    let replayed = after_lapse
+        .headers()
+        .get("x-idempotent-replayed")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (upstream, code(after_lapse).await, replayed)
+}
+
+#[tokio::test]
+async fn kill_9_mid_request_leaves_the_outcome_unknown_and_never_re_executes() {
+    let (upstream, after_lapse, _) = kill_9_mid_request(None).await;
     assert_eq!(
-        retried.status(),
-        201,
-        "once the lease lapses, the key is never stuck"
+        after_lapse,
+        (409, "outcome_unknown".into()),
+        "once the lease lapses the outcome is unknown: reported, never re-executed"
     );
-    assert_eq!(retried.headers()["x-idempotent-replayed"], "false");
+    assert_eq!(upstream.calls("/slow"), 1, "executed once");
+}
+
+#[tokio::test]
+async fn kill_9_mid_request_on_a_take_over_route_re_executes_after_the_lease() {
+    let config = "[[proxy.routes]]\npath = \"/**\"\non_lapse = \"take_over\"\n";
+    let (upstream, after_lapse, replayed) = kill_9_mid_request(Some(config)).await;
+    assert_eq!(
+        after_lapse.0, 201,
+        "a take-over route re-runs the operation once the lease lapses"
+    );
+    assert_eq!(replayed, "false");
+    assert_eq!(upstream.calls("/slow"), 2);
 }

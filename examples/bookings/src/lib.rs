@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use idem_core::{Clock, Store, SystemClock};
+use idem_core::Store;
 use idem_http::IdempotencyLayer;
 use serde::{Deserialize, Serialize};
 
@@ -72,17 +72,9 @@ async fn create_booking(
     )
 }
 
-/// The router, with the system clock.
+/// The router. Replays expire by `store`'s clock (tests give the store a `ManualClock`).
 pub fn app<St: Store>(store: St, calendar: Arc<Calendar>) -> Router {
-    app_with_clock(store, calendar, SystemClock)
-}
-
-/// The router, reading time from `clock` (tests move it by hand).
-pub fn app_with_clock<St: Store>(store: St, calendar: Arc<Calendar>, clock: impl Clock) -> Router {
-    let idempotent = IdempotencyLayer::builder(store)
-        .ttl(ONE_HOUR)
-        .clock(clock)
-        .build();
+    let idempotent = IdempotencyLayer::builder(store).ttl(ONE_HOUR).build();
     Router::new()
         .route("/bookings", post(create_booking).layer(idempotent))
         .route("/health", get(|| async { "ok" }))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use example_bookings::{Booking, Calendar, app_with_clock};
+use example_bookings::{Booking, Calendar, app};
 use http_body_util::BodyExt;
 use idem_core::{ManualClock, MemoryStore, Timestamp};
 use tower::ServiceExt;
@@ -37,7 +37,7 @@ async fn booking(app: &axum::Router) -> (StatusCode, String, Booking) {
 async fn a_booking_is_replayed_for_an_hour_then_forgotten() {
     let clock = ManualClock::new(Timestamp::from_millis(1_750_000_000_000));
     let calendar = Arc::new(Calendar::default());
-    let app = app_with_clock(MemoryStore::new(), Arc::clone(&calendar), clock.clone());
+    let app = app(MemoryStore::with_clock(clock.clone()), Arc::clone(&calendar));
 
     let (status, replayed, first) = booking(&app).await;
     assert_eq!(
@@ -60,10 +60,9 @@ async fn a_booking_is_replayed_for_an_hour_then_forgotten() {
 
 #[tokio::test]
 async fn other_routes_are_not_touched() {
-    let app = app_with_clock(
-        MemoryStore::new(),
+    let app = app(
+        MemoryStore::with_clock(ManualClock::new(Timestamp::from_millis(0))),
         Arc::new(Calendar::default()),
-        ManualClock::new(Timestamp::from_millis(0)),
     );
     let response = app
         .oneshot(

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use idem_core::{Clock, Store};
+use idem_core::Store;
 use idem_http::IdempotencyLayer;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -109,8 +109,8 @@ async fn upload_batch(
     insert(&pool, &batch.locations).await
 }
 
-/// The API, with idempotency records in `store` and time from `clock`.
-pub fn app<St: Store>(pool: PgPool, store: St, clock: impl Clock) -> Router {
+/// The API, with idempotency records in `store` (whose clock decides when they expire).
+pub fn app<St: Store>(pool: PgPool, store: St) -> Router {
     Router::new()
         .route("/v1/locations", post(upload))
         .route("/v1/locations/batch", post(upload_batch))
@@ -122,7 +122,6 @@ pub fn app<St: Store>(pool: PgPool, store: St, clock: impl Clock) -> Router {
                 // stored: release the key and let the retry upload for real. (A failed COMMIT
                 // is ambiguous; for location fixes a rare duplicate point beats a lost one.)
                 .store_server_errors(false)
-                .clock(clock)
                 .build(),
         )
 }

@@ -2,7 +2,6 @@
 //! database).
 
 use example_location_uploads::{app, migrate};
-use idem_core::SystemClock;
 use idem_postgres::PostgresStore;
 
 #[tokio::main]
@@ -14,6 +13,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = PostgresStore::connect(&url).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3004").await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app(pool, store, SystemClock)).await?;
+    axum::serve(listener, app(pool, store)).await?;
     Ok(())
 }

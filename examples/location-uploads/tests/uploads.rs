@@ -66,9 +66,14 @@ async fn setup() -> (sqlx::PgPool, axum::Router, ManualClock) {
         .await
         .expect("PostgreSQL must be reachable (scripts/test starts it)");
     migrate(&pool).await.unwrap();
-    let store = PostgresStore::connect(&url()).await.unwrap();
+    // The records' clock is moved by hand, so a day can pass in a test.
     let clock = ManualClock::new(idem_core::Clock::now(&idem_core::SystemClock));
-    let app = app(pool.clone(), store, clock.clone());
+    let store = PostgresStore::builder(&url())
+        .clock(clock.clone())
+        .connect()
+        .await
+        .unwrap();
+    let app = app(pool.clone(), store);
     (pool, app, clock)
 }
 

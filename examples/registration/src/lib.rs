@@ -52,6 +52,10 @@ pub enum RegisterError {
     /// The same registration is in progress elsewhere; retry shortly.
     #[error("this registration is in progress; retry shortly")]
     InProgress,
+    /// An earlier registration with this key began and its process died mid-way: the
+    /// account may exist. Look it up, then use a new key.
+    #[error("an earlier registration with this key did not finish; check whether the account exists, then use a new key")]
+    OutcomeUnknown,
     /// The e-mail has an account already (without a key, or with another key).
     #[error("an account exists for this e-mail")]
     EmailTaken,
@@ -113,7 +117,7 @@ impl<S: Store> Registrar<S> {
             .part("email", request.email.as_bytes())
             .finish();
         match self.engine.begin(id, fingerprint).await? {
-            Begin::Acquired(lease) => match self.create(&request.email) {
+            Begin::Acquired(execution) => match self.create(&request.email) {
                 Ok(account) => {
                     let body = serde_json::to_vec(&account)?;
                     let stored = StoredResponse {
@@ -121,12 +125,14 @@ impl<S: Store> Registrar<S> {
                         headers: Vec::new(),
                         body: Some(body.into()),
                     };
-                    lease.complete(stored).await?;
+                    // On a store fault the completion carries on in the background: the
+                    // account exists, so the caller gets it either way.
+                    let _ = execution.complete(stored).await;
                     Ok(account)
                 }
                 Err(error) => {
                     // Nothing was created: free the key so a corrected retry may use it.
-                    lease.release().await?;
+                    let _ = execution.release().await;
                     Err(error)
                 }
             },
@@ -134,7 +140,9 @@ impl<S: Store> Registrar<S> {
                 stored.body.as_deref().unwrap_or_default(),
             )?),
             Begin::InFlight { .. } => Err(RegisterError::InProgress),
+            Begin::OutcomeUnknown => Err(RegisterError::OutcomeUnknown),
             Begin::Mismatch => Err(RegisterError::KeyReused),
+            _ => Err(RegisterError::InProgress),
         }
     }
 }
@@ -144,7 +152,7 @@ impl IntoResponse for RegisterError {
         let status = match self {
             Self::InvalidKey(_) => StatusCode::BAD_REQUEST,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::InProgress | Self::EmailTaken => StatusCode::CONFLICT,
+            Self::InProgress | Self::EmailTaken | Self::OutcomeUnknown => StatusCode::CONFLICT,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

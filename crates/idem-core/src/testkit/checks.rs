@@ -1,5 +1,8 @@
 //! One function per guarantee of the [`Store`] trait. `store_conformance_tests!` runs each
 //! as its own test; they are public so a store's own tests can call one directly.
+//!
+//! Every check receives the store and the [`ManualClock`] the store reads, and moves time
+//! only with [`ManualClock::advance`]: a store's answers are exact to the millisecond.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,16 +12,27 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, RecordId,
-    RecordState, Store, StoredResponse, SystemClock, Timestamp, TransitionOutcome,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, ManualClock,
+    OnLapse, Record, RecordId, RecordSnapshot, RecordState, Store, StoredResponse, Timestamp,
+    TransitionOutcome,
 };
 
 /// Duplicates racing on one key in the concurrency check: "hundreds of tasks".
 const RACERS: usize = 300;
-const HOUR: Duration = Duration::from_secs(3600);
+/// The lease of the checks' executions.
+const LEASE: Duration = Duration::from_secs(30);
+/// The TTL of the checks' records. Every record a check keeps lives at least a minute (see
+/// the module documentation of `testkit`), so a sweep by another check cannot reach it.
+const TTL: Duration = Duration::from_secs(3600);
+const MINUTE: Duration = Duration::from_secs(60);
 const SECOND: Duration = Duration::from_secs(1);
+const MILLISECOND: Duration = Duration::from_millis(1);
+/// The lease and TTL of the records the sweep checks let expire: short, so a sweep at their
+/// expiry reaches only records expiring at about the real now.
+const SHORT: Duration = Duration::from_millis(10);
 
 #[doc(hidden)]
+#[must_use]
 pub fn salted_id(salt: u64, key: u8) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(salt.to_be_bytes());
@@ -37,18 +51,33 @@ fn fingerprint(name: &str) -> Fingerprint {
         .finish()
 }
 
-fn now() -> Timestamp {
-    SystemClock.now()
-}
-
-fn begin_request(id: RecordId, name: &str, now: Timestamp) -> BeginRequest {
+/// A begin of `id` for the request `name` with a fresh token, the checks' lease and TTL,
+/// reporting a lapsed lease rather than taking it over.
+fn begin_request(id: RecordId, name: &str) -> BeginRequest {
     BeginRequest {
         id,
         fingerprint: fingerprint(name),
         token: LeaseToken::random(),
-        now,
-        lease_until: now.plus(Duration::from_secs(30)),
-        expires_at: now.plus(HOUR),
+        lease: LEASE,
+        ttl: TTL,
+        on_lapse: OnLapse::ReportUnknown,
+    }
+}
+
+/// The same begin, with a fresh token, allowed to take a lapsed lease over.
+fn taking_over(request: &BeginRequest) -> BeginRequest {
+    BeginRequest {
+        token: LeaseToken::random(),
+        on_lapse: OnLapse::TakeOver,
+        ..request.clone()
+    }
+}
+
+/// The same begin with a fresh token (another attempt of the same request).
+fn retry(request: &BeginRequest) -> BeginRequest {
+    BeginRequest {
+        token: LeaseToken::random(),
+        ..request.clone()
     }
 }
 
@@ -70,49 +99,112 @@ fn sample_response() -> StoredResponse {
     }
 }
 
+fn other_response() -> StoredResponse {
+    StoredResponse {
+        status: 500,
+        headers: vec![],
+        body: Some(Bytes::from_static(b"stale")),
+    }
+}
+
+async fn begin<S: Store>(store: &S, request: BeginRequest) -> BeginOutcome {
+    store.begin(request).await.expect("begin answers")
+}
+
 async fn complete<S: Store>(
     store: &S,
     request: &BeginRequest,
     response: StoredResponse,
-    now: Timestamp,
+) -> TransitionOutcome {
+    complete_for(store, request, response, TTL).await
+}
+
+async fn complete_for<S: Store>(
+    store: &S,
+    request: &BeginRequest,
+    response: StoredResponse,
+    ttl: Duration,
 ) -> TransitionOutcome {
     store
         .complete(CompleteRequest {
             id: request.id,
             token: request.token,
             response,
-            now,
-            expires_at: now.plus(HOUR),
+            ttl,
         })
         .await
         .expect("complete answers")
 }
 
-/// An absent key is acquired by the first begin.
-pub async fn absent_key_is_acquired<S: Store>(store: S) {
-    let request = begin_request(fresh_id(), "a", now());
+async fn renew<S: Store>(store: &S, request: &BeginRequest, lease: Duration) -> TransitionOutcome {
+    store
+        .renew(request.id, request.token, lease)
+        .await
+        .expect("renew answers")
+}
+
+async fn release<S: Store>(store: &S, request: &BeginRequest) -> TransitionOutcome {
+    store
+        .release(request.id, request.token)
+        .await
+        .expect("release answers")
+}
+
+async fn get<S: Store>(store: &S, id: RecordId) -> Option<RecordSnapshot> {
+    store.get(id).await.expect("get answers")
+}
+
+/// The record as `get` reads it, checking that the snapshot carries the store's clock.
+async fn record<S: Store>(store: &S, clock: &ManualClock, id: RecordId) -> Option<Record> {
+    let snapshot = get(store, id).await?;
     assert_eq!(
-        store.begin(request).await.expect("begin answers"),
-        BeginOutcome::Acquired
+        snapshot.now,
+        clock.now(),
+        "a snapshot carries the store's clock"
+    );
+    Some(snapshot.record)
+}
+
+/// The record `request` leaves when it acquires at `at`.
+fn acquired_at(request: &BeginRequest, at: Timestamp) -> Record {
+    let lease_until = at.plus(request.lease);
+    Record {
+        state: RecordState::InFlight {
+            fingerprint: request.fingerprint,
+            token: request.token,
+            lease_until,
+        },
+        expires_at: at.plus(request.ttl).max(lease_until),
+    }
+}
+
+/// An absent key is acquired by the first begin, which stores it in flight with its token,
+/// its lease and its TTL from the store's now.
+pub async fn absent_key_is_acquired<S: Store>(store: S, clock: ManualClock) {
+    let request = begin_request(fresh_id(), "a");
+    let at = clock.now();
+    assert_eq!(begin(&store, request.clone()).await, BeginOutcome::Acquired);
+    assert_eq!(
+        record(&store, &clock, request.id).await,
+        Some(acquired_at(&request, at))
     );
 }
 
 /// Hundreds of concurrent begins of one absent key: exactly one acquires, every other one is
 /// told the request is in flight.
-pub async fn exactly_one_of_many_concurrent_begins_acquires<S: Store>(store: S) {
+pub async fn exactly_one_of_many_concurrent_begins_acquires<S: Store>(
+    store: S,
+    _clock: ManualClock,
+) {
     let store = Arc::new(store);
     let id = fresh_id();
-    let at = now();
     let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
     let tasks: Vec<_> = (0..RACERS)
         .map(|_| {
             let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
             tokio::spawn(async move {
                 barrier.wait().await;
-                store
-                    .begin(begin_request(id, "race", at))
-                    .await
-                    .expect("begin answers")
+                begin(&*store, begin_request(id, "race")).await
             })
         })
         .collect();
@@ -120,7 +212,10 @@ pub async fn exactly_one_of_many_concurrent_begins_acquires<S: Store>(store: S) 
     for task in tasks {
         match task.await.expect("task finishes") {
             BeginOutcome::Acquired => acquired += 1,
-            BeginOutcome::InFlight { .. } => {}
+            BeginOutcome::InFlight { lease_left } => assert_eq!(
+                lease_left, LEASE,
+                "the clock did not move: the whole lease is left"
+            ),
             other => panic!("unexpected outcome in a race of identical requests: {other:?}"),
         }
     }
@@ -131,71 +226,70 @@ pub async fn exactly_one_of_many_concurrent_begins_acquires<S: Store>(store: S) 
 }
 
 /// Concurrent begins spread over many keys: each key has exactly one owner.
-pub async fn exactly_one_owner_per_key_under_concurrency_on_many_keys<S: Store>(store: S) {
+pub async fn exactly_one_owner_per_key_under_concurrency_on_many_keys<S: Store>(
+    store: S,
+    _clock: ManualClock,
+) {
     const KEYS: usize = 20;
     const PER_KEY: usize = 10;
     let store = Arc::new(store);
     let ids: Vec<RecordId> = (0..KEYS).map(|_| fresh_id()).collect();
-    let at = now();
     let tasks: Vec<_> = (0..KEYS * PER_KEY)
         .map(|n| {
             let store = Arc::clone(&store);
             let id = ids[n % KEYS];
-            tokio::spawn(async move {
-                (
-                    id,
-                    store
-                        .begin(begin_request(id, "many", at))
-                        .await
-                        .expect("begin answers"),
-                )
-            })
+            tokio::spawn(async move { (id, begin(&*store, begin_request(id, "many")).await) })
         })
         .collect();
     let mut owners = HashSet::new();
     for task in tasks {
         let (id, outcome) = task.await.expect("task finishes");
-        if outcome == BeginOutcome::Acquired {
-            assert!(owners.insert(id), "two owners for one key");
+        match outcome {
+            BeginOutcome::Acquired => assert!(owners.insert(id), "two owners for one key"),
+            BeginOutcome::InFlight { .. } => {}
+            other => panic!("unexpected outcome in a race of identical requests: {other:?}"),
         }
     }
     assert_eq!(owners.len(), KEYS, "every key gets an owner");
 }
 
 /// A completed key replays its response byte for byte (status, every header in order, body)
-/// to a begin with the same fingerprint, without acquiring.
-pub async fn completed_key_replays_the_stored_response<S: Store>(store: S) {
-    let at = now();
-    let first = begin_request(fresh_id(), "pay", at);
+/// to a begin with the same fingerprint, without acquiring, long after the lease would have
+/// lapsed.
+pub async fn completed_key_replays_the_stored_response<S: Store>(store: S, clock: ManualClock) {
+    let first = begin_request(fresh_id(), "pay");
+    assert_eq!(begin(&store, first.clone()).await, BeginOutcome::Acquired);
     assert_eq!(
-        store.begin(first.clone()).await.expect("begin"),
-        BeginOutcome::Acquired
-    );
-    assert_eq!(
-        complete(&store, &first, sample_response(), at).await,
+        complete(&store, &first, sample_response()).await,
         TransitionOutcome::Applied
     );
-    for _ in 0..2 {
-        let retry = begin_request(first.id, "pay", at.plus(SECOND));
+    for request in [retry(&first), taking_over(&first)] {
         assert_eq!(
-            store.begin(retry).await.expect("begin"),
+            begin(&store, request).await,
+            BeginOutcome::Replay(sample_response())
+        );
+    }
+    clock.advance(LEASE + SECOND);
+    for request in [retry(&first), taking_over(&first)] {
+        assert_eq!(
+            begin(&store, request).await,
             BeginOutcome::Replay(sample_response())
         );
     }
 }
 
-/// A response stored without its body (too large to keep) replays as such.
-pub async fn response_without_body_is_replayed_as_such<S: Store>(store: S) {
-    let at = now();
-    let first = begin_request(fresh_id(), "big", at);
-    store.begin(first.clone()).await.expect("begin");
+/// A response stored without its body (too large to keep) replays as such, and so does an
+/// empty body.
+pub async fn response_without_body_is_replayed_as_such<S: Store>(store: S, _clock: ManualClock) {
+    let first = begin_request(fresh_id(), "big");
+    begin(&store, first.clone()).await;
     let bodiless = StoredResponse {
         status: 200,
         headers: vec![],
         body: None,
     };
     assert_eq!(
-        complete(&store, &first, bodiless.clone(), at).await,
+        complete(&store, &first, bodiless.clone()).await,
         TransitionOutcome::Applied
     );
     let empty = StoredResponse {
@@ -203,301 +297,678 @@ pub async fn response_without_body_is_replayed_as_such<S: Store>(store: S) {
         headers: vec![],
         body: Some(Bytes::new()),
     };
-    let second = begin_request(fresh_id(), "empty", at);
-    store.begin(second.clone()).await.expect("begin");
+    let second = begin_request(fresh_id(), "empty");
+    begin(&store, second.clone()).await;
     assert_eq!(
-        complete(&store, &second, empty.clone(), at).await,
+        complete(&store, &second, empty.clone()).await,
         TransitionOutcome::Applied
     );
     assert_eq!(
-        store
-            .begin(begin_request(first.id, "big", at))
-            .await
-            .expect("begin"),
+        begin(&store, retry(&first)).await,
         BeginOutcome::Replay(bodiless)
     );
     assert_eq!(
-        store
-            .begin(begin_request(second.id, "empty", at))
-            .await
-            .expect("begin"),
+        begin(&store, retry(&second)).await,
         BeginOutcome::Replay(empty)
     );
 }
 
 /// The same key with another fingerprint is a mismatch, whether the first request is in
-/// flight, completed, or in flight with a lapsed lease; and it changes nothing.
-pub async fn different_fingerprint_is_a_mismatch<S: Store>(store: S) {
-    let at = now();
-    let first = begin_request(fresh_id(), "original", at);
-    store.begin(first.clone()).await.expect("begin");
-    let other = begin_request(first.id, "other", at);
+/// flight or completed; and it changes nothing.
+pub async fn different_fingerprint_is_a_mismatch<S: Store>(store: S, clock: ManualClock) {
+    let first = begin_request(fresh_id(), "original");
+    let at = clock.now();
+    begin(&store, first.clone()).await;
+    let other = begin_request(first.id, "other");
+    assert_eq!(begin(&store, other.clone()).await, BeginOutcome::Mismatch);
     assert_eq!(
-        store.begin(other.clone()).await.expect("begin"),
-        BeginOutcome::Mismatch
-    );
-    let lapsed = begin_request(first.id, "other", first.lease_until.plus(SECOND));
-    assert_eq!(
-        store.begin(lapsed).await.expect("begin"),
+        begin(&store, taking_over(&other)).await,
         BeginOutcome::Mismatch
     );
     // The original owner is undisturbed.
     assert_eq!(
-        complete(&store, &first, sample_response(), at).await,
+        record(&store, &clock, first.id).await,
+        Some(acquired_at(&first, at))
+    );
+    assert_eq!(
+        complete(&store, &first, sample_response()).await,
         TransitionOutcome::Applied
     );
+    assert_eq!(begin(&store, retry(&other)).await, BeginOutcome::Mismatch);
     assert_eq!(
-        store.begin(other).await.expect("begin"),
-        BeginOutcome::Mismatch
-    );
-    let same = begin_request(first.id, "original", at);
-    assert_eq!(
-        store.begin(same).await.expect("begin"),
+        begin(&store, retry(&first)).await,
         BeginOutcome::Replay(sample_response())
     );
 }
 
-/// A duplicate of an in-flight request is told when the owner's lease lapses.
-pub async fn duplicate_of_in_flight_request_is_told_the_lease<S: Store>(store: S) {
-    let at = now();
-    let first = begin_request(fresh_id(), "slow", at);
-    store.begin(first.clone()).await.expect("begin");
-    let duplicate = begin_request(first.id, "slow", at.plus(SECOND));
+/// A different fingerprint is a mismatch even once the owner's lease lapsed, whatever the
+/// request's `on_lapse`: never [`BeginOutcome::OutcomeUnknown`], never a takeover; the
+/// record is unchanged and still its owner's.
+pub async fn mismatch_wins_over_a_lapsed_lease<S: Store>(store: S, clock: ManualClock) {
+    let first = begin_request(fresh_id(), "original");
+    let at = clock.now();
+    begin(&store, first.clone()).await;
+    clock.advance(LEASE + SECOND);
+    let other = begin_request(first.id, "other");
+    assert_eq!(begin(&store, other.clone()).await, BeginOutcome::Mismatch);
     assert_eq!(
-        store.begin(duplicate).await.expect("begin"),
+        begin(&store, taking_over(&other)).await,
+        BeginOutcome::Mismatch
+    );
+    assert_eq!(
+        record(&store, &clock, first.id).await,
+        Some(acquired_at(&first, at))
+    );
+    assert_eq!(
+        begin(&store, retry(&first)).await,
+        BeginOutcome::OutcomeUnknown
+    );
+    assert_eq!(
+        complete(&store, &first, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(begin(&store, retry(&other)).await, BeginOutcome::Mismatch);
+}
+
+/// A duplicate of an in-flight request is told how long the owner's lease has left, to the
+/// millisecond, whether or not it may take a lapsed lease over (a live one is never taken).
+pub async fn duplicate_of_in_flight_request_is_told_the_lease_left<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let first = begin_request(fresh_id(), "slow");
+    let at = clock.now();
+    begin(&store, first.clone()).await;
+    assert_eq!(
+        begin(&store, retry(&first)).await,
+        BeginOutcome::InFlight { lease_left: LEASE }
+    );
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        begin(&store, retry(&first)).await,
         BeginOutcome::InFlight {
-            lease_until: first.lease_until
+            lease_left: Duration::from_secs(20)
         }
+    );
+    clock.advance(Duration::from_secs(20) - MILLISECOND);
+    assert_eq!(
+        begin(&store, taking_over(&first)).await,
+        BeginOutcome::InFlight {
+            lease_left: MILLISECOND
+        }
+    );
+    assert_eq!(
+        record(&store, &clock, first.id).await,
+        Some(acquired_at(&first, at)),
+        "answering in flight changes nothing"
     );
 }
 
 /// Releasing frees the key for any request; a second release, or a release by another
 /// token, changes nothing.
-pub async fn release_frees_the_key<S: Store>(store: S) {
-    let at = now();
-    let first = begin_request(fresh_id(), "fails", at);
-    store.begin(first.clone()).await.expect("begin");
-    let stranger = LeaseToken::random();
+pub async fn release_frees_the_key<S: Store>(store: S, clock: ManualClock) {
+    let first = begin_request(fresh_id(), "fails");
+    let at = clock.now();
+    begin(&store, first.clone()).await;
+    let stranger = retry(&first);
     assert_eq!(
-        store
-            .release(first.id, stranger, at)
-            .await
-            .expect("release"),
+        release(&store, &stranger).await,
         TransitionOutcome::StaleLease
     );
     assert_eq!(
-        store
-            .release(first.id, first.token, at)
-            .await
-            .expect("release"),
-        TransitionOutcome::Applied
+        record(&store, &clock, first.id).await,
+        Some(acquired_at(&first, at))
     );
-    assert_eq!(
-        store
-            .release(first.id, first.token, at)
-            .await
-            .expect("release"),
-        TransitionOutcome::StaleLease
-    );
-    assert_eq!(store.get(first.id, at).await.expect("get"), None);
-    let next = begin_request(first.id, "another request", at);
-    assert_eq!(
-        store.begin(next).await.expect("begin"),
-        BeginOutcome::Acquired
-    );
+    assert_eq!(release(&store, &first).await, TransitionOutcome::Applied);
+    assert_eq!(release(&store, &first).await, TransitionOutcome::StaleLease);
+    assert_eq!(get(&store, first.id).await, None);
+    let next = begin_request(first.id, "another request");
+    assert_eq!(begin(&store, next).await, BeginOutcome::Acquired);
 }
 
-/// After the lease lapses, a retry takes the key over with a new token; the old owner can
-/// then neither complete nor release, and the new owner's completion is what replays.
-pub async fn lapsed_lease_is_taken_over_and_the_old_owner_is_fenced<S: Store>(store: S) {
-    let at = now();
-    let old = begin_request(fresh_id(), "crashy", at);
-    store.begin(old.clone()).await.expect("begin");
-    let later = old.lease_until.plus(SECOND);
-    let new = begin_request(old.id, "crashy", later);
+/// Once the owner's lease lapsed, a begin of the same request that does not ask to take over
+/// is told the outcome is unknown, again and again, and changes nothing: the owner still holds
+/// the key, completes it, and then every retry replays.
+pub async fn lapsed_lease_answers_outcome_unknown_and_changes_nothing<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let owner = begin_request(fresh_id(), "crashy");
+    let at = clock.now();
+    begin(&store, owner.clone()).await;
+    clock.advance(LEASE);
+    for _ in 0..2 {
+        assert_eq!(
+            begin(&store, retry(&owner)).await,
+            BeginOutcome::OutcomeUnknown
+        );
+    }
+    clock.advance(MINUTE);
     assert_eq!(
-        store.begin(new.clone()).await.expect("begin"),
-        BeginOutcome::Acquired
-    );
-    let stale = StoredResponse {
-        status: 500,
-        headers: vec![],
-        body: Some(Bytes::from_static(b"stale")),
-    };
-    assert_eq!(
-        complete(&store, &old, stale, later).await,
-        TransitionOutcome::StaleLease
-    );
-    assert_eq!(
-        store
-            .release(old.id, old.token, later)
-            .await
-            .expect("release"),
-        TransitionOutcome::StaleLease
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::OutcomeUnknown
     );
     assert_eq!(
-        complete(&store, &new, sample_response(), later).await,
+        record(&store, &clock, owner.id).await,
+        Some(acquired_at(&owner, at)),
+        "reporting an unknown outcome changes nothing"
+    );
+    assert_eq!(
+        complete(&store, &owner, sample_response()).await,
         TransitionOutcome::Applied
     );
-    let retry = begin_request(old.id, "crashy", later);
     assert_eq!(
-        store.begin(retry).await.expect("begin"),
+        begin(&store, retry(&owner)).await,
         BeginOutcome::Replay(sample_response())
     );
 }
 
 /// A lease that lapsed but was not taken over still belongs to its owner, whose completion is
-/// kept (refusing it would let a retry execute a second time).
-pub async fn lapsed_lease_not_taken_over_can_still_complete<S: Store>(store: S) {
-    let at = now();
-    let slow = begin_request(fresh_id(), "slow", at);
-    store.begin(slow.clone()).await.expect("begin");
-    let later = slow.lease_until.plus(SECOND);
+/// kept (refusing it would discard the result of an execution that did happen), and so is its
+/// release.
+pub async fn lapsed_lease_not_taken_over_can_still_complete<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let slow = begin_request(fresh_id(), "slow");
+    begin(&store, slow.clone()).await;
+    let gave_up = begin_request(fresh_id(), "gave up");
+    begin(&store, gave_up.clone()).await;
+    clock.advance(LEASE + SECOND);
     assert_eq!(
-        complete(&store, &slow, sample_response(), later).await,
+        complete(&store, &slow, sample_response()).await,
         TransitionOutcome::Applied
     );
-    let retry = begin_request(slow.id, "slow", later);
     assert_eq!(
-        store.begin(retry).await.expect("begin"),
+        begin(&store, taking_over(&slow)).await,
+        BeginOutcome::Replay(sample_response())
+    );
+    assert_eq!(release(&store, &gave_up).await, TransitionOutcome::Applied);
+    assert_eq!(get(&store, gave_up.id).await, None);
+    assert_eq!(begin(&store, retry(&gave_up)).await, BeginOutcome::Acquired);
+}
+
+/// Once the lease lapsed, a begin allowed to take over acquires the key with its new token and
+/// a fresh lease; the old owner is fenced off (it can neither renew, complete nor release),
+/// and the new owner's completion is what replays.
+pub async fn lapsed_lease_is_taken_over_and_the_old_owner_is_fenced<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let old = begin_request(fresh_id(), "crashy");
+    begin(&store, old.clone()).await;
+    clock.advance(LEASE + SECOND);
+    let new = taking_over(&old);
+    let later = clock.now();
+    assert_eq!(begin(&store, new.clone()).await, BeginOutcome::Acquired);
+    assert_eq!(
+        record(&store, &clock, old.id).await,
+        Some(acquired_at(&new, later))
+    );
+    assert_eq!(
+        begin(&store, taking_over(&old)).await,
+        BeginOutcome::InFlight { lease_left: LEASE },
+        "the new owner's lease is live"
+    );
+    assert_eq!(
+        renew(&store, &old, LEASE).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(
+        complete(&store, &old, other_response()).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(release(&store, &old).await, TransitionOutcome::StaleLease);
+    assert_eq!(
+        record(&store, &clock, old.id).await,
+        Some(acquired_at(&new, later)),
+        "the fenced owner changed nothing"
+    );
+    assert_eq!(
+        complete(&store, &new, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        begin(&store, retry(&old)).await,
         BeginOutcome::Replay(sample_response())
     );
 }
 
-/// Completion is final: the owner cannot complete again, release, or be taken over.
-pub async fn completion_is_final<S: Store>(store: S) {
-    let at = now();
-    let owner = begin_request(fresh_id(), "once", at);
-    store.begin(owner.clone()).await.expect("begin");
+/// Renewing a live lease moves it to a whole lease from now: past the original lease a
+/// duplicate is still told the request is in flight (and is never allowed to take it over).
+pub async fn renew_extends_a_live_lease<S: Store>(store: S, clock: ManualClock) {
+    let owner = begin_request(fresh_id(), "long");
+    let at = clock.now();
+    begin(&store, owner.clone()).await;
+    clock.advance(Duration::from_secs(20));
     assert_eq!(
-        complete(&store, &owner, sample_response(), at).await,
+        renew(&store, &owner, LEASE).await,
         TransitionOutcome::Applied
     );
-    let other = StoredResponse {
-        status: 202,
-        headers: vec![],
-        body: None,
-    };
+    let renewed_at = clock.now();
     assert_eq!(
-        complete(&store, &owner, other, at).await,
-        TransitionOutcome::StaleLease
-    );
-    assert_eq!(
-        store
-            .release(owner.id, owner.token, at)
-            .await
-            .expect("release"),
-        TransitionOutcome::StaleLease
-    );
-    let long_after_lease = owner.lease_until.plus(HOUR / 2);
-    let retry = begin_request(owner.id, "once", long_after_lease);
-    assert_eq!(
-        store.begin(retry).await.expect("begin"),
-        BeginOutcome::Replay(sample_response())
-    );
-}
-
-/// A record past its expiry behaves as absent: any request acquires it, its old owner is
-/// fenced, and it reads as absent.
-pub async fn expired_record_behaves_as_absent<S: Store>(store: S) {
-    let at = now();
-    let first = begin_request(fresh_id(), "old", at);
-    store.begin(first.clone()).await.expect("begin");
-    store
-        .complete(CompleteRequest {
-            id: first.id,
-            token: first.token,
-            response: sample_response(),
-            now: at,
-            expires_at: at.plus(SECOND),
+        record(&store, &clock, owner.id).await,
+        Some(Record {
+            state: RecordState::InFlight {
+                fingerprint: owner.fingerprint,
+                token: owner.token,
+                lease_until: renewed_at.plus(LEASE),
+            },
+            expires_at: at.plus(TTL),
         })
-        .await
-        .expect("complete");
-    let just_before = at.plus(Duration::from_millis(999));
-    assert!(matches!(
-        store.get(first.id, just_before).await.expect("get"),
-        Some(RecordState::Completed { .. })
-    ));
-    let after = at.plus(SECOND);
-    assert_eq!(store.get(first.id, after).await.expect("get"), None);
-    let fresh = begin_request(first.id, "new request", after);
+    );
+    // Past the original lease (at + 30 s), within the renewed one (at + 50 s).
+    clock.advance(Duration::from_secs(20));
     assert_eq!(
-        store.begin(fresh).await.expect("begin"),
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::InFlight {
+            lease_left: Duration::from_secs(10)
+        }
+    );
+    assert_eq!(
+        begin(&store, taking_over(&owner)).await,
+        BeginOutcome::InFlight {
+            lease_left: Duration::from_secs(10)
+        }
+    );
+    // A renewal may also shorten the lease: it is a whole lease from now, whatever it was.
+    assert_eq!(
+        renew(&store, &owner, SECOND).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::InFlight { lease_left: SECOND }
+    );
+    assert_eq!(
+        complete(&store, &owner, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::Replay(sample_response())
+    );
+}
+
+/// An owner whose lease lapsed without being taken over (it lost the store for a while) may
+/// renew it: the key is its own again, live, and duplicates are told it is in flight.
+pub async fn owner_can_renew_a_lapsed_lease_not_taken_over<S: Store>(store: S, clock: ManualClock) {
+    let owner = begin_request(fresh_id(), "partitioned");
+    begin(&store, owner.clone()).await;
+    clock.advance(LEASE + SECOND);
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::OutcomeUnknown
+    );
+    assert_eq!(
+        renew(&store, &owner, LEASE).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::InFlight { lease_left: LEASE }
+    );
+    assert_eq!(
+        begin(&store, taking_over(&owner)).await,
+        BeginOutcome::InFlight { lease_left: LEASE }
+    );
+    assert_eq!(
+        complete(&store, &owner, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::Replay(sample_response())
+    );
+}
+
+/// A renewal by a token the record does not hold (a stranger's, or the owner's once the key
+/// was completed or released, or of a key never begun) is refused and changes nothing: it
+/// neither extends a lease nor brings a record back.
+pub async fn renew_with_a_stale_or_foreign_token_changes_nothing<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let owner = begin_request(fresh_id(), "owned");
+    let at = clock.now();
+    begin(&store, owner.clone()).await;
+    clock.advance(Duration::from_secs(20));
+    let stranger = retry(&owner);
+    assert_eq!(
+        renew(&store, &stranger, LEASE).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(
+        record(&store, &clock, owner.id).await,
+        Some(acquired_at(&owner, at)),
+        "a foreign renewal moves no lease"
+    );
+    // ...so the lease lapses when it was going to.
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::OutcomeUnknown
+    );
+    assert_eq!(
+        renew(&store, &stranger, LEASE).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::OutcomeUnknown
+    );
+
+    // Completed: the owner's own token renews nothing any more.
+    assert_eq!(
+        complete(&store, &owner, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    let completed = record(&store, &clock, owner.id).await;
+    assert_eq!(
+        renew(&store, &owner, LEASE).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(record(&store, &clock, owner.id).await, completed);
+
+    // Released: the record does not come back.
+    let released = begin_request(fresh_id(), "released");
+    begin(&store, released.clone()).await;
+    assert_eq!(release(&store, &released).await, TransitionOutcome::Applied);
+    assert_eq!(
+        renew(&store, &released, LEASE).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(get(&store, released.id).await, None);
+
+    // Never begun.
+    let absent = begin_request(fresh_id(), "absent");
+    assert_eq!(
+        renew(&store, &absent, LEASE).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(get(&store, absent.id).await, None);
+}
+
+/// An in-flight record is kept at least as long as its lease, however it was renewed: a
+/// record never expires under a live lease, even past the TTL it was begun with.
+pub async fn in_flight_ttl_covers_the_lease_after_renewals<S: Store>(store: S, clock: ManualClock) {
+    // A TTL shorter than the lease: the record is kept for the whole lease.
+    let short_ttl = BeginRequest {
+        lease: 2 * MINUTE,
+        ttl: MINUTE,
+        ..begin_request(fresh_id(), "short ttl")
+    };
+    begin(&store, short_ttl.clone()).await;
+    let snapshot = get(&store, short_ttl.id).await.expect("in flight");
+    assert!(
+        snapshot.expires_in() >= 2 * MINUTE,
+        "kept for the lease: {snapshot:?}"
+    );
+
+    let owner = BeginRequest {
+        ttl: MINUTE,
+        ..begin_request(fresh_id(), "renewed")
+    };
+    begin(&store, owner.clone()).await;
+    // Renewed every 20 s for five minutes, far past the TTL it was begun with.
+    for _ in 0..15 {
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(
+            renew(&store, &owner, LEASE).await,
+            TransitionOutcome::Applied
+        );
+        let snapshot = get(&store, owner.id)
+            .await
+            .expect("kept under a live lease");
+        assert_eq!(snapshot.lease_left(), Some(LEASE));
+        assert!(
+            snapshot.expires_in() >= LEASE,
+            "the record outlives its lease: {snapshot:?}"
+        );
+    }
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::InFlight { lease_left: LEASE }
+    );
+    // A renewal with a lease longer than the record's TTL left extends the record too.
+    assert_eq!(
+        renew(&store, &owner, 10 * MINUTE).await,
+        TransitionOutcome::Applied
+    );
+    clock.advance(9 * MINUTE);
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::InFlight { lease_left: MINUTE }
+    );
+    assert_eq!(
+        complete(&store, &owner, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        begin(&store, retry(&owner)).await,
+        BeginOutcome::Replay(sample_response())
+    );
+}
+
+/// Completion is final: the owner cannot complete again, renew, release, or be taken over.
+pub async fn completion_is_final<S: Store>(store: S, clock: ManualClock) {
+    let owner = begin_request(fresh_id(), "once");
+    begin(&store, owner.clone()).await;
+    assert_eq!(
+        complete(&store, &owner, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        complete(&store, &owner, other_response()).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(
+        renew(&store, &owner, LEASE).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(release(&store, &owner).await, TransitionOutcome::StaleLease);
+    clock.advance(TTL / 2);
+    assert_eq!(
+        begin(&store, taking_over(&owner)).await,
+        BeginOutcome::Replay(sample_response())
+    );
+}
+
+/// A record past its expiry behaves as absent: it reads as absent, any request acquires it,
+/// and its old owner is fenced off.
+pub async fn expired_record_behaves_as_absent<S: Store>(store: S, clock: ManualClock) {
+    let first = begin_request(fresh_id(), "old");
+    begin(&store, first.clone()).await;
+    assert_eq!(
+        complete(&store, &first, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    // An in-flight record whose whole record expires with it.
+    let abandoned = begin_request(fresh_id(), "gone");
+    begin(&store, abandoned.clone()).await;
+
+    clock.advance(TTL - MILLISECOND);
+    assert!(matches!(
+        record(&store, &clock, first.id).await,
+        Some(Record {
+            state: RecordState::Completed { .. },
+            ..
+        })
+    ));
+    assert!(get(&store, abandoned.id).await.is_some());
+    clock.advance(MILLISECOND);
+    assert_eq!(get(&store, first.id).await, None);
+    assert_eq!(get(&store, abandoned.id).await, None);
+
+    assert_eq!(
+        begin(&store, begin_request(first.id, "new request")).await,
         BeginOutcome::Acquired
     );
-
-    // An in-flight record whose whole record expired: its owner is fenced off.
-    let abandoned = BeginRequest {
-        expires_at: at.plus(SECOND),
-        lease_until: at.plus(SECOND),
-        ..begin_request(fresh_id(), "gone", at)
-    };
-    store.begin(abandoned.clone()).await.expect("begin");
+    // The abandoned owner is fenced off, and its record does not come back.
     assert_eq!(
-        store
-            .release(abandoned.id, abandoned.token, after)
-            .await
-            .expect("release"),
+        renew(&store, &abandoned, LEASE).await,
         TransitionOutcome::StaleLease
     );
     assert_eq!(
-        complete(&store, &abandoned, sample_response(), after).await,
+        release(&store, &abandoned).await,
         TransitionOutcome::StaleLease
     );
-}
-
-/// `get` reports absent, in flight (with fingerprint, token and lease) and completed.
-pub async fn status_reports_each_state<S: Store>(store: S) {
-    let at = now();
-    let request = begin_request(fresh_id(), "status", at);
-    assert_eq!(store.get(request.id, at).await.expect("get"), None);
-    store.begin(request.clone()).await.expect("begin");
     assert_eq!(
-        store.get(request.id, at).await.expect("get"),
-        Some(RecordState::InFlight {
-            fingerprint: request.fingerprint,
-            token: request.token,
-            lease_until: request.lease_until
-        })
+        complete(&store, &abandoned, sample_response()).await,
+        TransitionOutcome::StaleLease
     );
-    complete(&store, &request, sample_response(), at).await;
+    assert_eq!(get(&store, abandoned.id).await, None);
     assert_eq!(
-        store.get(request.id, at).await.expect("get"),
-        Some(RecordState::Completed {
-            fingerprint: request.fingerprint,
-            response: sample_response()
-        })
+        begin(&store, retry(&abandoned)).await,
+        BeginOutcome::Acquired
     );
 }
 
-/// The sweeper deletes expired records, in batches no larger than asked, and nothing live.
-pub async fn sweep_deletes_only_expired_records<S: Store>(store: S) {
-    // Ten days in the past: records that expire there cannot belong to a test running now,
-    // so this sweep cannot disturb tests sharing the store.
-    let past = now().plus(Duration::ZERO);
-    let past = Timestamp::from_millis(past.as_millis() - 10 * 24 * 3600 * 1000);
+/// `get` reports absent, in flight (with fingerprint, token, lease and expiry) and completed
+/// (with its response and the completion's TTL).
+pub async fn status_reports_each_state<S: Store>(store: S, clock: ManualClock) {
+    let request = begin_request(fresh_id(), "status");
+    assert_eq!(get(&store, request.id).await, None);
+    let at = clock.now();
+    begin(&store, request.clone()).await;
+    assert_eq!(
+        record(&store, &clock, request.id).await,
+        Some(Record {
+            state: RecordState::InFlight {
+                fingerprint: request.fingerprint,
+                token: request.token,
+                lease_until: at.plus(LEASE),
+            },
+            expires_at: at.plus(TTL),
+        })
+    );
+    clock.advance(SECOND);
+    let completed_at = clock.now();
+    assert_eq!(
+        complete_for(&store, &request, sample_response(), 2 * TTL).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        record(&store, &clock, request.id).await,
+        Some(Record {
+            state: RecordState::Completed {
+                fingerprint: request.fingerprint,
+                response: sample_response(),
+            },
+            expires_at: completed_at.plus(2 * TTL),
+        })
+    );
+}
+
+/// A snapshot carries the store's clock, so its lease left and its time to expiry are exact:
+/// while the lease is live, once it lapsed (zero), and once completed (no lease).
+pub async fn snapshot_reads_the_store_clock<S: Store>(store: S, clock: ManualClock) {
+    let request = begin_request(fresh_id(), "snapshot");
+    begin(&store, request.clone()).await;
+    let snapshot = get(&store, request.id).await.expect("in flight");
+    assert_eq!(snapshot.now, clock.now());
+    assert_eq!(snapshot.lease_left(), Some(LEASE));
+    assert_eq!(snapshot.expires_in(), TTL);
+
+    clock.advance(Duration::from_secs(12));
+    let snapshot = get(&store, request.id).await.expect("in flight");
+    assert_eq!(snapshot.now, clock.now());
+    assert_eq!(snapshot.lease_left(), Some(Duration::from_secs(18)));
+    assert_eq!(snapshot.expires_in(), TTL - Duration::from_secs(12));
+
+    clock.advance(Duration::from_secs(20));
+    let snapshot = get(&store, request.id).await.expect("lapsed, still kept");
+    assert_eq!(snapshot.now, clock.now());
+    assert_eq!(snapshot.lease_left(), Some(Duration::ZERO));
+    assert_eq!(snapshot.expires_in(), TTL - Duration::from_secs(32));
+
+    assert_eq!(
+        complete_for(&store, &request, sample_response(), MINUTE).await,
+        TransitionOutcome::Applied
+    );
+    clock.advance(SECOND);
+    let snapshot = get(&store, request.id).await.expect("completed");
+    assert_eq!(snapshot.now, clock.now());
+    assert_eq!(snapshot.lease_left(), None);
+    assert_eq!(snapshot.expires_in(), MINUTE - SECOND);
+}
+
+/// Operations on one record never touch another.
+pub async fn records_are_isolated_by_id<S: Store>(store: S, clock: ManualClock) {
+    let a = begin_request(fresh_id(), "same");
+    let b = begin_request(fresh_id(), "same");
+    assert_eq!(begin(&store, a.clone()).await, BeginOutcome::Acquired);
+    assert_eq!(begin(&store, b.clone()).await, BeginOutcome::Acquired);
+    let b_at = clock.now();
+    assert_eq!(
+        complete(&store, &a, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    clock.advance(SECOND);
+    assert_eq!(
+        renew(&store, &a, LEASE).await,
+        TransitionOutcome::StaleLease
+    );
+    assert_eq!(
+        record(&store, &clock, b.id).await,
+        Some(acquired_at(&b, b_at))
+    );
+    assert_eq!(release(&store, &b).await, TransitionOutcome::Applied);
+    assert!(matches!(
+        record(&store, &clock, a.id).await,
+        Some(Record {
+            state: RecordState::Completed { .. },
+            ..
+        })
+    ));
+}
+
+/// The records the sweep checks let expire: in flight and completed, with a lease and TTL of
+/// [`SHORT`].
+async fn short_lived_records<S: Store>(store: &S) -> Vec<BeginRequest> {
     let mut short_lived = Vec::new();
-    for _ in 0..5 {
+    for n in 0..5 {
         let request = BeginRequest {
-            lease_until: past.plus(SECOND),
-            expires_at: past.plus(SECOND),
-            ..begin_request(fresh_id(), "short", past)
+            lease: SHORT,
+            ttl: SHORT,
+            ..begin_request(fresh_id(), "short")
         };
-        store.begin(request.clone()).await.expect("begin");
+        assert_eq!(begin(store, request.clone()).await, BeginOutcome::Acquired);
+        if n % 2 == 0 {
+            assert_eq!(
+                complete_for(store, &request, sample_response(), SHORT).await,
+                TransitionOutcome::Applied
+            );
+        }
         short_lived.push(request);
     }
-    let long_lived = begin_request(fresh_id(), "long", past);
-    store.begin(long_lived.clone()).await.expect("begin");
+    short_lived
+}
 
-    let sweep_at = past.plus(Duration::from_secs(2));
-    let first_batch = store.sweep_expired(sweep_at, 2).await.expect("sweep");
+/// The sweeper deletes expired records (by the store's clock), in batches no larger than
+/// asked, and nothing live.
+pub async fn sweep_deletes_only_expired_records<S: Store>(store: S, clock: ManualClock) {
+    let short_lived = short_lived_records(&store).await;
+    let in_flight = begin_request(fresh_id(), "long");
+    begin(&store, in_flight.clone()).await;
+    let completed = begin_request(fresh_id(), "long, completed");
+    begin(&store, completed.clone()).await;
+    assert_eq!(
+        complete(&store, &completed, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+
+    // Nothing has expired yet: whatever a sweep deletes is some other test's garbage.
+    clock.advance(SHORT);
+    let first_batch = store.sweep_expired(2).await.expect("sweep");
     assert!(
         first_batch <= 2,
         "a sweep deletes at most its batch ({first_batch} > 2)"
     );
     let mut swept = first_batch;
     loop {
-        let batch = store.sweep_expired(sweep_at, 100).await.expect("sweep");
+        let batch = store.sweep_expired(100).await.expect("sweep");
+        assert!(batch <= 100, "a sweep deletes at most its batch");
         swept += batch;
         if batch == 0 {
             break;
@@ -508,71 +979,60 @@ pub async fn sweep_deletes_only_expired_records<S: Store>(store: S) {
         "every expired record is swept ({swept} < {})",
         short_lived.len()
     );
-    // Swept records are gone even for a reader whose clock says they are live.
     for request in &short_lived {
-        assert_eq!(store.get(request.id, past).await.expect("get"), None);
+        assert_eq!(get(&store, request.id).await, None);
+        // Their owners are fenced off, and the key is free.
+        assert_eq!(
+            complete(&store, request, sample_response()).await,
+            TransitionOutcome::StaleLease
+        );
+        assert_eq!(
+            begin(&store, begin_request(request.id, "next")).await,
+            BeginOutcome::Acquired
+        );
     }
-    assert!(
-        store
-            .get(long_lived.id, sweep_at)
-            .await
-            .expect("get")
-            .is_some(),
+    assert_eq!(
+        begin(&store, retry(&in_flight)).await,
+        BeginOutcome::InFlight {
+            lease_left: LEASE - SHORT
+        },
+        "live records survive"
+    );
+    assert_eq!(
+        begin(&store, retry(&completed)).await,
+        BeginOutcome::Replay(sample_response()),
         "live records survive"
     );
 }
 
-/// For stores that expire records natively: records past their expiry read as absent and
-/// are acquired afresh, while live ones are kept, whether or not `sweep_expired` deletes
-/// anything (it must still never delete more than its batch).
-pub async fn expired_records_behave_as_absent_without_a_sweep<S: Store>(store: S) {
-    let at = now();
-    let short = BeginRequest {
-        lease_until: at.plus(SECOND),
-        expires_at: at.plus(SECOND),
-        ..begin_request(fresh_id(), "short", at)
-    };
-    store.begin(short.clone()).await.expect("begin");
-    let long = begin_request(fresh_id(), "long", at);
-    store.begin(long.clone()).await.expect("begin");
-    let later = at.plus(Duration::from_secs(2));
-    assert!(store.sweep_expired(later, 1).await.expect("sweep") <= 1);
-    assert_eq!(store.get(short.id, later).await.expect("get"), None);
-    assert!(
-        store.get(long.id, later).await.expect("get").is_some(),
+/// For stores that expire records natively: records past their expiry (by the store's
+/// clock) read as absent and are acquired afresh, while live ones are kept, whether or not
+/// `sweep_expired` deletes anything (it must still never delete more than its batch).
+pub async fn expired_records_behave_as_absent_without_a_sweep<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let short_lived = short_lived_records(&store).await;
+    let long = begin_request(fresh_id(), "long");
+    begin(&store, long.clone()).await;
+    clock.advance(SHORT);
+    assert!(store.sweep_expired(1).await.expect("sweep") <= 1);
+    for request in &short_lived {
+        assert_eq!(get(&store, request.id).await, None);
+        assert_eq!(
+            renew(&store, request, LEASE).await,
+            TransitionOutcome::StaleLease
+        );
+        assert_eq!(
+            begin(&store, begin_request(request.id, "another")).await,
+            BeginOutcome::Acquired
+        );
+    }
+    assert_eq!(
+        begin(&store, retry(&long)).await,
+        BeginOutcome::InFlight {
+            lease_left: LEASE - SHORT
+        },
         "live records survive"
     );
-    let fresh = begin_request(short.id, "another", later);
-    assert_eq!(
-        store.begin(fresh).await.expect("begin"),
-        BeginOutcome::Acquired
-    );
-}
-
-/// Operations on one record never touch another.
-pub async fn records_are_isolated_by_id<S: Store>(store: S) {
-    let at = now();
-    let a = begin_request(fresh_id(), "same", at);
-    let b = begin_request(fresh_id(), "same", at);
-    assert_eq!(
-        store.begin(a.clone()).await.expect("begin"),
-        BeginOutcome::Acquired
-    );
-    assert_eq!(
-        store.begin(b.clone()).await.expect("begin"),
-        BeginOutcome::Acquired
-    );
-    complete(&store, &a, sample_response(), at).await;
-    assert!(matches!(
-        store.get(b.id, at).await.expect("get"),
-        Some(RecordState::InFlight { .. })
-    ));
-    assert_eq!(
-        store.release(b.id, b.token, at).await.expect("release"),
-        TransitionOutcome::Applied
-    );
-    assert!(matches!(
-        store.get(a.id, at).await.expect("get"),
-        Some(RecordState::Completed { .. })
-    ));
 }

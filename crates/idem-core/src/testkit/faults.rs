@@ -104,8 +104,7 @@ pub async fn resolve(host_port: &str, default_port: u16) -> SocketAddr {
 
 /// A begin of a record no other test uses, with a long lease and TTL.
 fn fresh_begin() -> crate::BeginRequest {
-    use crate::{Clock, Fingerprint, LeaseToken, RecordId, SystemClock};
-    let now = SystemClock.now();
+    use crate::{Fingerprint, LeaseToken, RecordId};
     let mut id = [0u8; 32];
     id[..8].copy_from_slice(&rand::random::<u64>().to_be_bytes());
     id[8..16].copy_from_slice(&rand::random::<u64>().to_be_bytes());
@@ -113,9 +112,9 @@ fn fresh_begin() -> crate::BeginRequest {
         id: RecordId::from_bytes(id),
         fingerprint: Fingerprint::builder().part("faults", b"outage").finish(),
         token: LeaseToken::random(),
-        now,
-        lease_until: now.plus(std::time::Duration::from_secs(30)),
-        expires_at: now.plus(std::time::Duration::from_secs(3600)),
+        lease: std::time::Duration::from_secs(30),
+        ttl: std::time::Duration::from_secs(3600),
+        on_lapse: crate::OnLapse::ReportUnknown,
     }
 }
 
@@ -132,7 +131,7 @@ pub async fn outage_is_unavailable_promptly_then_recovers<S: crate::Store>(
 ) {
     use std::time::Instant;
     let first = fresh_begin();
-    let (id, now) = (first.id, first.now);
+    let id = first.id;
     assert_eq!(
         store.begin(first).await.expect("begin"),
         crate::BeginOutcome::Acquired
@@ -141,7 +140,7 @@ pub async fn outage_is_unavailable_promptly_then_recovers<S: crate::Store>(
     let address = proxy.address;
     drop(proxy);
     let started = Instant::now();
-    let outcome = store.get(id, now).await;
+    let outcome = store.get(id).await;
     assert!(
         matches!(outcome, Err(crate::StoreError::Unavailable(_))),
         "expected Unavailable, got {outcome:?}"
@@ -151,7 +150,7 @@ pub async fn outage_is_unavailable_promptly_then_recovers<S: crate::Store>(
     let _restored = Proxy::start(address, target).await;
     let deadline = Instant::now() + limit * 2;
     loop {
-        match store.get(id, now).await {
+        match store.get(id).await {
             Ok(state) => {
                 assert!(state.is_some(), "the record survived the outage");
                 break;

@@ -1,33 +1,51 @@
 //! A reference model of a store, written independently of [`crate::store::transition`], and
-//! a property test that drives a real store and the model with the same random operations.
+//! a property test that drives a real store and the model with the same random operations,
+//! moving the store's [`ManualClock`] and the model's clock together.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use crate::{
-    BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, RecordId,
-    RecordState, Store, StoredResponse, SystemClock, Timestamp, TransitionOutcome,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, ManualClock,
+    OnLapse, Record, RecordId, RecordSnapshot, RecordState, Store, StoredResponse, Timestamp,
+    TransitionOutcome,
 };
 
 /// Random operation sequences per property run. Each runs against a real store, maybe over
 /// a network, so the count stays modest; the operations per sequence make up for it.
 const CASES: u32 = 48;
 
+/// The time unit of the generated leases, TTLs and clock moves. Seconds rather than
+/// milliseconds: the model's records then live long past any real time the run takes.
+const UNIT_MS: u64 = 1000;
+
+/// How far ahead of the real time the model's clock starts. A sweep run by another test
+/// sharing the store reaches only records expiring at about the real now; the model's
+/// records, a day ahead, are out of its reach.
+const HEAD_START: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone)]
 enum Operation {
     Begin {
         key: u8,
         request: u8,
-        lease_ms: u64,
-        ttl_ms: u64,
+        lease: u64,
+        ttl: u64,
+        take_over: bool,
+    },
+    Renew {
+        key: u8,
+        owner: u8,
+        lease: u64,
     },
     Complete {
         key: u8,
         owner: u8,
-        ttl_ms: u64,
+        ttl: u64,
     },
     Release {
         key: u8,
@@ -37,23 +55,26 @@ enum Operation {
         key: u8,
     },
     Advance {
-        ms: u64,
+        by: u64,
     },
 }
 
 fn operation() -> impl Strategy<Value = Operation> {
-    // Few keys, requests and owners, so that operations collide often.
+    // Few keys, requests and owners, so that operations collide often; leases, TTLs and
+    // clock moves of the same magnitude, so that leases lapse and records expire often.
     prop_oneof![
-        3 => (0..3u8, 0..2u8, 1..50u64, 1..200u64)
-            .prop_map(|(key, request, lease_ms, ttl_ms)| Operation::Begin { key, request, lease_ms, ttl_ms }),
-        2 => (0..3u8, 0..3u8, 1..200u64).prop_map(|(key, owner, ttl_ms)| Operation::Complete { key, owner, ttl_ms }),
+        3 => (0..3u8, 0..2u8, 1..50u64, 1..200u64, any::<bool>()).prop_map(
+            |(key, request, lease, ttl, take_over)| Operation::Begin { key, request, lease, ttl, take_over }
+        ),
+        2 => (0..3u8, 0..3u8, 1..50u64).prop_map(|(key, owner, lease)| Operation::Renew { key, owner, lease }),
+        2 => (0..3u8, 0..3u8, 1..200u64).prop_map(|(key, owner, ttl)| Operation::Complete { key, owner, ttl }),
         1 => (0..3u8, 0..3u8).prop_map(|(key, owner)| Operation::Release { key, owner }),
-        1 => (0..3u8).prop_map(|key| Operation::Get { key }),
-        2 => (1..80u64).prop_map(|ms| Operation::Advance { ms }),
+        2 => (0..3u8).prop_map(|key| Operation::Get { key }),
+        2 => (1..80u64).prop_map(|by| Operation::Advance { by }),
     ]
 }
 
-/// What the model remembers of one key.
+/// What the model remembers of one key; times are milliseconds of the model's clock.
 #[derive(Debug, Clone)]
 enum ModelRecord {
     Running {
@@ -70,16 +91,175 @@ enum ModelRecord {
 }
 
 impl ModelRecord {
-    fn live(&self, now: u64) -> bool {
+    fn expires_at(&self) -> u64 {
         match self {
-            Self::Running { expires_at, .. } | Self::Done { expires_at, .. } => now < *expires_at,
+            Self::Running { expires_at, .. } | Self::Done { expires_at, .. } => *expires_at,
+        }
+    }
+
+    fn request(&self) -> u8 {
+        match self {
+            Self::Running { request, .. } | Self::Done { request, .. } => *request,
         }
     }
 }
 
-/// Runs [`CASES`] random operation sequences against `store` and the model; any difference
-/// fails the test with the shrunk sequence.
-pub fn check_against_reference_model<S: Store>(runtime: &tokio::runtime::Runtime, store: S) {
+/// The model: records by key, and the clock.
+struct Model {
+    now: u64,
+    records: HashMap<u8, ModelRecord>,
+}
+
+impl Model {
+    /// The record of `key` unless it expired.
+    fn live(&self, key: u8) -> Option<&ModelRecord> {
+        self.records
+            .get(&key)
+            .filter(|record| self.now < record.expires_at())
+    }
+
+    /// The key's record, if it is in flight (lapsed or not) with `token`.
+    fn owned(&self, key: u8, token: LeaseToken) -> Option<(u8, u64)> {
+        match self.live(key) {
+            Some(ModelRecord::Running {
+                request,
+                token: held,
+                expires_at,
+                ..
+            }) if *held == token => Some((*request, *expires_at)),
+            _ => None,
+        }
+    }
+
+    fn begin(
+        &mut self,
+        key: u8,
+        request: u8,
+        token: LeaseToken,
+        lease: u64,
+        ttl: u64,
+        take_over: bool,
+    ) -> BeginOutcome {
+        let now = self.now;
+        match self.live(key) {
+            Some(record) if record.request() != request => return BeginOutcome::Mismatch,
+            Some(ModelRecord::Done { response, .. }) => {
+                return BeginOutcome::Replay(response.clone());
+            }
+            Some(ModelRecord::Running { lease_until, .. }) if *lease_until > now => {
+                return BeginOutcome::InFlight {
+                    lease_left: Duration::from_millis(lease_until - now),
+                };
+            }
+            Some(ModelRecord::Running { .. }) if !take_over => {
+                return BeginOutcome::OutcomeUnknown;
+            }
+            // Absent, expired, or lapsed and taken over.
+            _ => {}
+        }
+        self.records.insert(
+            key,
+            ModelRecord::Running {
+                request,
+                token,
+                lease_until: now + lease,
+                expires_at: (now + ttl).max(now + lease),
+            },
+        );
+        BeginOutcome::Acquired
+    }
+
+    fn renew(&mut self, key: u8, token: LeaseToken, lease: u64) -> TransitionOutcome {
+        let Some((request, expires_at)) = self.owned(key, token) else {
+            return TransitionOutcome::StaleLease;
+        };
+        let lease_until = self.now + lease;
+        self.records.insert(
+            key,
+            ModelRecord::Running {
+                request,
+                token,
+                lease_until,
+                expires_at: expires_at.max(lease_until),
+            },
+        );
+        TransitionOutcome::Applied
+    }
+
+    fn complete(
+        &mut self,
+        key: u8,
+        token: LeaseToken,
+        response: StoredResponse,
+        ttl: u64,
+    ) -> TransitionOutcome {
+        let Some((request, _)) = self.owned(key, token) else {
+            return TransitionOutcome::StaleLease;
+        };
+        self.records.insert(
+            key,
+            ModelRecord::Done {
+                request,
+                response,
+                expires_at: self.now + ttl,
+            },
+        );
+        TransitionOutcome::Applied
+    }
+
+    fn release(&mut self, key: u8, token: LeaseToken) -> TransitionOutcome {
+        if self.owned(key, token).is_none() {
+            return TransitionOutcome::StaleLease;
+        }
+        self.records.remove(&key);
+        TransitionOutcome::Applied
+    }
+
+    fn get(&self, key: u8) -> Option<RecordSnapshot> {
+        let record = match self.live(key)? {
+            ModelRecord::Running {
+                request,
+                token,
+                lease_until,
+                expires_at,
+            } => Record {
+                state: RecordState::InFlight {
+                    fingerprint: fingerprint(*request),
+                    token: *token,
+                    lease_until: Timestamp::from_millis(*lease_until),
+                },
+                expires_at: Timestamp::from_millis(*expires_at),
+            },
+            ModelRecord::Done {
+                request,
+                response,
+                expires_at,
+            } => Record {
+                state: RecordState::Completed {
+                    fingerprint: fingerprint(*request),
+                    response: response.clone(),
+                },
+                expires_at: Timestamp::from_millis(*expires_at),
+            },
+        };
+        Some(RecordSnapshot {
+            record,
+            now: Timestamp::from_millis(self.now),
+        })
+    }
+}
+
+/// Runs a few dozen random operation sequences against `store`, which reads `clock`, and
+/// against the model; any difference fails the test with the shrunk sequence.
+///
+/// # Panics
+/// The store disagrees with the model, or does not answer.
+pub fn check_against_reference_model<S: Store>(
+    runtime: &tokio::runtime::Runtime,
+    store: S,
+    clock: &ManualClock,
+) {
+    clock.advance(HEAD_START);
     let mut runner = TestRunner::new(Config {
         cases: CASES,
         ..Config::default()
@@ -87,7 +267,7 @@ pub fn check_against_reference_model<S: Store>(runtime: &tokio::runtime::Runtime
     let result = runner.run(
         &proptest::collection::vec(operation(), 1..40),
         |operations| {
-            runtime.block_on(run_sequence(&store, &operations));
+            runtime.block_on(run_sequence(&store, clock, &operations));
             Ok(())
         },
     );
@@ -102,32 +282,44 @@ fn fingerprint(request: u8) -> Fingerprint {
         .finish()
 }
 
-fn response(key: u8, owner: u8, ttl_ms: u64) -> StoredResponse {
+fn response(key: u8, owner: u8, ttl: u64) -> StoredResponse {
     StoredResponse {
         status: 200,
         headers: vec![("x-model".into(), Bytes::from(format!("{key}-{owner}")))],
-        body: Some(Bytes::from(ttl_ms.to_string())),
+        body: Some(Bytes::from(ttl.to_string())),
     }
 }
 
-async fn run_sequence<S: Store>(store: &S, operations: &[Operation]) {
+fn duration(units: u64) -> Duration {
+    Duration::from_millis(units * UNIT_MS)
+}
+
+async fn run_sequence<S: Store>(store: &S, clock: &ManualClock, operations: &[Operation]) {
     // A fresh namespace per sequence, so sequences (and other tests) never share records.
+    // The clock carries on from the previous sequence: it only ever moves forward.
     let salt: u64 = rand::random();
     let id = |key: u8| RecordId::from_bytes(crate::testkit::checks::salted_id(salt, key));
-    let mut now = SystemClock.now().as_millis();
-    let mut model: HashMap<u8, ModelRecord> = HashMap::new();
+    let mut model = Model {
+        now: clock.now().as_millis(),
+        records: HashMap::new(),
+    };
     // Every token ever handed out per key: "owner" n picks the n-th most recent, so stale
     // owners are exercised as often as current ones.
     let mut tokens: HashMap<u8, Vec<LeaseToken>> = HashMap::new();
 
     for operation in operations {
+        let now = model.now;
         match *operation {
-            Operation::Advance { ms } => now += ms,
+            Operation::Advance { by } => {
+                clock.advance(duration(by));
+                model.now += by * UNIT_MS;
+            }
             Operation::Begin {
                 key,
                 request,
-                lease_ms,
-                ttl_ms,
+                lease,
+                ttl,
+                take_over,
             } => {
                 let token = LeaseToken::random();
                 let got = store
@@ -135,119 +327,68 @@ async fn run_sequence<S: Store>(store: &S, operations: &[Operation]) {
                         id: id(key),
                         fingerprint: fingerprint(request),
                         token,
-                        now: Timestamp::from_millis(now),
-                        lease_until: Timestamp::from_millis(now + lease_ms),
-                        expires_at: Timestamp::from_millis(now + ttl_ms),
+                        lease: duration(lease),
+                        ttl: duration(ttl),
+                        on_lapse: if take_over {
+                            OnLapse::TakeOver
+                        } else {
+                            OnLapse::ReportUnknown
+                        },
                     })
                     .await
                     .expect("store answers");
-                let current = model.get(&key).filter(|record| record.live(now)).cloned();
-                let expected = match current {
-                    Some(
-                        ModelRecord::Running { request: held, .. }
-                        | ModelRecord::Done { request: held, .. },
-                    ) if held != request => BeginOutcome::Mismatch,
-                    Some(ModelRecord::Done { response, .. }) => BeginOutcome::Replay(response),
-                    Some(ModelRecord::Running { lease_until, .. }) if lease_until > now => {
-                        BeginOutcome::InFlight {
-                            lease_until: Timestamp::from_millis(lease_until),
-                        }
-                    }
-                    _ => {
-                        model.insert(
-                            key,
-                            ModelRecord::Running {
-                                request,
-                                token,
-                                lease_until: now + lease_ms,
-                                expires_at: (now + ttl_ms).max(now + lease_ms),
-                            },
-                        );
-                        tokens.entry(key).or_default().push(token);
-                        BeginOutcome::Acquired
-                    }
-                };
-                assert_eq!(got, expected, "begin {operation:?} at {now}");
+                let expected = model.begin(
+                    key,
+                    request,
+                    token,
+                    lease * UNIT_MS,
+                    ttl * UNIT_MS,
+                    take_over,
+                );
+                if expected == BeginOutcome::Acquired {
+                    tokens.entry(key).or_default().push(token);
+                }
+                assert_eq!(got, expected, "{operation:?} at {now}");
             }
-            Operation::Complete { key, owner, ttl_ms } => {
+            Operation::Renew { key, owner, lease } => {
                 let Some(token) = pick(&tokens, key, owner) else {
                     continue;
                 };
-                let stored = response(key, owner, ttl_ms);
+                let got = store
+                    .renew(id(key), token, duration(lease))
+                    .await
+                    .expect("store answers");
+                let expected = model.renew(key, token, lease * UNIT_MS);
+                assert_eq!(got, expected, "{operation:?} at {now}");
+            }
+            Operation::Complete { key, owner, ttl } => {
+                let Some(token) = pick(&tokens, key, owner) else {
+                    continue;
+                };
+                let stored = response(key, owner, ttl);
                 let got = store
                     .complete(CompleteRequest {
                         id: id(key),
                         token,
                         response: stored.clone(),
-                        now: Timestamp::from_millis(now),
-                        expires_at: Timestamp::from_millis(now + ttl_ms),
+                        ttl: duration(ttl),
                     })
                     .await
                     .expect("store answers");
-                let expected = match model.get(&key).filter(|record| record.live(now)).cloned() {
-                    Some(ModelRecord::Running {
-                        request,
-                        token: held,
-                        ..
-                    }) if held == token => {
-                        model.insert(
-                            key,
-                            ModelRecord::Done {
-                                request,
-                                response: stored,
-                                expires_at: now + ttl_ms,
-                            },
-                        );
-                        TransitionOutcome::Applied
-                    }
-                    _ => TransitionOutcome::StaleLease,
-                };
-                assert_eq!(got, expected, "complete {operation:?} at {now}");
+                let expected = model.complete(key, token, stored, ttl * UNIT_MS);
+                assert_eq!(got, expected, "{operation:?} at {now}");
             }
             Operation::Release { key, owner } => {
                 let Some(token) = pick(&tokens, key, owner) else {
                     continue;
                 };
-                let got = store
-                    .release(id(key), token, Timestamp::from_millis(now))
-                    .await
-                    .expect("store answers");
-                let expected = match model.get(&key).filter(|record| record.live(now)) {
-                    Some(ModelRecord::Running { token: held, .. }) if *held == token => {
-                        model.remove(&key);
-                        TransitionOutcome::Applied
-                    }
-                    _ => TransitionOutcome::StaleLease,
-                };
-                assert_eq!(got, expected, "release {operation:?} at {now}");
+                let got = store.release(id(key), token).await.expect("store answers");
+                let expected = model.release(key, token);
+                assert_eq!(got, expected, "{operation:?} at {now}");
             }
             Operation::Get { key } => {
-                let got = store
-                    .get(id(key), Timestamp::from_millis(now))
-                    .await
-                    .expect("store answers");
-                let expected = model
-                    .get(&key)
-                    .filter(|record| record.live(now))
-                    .map(|record| match record {
-                        ModelRecord::Running {
-                            request,
-                            token,
-                            lease_until,
-                            ..
-                        } => RecordState::InFlight {
-                            fingerprint: fingerprint(*request),
-                            token: *token,
-                            lease_until: Timestamp::from_millis(*lease_until),
-                        },
-                        ModelRecord::Done {
-                            request, response, ..
-                        } => RecordState::Completed {
-                            fingerprint: fingerprint(*request),
-                            response: response.clone(),
-                        },
-                    });
-                assert_eq!(got, expected, "get {operation:?} at {now}");
+                let got = store.get(id(key)).await.expect("store answers");
+                assert_eq!(got, model.get(key), "{operation:?} at {now}");
             }
         }
     }

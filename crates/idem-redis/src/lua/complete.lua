@@ -1,27 +1,29 @@
--- complete: mirrors idem_core::store::transition::complete.
+-- complete: mirrors idem_core::store::transition::complete. A lease that lapsed but was not
+-- taken over still belongs to its owner: its completion is accepted.
 --
 -- KEYS[1]  the record's key
 -- ARGV[1]  token
--- ARGV[2]  now
--- ARGV[3]  expires_at of the completed record
--- ARGV[4]  status
--- ARGV[5]  headers, encoded by the caller
--- ARGV[6]  has_body, '1' or '0' (a response stored without its body)
--- ARGV[7]  body ('' when has_body is '0')
--- ARGV[8]  physical TTL in milliseconds, or ""
+-- ARGV[2]  TTL of the completed record in milliseconds, from now
+-- ARGV[3]  status
+-- ARGV[4]  headers, encoded by the caller
+-- ARGV[5]  has_body, '1' or '0' (a response stored without its body)
+-- ARGV[6]  body ('' when has_body is '0')
+-- ARGV[7]  now from a test clock, or '' to read Redis's clock
 --
 -- Replies 1 (applied) or 0 (stale lease: not in flight with this token, or expired).
 local key = KEYS[1]
-local token, now = ARGV[1], ARGV[2]
+local token = ARGV[1]
+local now = clock(ARGV[7])
 
 local held = redis.call('HMGET', key, 'state', 'token', 'expires_at')
 if held[1] ~= 'in_flight' or held[2] ~= token or not held[3] or not less(now, held[3]) then
   return 0
 end
 
-redis.call('HSET', key, 'state', 'completed', 'expires_at', ARGV[3], 'status', ARGV[4],
-  'headers', ARGV[5], 'has_body', ARGV[6], 'body', ARGV[7])
+local expires_at = plus(now, ARGV[2])
+redis.call('HSET', key, 'state', 'completed', 'expires_at', expires_at, 'status', ARGV[3],
+  'headers', ARGV[4], 'has_body', ARGV[5], 'body', ARGV[6])
 -- A completed record has no owner left to fence.
 redis.call('HDEL', key, 'token', 'lease_until')
-expire(key, ARGV[8])
+expire(key, now, expires_at)
 return 1

@@ -1,9 +1,13 @@
--- Shared by every script (prepended to each one in scripts.rs).
+-- Shared by every script (prepended to each one in store.rs, after the constants GRACE_MS and
+-- MAX_PHYSICAL_TTL_MS).
 --
 -- Times and tokens travel as decimal strings without leading zeros: they are u64s, and Lua
 -- numbers are doubles, exact only up to 2^53. Tokens are compared with string equality;
 -- times with `less`, which compares length, then bytes (string `<` would follow the
--- server's locale).
+-- server's locale), and added with `plus`, digit by digit, saturating like
+-- idem_core::Timestamp::plus.
+local U64_MAX = '18446744073709551615'
+
 local function less(a, b)
   if #a ~= #b then
     return #a < #b
@@ -17,13 +21,60 @@ local function less(a, b)
   return false
 end
 
--- Physical expiry. ARGV carries (expires_at - now) + a grace period, computed by the caller,
--- or "" for a record that never expires. Logical expiry (`expires_at` against the caller's
--- `now`) is what decides; Redis deleting the key later only reclaims the space.
-local function expire(key, ttl)
-  if ttl == '' then
+local function max(a, b)
+  if less(a, b) then
+    return b
+  end
+  return a
+end
+
+-- a + b, saturating at U64_MAX.
+local function plus(a, b)
+  local digits, carry = {}, 0
+  local i, j = #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local sum = carry
+    if i > 0 then sum = sum + string.byte(a, i) - 48 end
+    if j > 0 then sum = sum + string.byte(b, j) - 48 end
+    table.insert(digits, 1, sum % 10)
+    carry = math.floor(sum / 10)
+    i, j = i - 1, j - 1
+  end
+  local total = table.concat(digits)
+  if less(U64_MAX, total) then
+    return U64_MAX
+  end
+  return total
+end
+
+-- THE STORE'S CLOCK DECIDES: every lease and expiry is compared with Redis's clock, read
+-- here, never with the clock of the instance that sent the script, so instances whose clocks
+-- disagree still agree on every lease. `TIME` in a script that then writes needs effect
+-- replication (the only mode since Redis 7; the default since Redis 5): replicas receive the
+-- writes, not the script. `override` is the now of a test clock
+-- (RedisStoreBuilder::clock), or '' in production.
+local function clock(override)
+  if override ~= '' then
+    return override
+  end
+  local time = redis.call('TIME')
+  local millis = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  return string.format('%.0f', millis)
+end
+
+-- Physical expiry: Redis deletes the key GRACE_MS after `expires_at`, counted from `now` (see
+-- EXPIRY_GRACE in store.rs), or never when that is more than a century away. Logical expiry
+-- (`expires_at` against `now`) is what decides every answer; the deletion only reclaims the
+-- space. The subtraction is in doubles: exact for any real time, and a difference too large
+-- to be exact is far past the century anyway.
+local function expire(key, now, expires_at)
+  local ttl = tonumber(expires_at) - tonumber(now)
+  if ttl < 0 then
+    ttl = 0
+  end
+  if ttl > MAX_PHYSICAL_TTL_MS then
     redis.call('PERSIST', key)
   else
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key, string.format('%.0f', ttl + GRACE_MS))
   end
 end

@@ -2,11 +2,12 @@
 --
 -- KEYS[1]  the record's key
 -- ARGV[1]  token
--- ARGV[2]  now
+-- ARGV[2]  now from a test clock, or '' to read Redis's clock
 --
 -- Replies 1 (applied: the key is free) or 0 (stale lease).
 local key = KEYS[1]
-local token, now = ARGV[1], ARGV[2]
+local token = ARGV[1]
+local now = clock(ARGV[2])
 
 local held = redis.call('HMGET', key, 'state', 'token', 'expires_at')
 if held[1] ~= 'in_flight' or held[2] ~= token or not held[3] or not less(now, held[3]) then

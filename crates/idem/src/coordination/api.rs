@@ -45,8 +45,30 @@ pub struct Acquired {
     /// The fencing token to complete or release with (a decimal 64-bit integer, as a
     /// string so that JavaScript clients keep every digit).
     pub lease_token: String,
-    /// When the lease lapses (Unix milliseconds); after that a retry may take the key over.
+    /// When the lease lapses unless renewed (Unix milliseconds, by this instance's clock: an
+    /// estimate; `lease_ms` is exact). A lapsed lease makes the key's outcome unknown.
     pub lease_expires_at: u64,
+    /// How long the lease lasts from now, in milliseconds: renew it
+    /// (`POST /v1/idempotency/records/{key}/lease`) every third of this while executing.
+    pub lease_ms: u64,
+}
+
+/// Renew a lease while executing.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// The token from the begin answer.
+    pub lease_token: String,
+}
+
+/// The answer to a renewal.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Renewed {
+    /// Always `"renewed"`.
+    #[schema(example = "renewed")]
+    pub status: String,
+    /// How long the lease lasts from now, in milliseconds: renew again well before.
+    pub lease_ms: u64,
 }
 
 /// Store the result of an execution the caller ran itself.
@@ -96,6 +118,9 @@ pub enum ErrorCode {
     LeaseTokenInvalid,
     /// 409: the lease was lost (taken over after it lapsed, completed, or released).
     LeaseLost,
+    /// 409: an earlier execution with this key began and its owner vanished (crashed, or lost
+    /// the store) before finishing: it may have taken effect. Never re-executed on its own.
+    OutcomeUnknown,
     /// 404: no record for this key, or no such endpoint.
     NotFound,
     /// 405: the endpoint exists but not with this method.
@@ -127,6 +152,7 @@ impl ErrorCode {
             Self::KeyMismatch => "IDEMPOTENCY_KEY_MISMATCH",
             Self::LeaseTokenInvalid => "LEASE_TOKEN_INVALID",
             Self::LeaseLost => "LEASE_LOST",
+            Self::OutcomeUnknown => "OUTCOME_UNKNOWN",
             Self::NotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
@@ -150,7 +176,7 @@ impl ErrorCode {
             Self::UnknownOperation | Self::NotFound => StatusCode::NOT_FOUND,
             Self::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::LeaseLost => StatusCode::CONFLICT,
+            Self::LeaseLost | Self::OutcomeUnknown => StatusCode::CONFLICT,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::OperationUnreachable | Self::OperationFailed | Self::OperationInvalidResponse => {
                 StatusCode::BAD_GATEWAY

@@ -9,15 +9,16 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::{
-    Begin, Fingerprint, IdempotencyKey, KeyPolicy, LeaseToken, RecordId, RecordState,
-    StoredResponse, TransitionOutcome,
+    Begin, BeginOptions, Clock, Finish, Fingerprint, IdempotencyKey, KeyPolicy, LeaseToken, RecordId,
+    RecordState, StoredResponse, TransitionOutcome,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::api::{
-    Acquired, ApiError, CompleteRequest, Completed, ErrorCode, OperationRequest, Processing, json,
+    Acquired, ApiError, CompleteRequest, Completed, ErrorCode, OperationRequest, Processing,
+    RenewRequest, Renewed, json,
 };
 use super::operation::CallOutcome;
 use super::{AppState, MAX_BODY};
@@ -113,6 +114,13 @@ fn store_unavailable(error: &idem_core::StoreError) -> ApiError {
     )
 }
 
+fn outcome_unknown() -> ApiError {
+    ApiError::new(
+        ErrorCode::OutcomeUnknown,
+        "an earlier execution with this key began and did not finish (its owner stopped): it may or may not have taken effect, so it is not executed again. Check the outcome, then use a new key",
+    )
+}
+
 fn mismatch() -> ApiError {
     ApiError::new(
         ErrorCode::KeyMismatch,
@@ -131,7 +139,12 @@ fn replay(stored: &StoredResponse) -> Response {
     response
 }
 
-fn processing(retry_after_seconds: u64) -> Response {
+/// The longest `Retry-After` sent with a 202: owners usually finish well before their lease
+/// lapses, so clients are told to look again soon.
+const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn processing(retry_after: std::time::Duration) -> Response {
+    let retry_after_seconds = retry_after.min(MAX_RETRY_AFTER).as_secs_f64().ceil() as u64;
     let mut response = json(
         StatusCode::ACCEPTED,
         Processing {
@@ -175,6 +188,7 @@ fn error_response(error: &ApiError) -> StoredResponse {
         (status = 202, description = "Another request with this key is executing", body = Processing),
         (status = 400, description = "Missing or invalid key, malformed JSON, missing fields", body = super::api::ErrorBody),
         (status = 404, description = "Unknown operation", body = super::api::ErrorBody),
+        (status = 409, description = "An earlier execution's owner vanished mid-way: outcome unknown", body = super::api::ErrorBody),
         (status = 422, description = "Key reused with another operation or payload", body = super::api::ErrorBody),
         (status = 502, description = "Operation unreachable (retry) or failed (replayed)", body = super::api::ErrorBody),
         (status = 503, description = "Store unavailable; nothing executed", body = super::api::ErrorBody),
@@ -197,16 +211,21 @@ pub async fn execute(
             format!("no operation named {:?} is registered", request.operation),
         ));
     }
+    let options = BeginOptions {
+        on_lapse: state.operations.on_lapse(&request.operation),
+        ..state.engine.options()
+    };
     match state
         .engine
-        .begin(id, fingerprint)
+        .begin_with(id, fingerprint, options)
         .await
         .map_err(|error| store_unavailable(&error))?
     {
         Begin::Replay(stored) => Ok(replay(&stored)),
-        Begin::InFlight { retry_after } => Ok(processing(retry_after.as_secs().min(5))),
+        Begin::InFlight { retry_after } => Ok(processing(retry_after)),
+        Begin::OutcomeUnknown => Err(outcome_unknown()),
         Begin::Mismatch => Err(mismatch()),
-        Begin::Acquired(lease) => {
+        Begin::Acquired(execution) => {
             // The call runs in its own task: a client that hangs up must not cancel an
             // operation that may already have been delivered.
             let operations = state.operations.clone();
@@ -217,8 +236,8 @@ pub async fn execute(
                 let stored = match outcome {
                     CallOutcome::Succeeded(result) => completed_response(result),
                     CallOutcome::Unreachable(reason) => {
-                        if let Err(error) = lease.release().await {
-                            tracing::warn!(%error, "releasing after an unreachable operation failed");
+                        if let Finish::Retrying(error) = execution.release().await {
+                            tracing::warn!(%error, "releasing after an unreachable operation failed; retrying in the background");
                         }
                         tracing::warn!(reason, "operation unreachable; key released");
                         return Err(ApiError::new(
@@ -245,14 +264,16 @@ pub async fn execute(
                     }
                 };
                 let response = replay(&stored);
-                match lease.complete(stored).await {
-                    Ok(TransitionOutcome::Applied) => {}
-                    Ok(TransitionOutcome::StaleLease) => tracing::warn!(
-                        "lease lapsed and was taken over while the operation ran; result not stored"
+                match execution.complete(stored).await {
+                    Finish::Done => {}
+                    Finish::LeaseLost => tracing::error!(
+                        "the key was taken over or resolved while the operation ran; result not stored"
                     ),
-                    Err(error) => {
-                        tracing::error!(%error, "storing the result failed; a retry after the lease lapses will execute again")
-                    }
+                    Finish::Retrying(error) => tracing::warn!(
+                        %error,
+                        "storing the result failed; retrying in the background while the lease is renewed"
+                    ),
+                    _ => {}
                 }
                 Ok(response)
             });
@@ -261,6 +282,7 @@ pub async fn execute(
                 ApiError::new(ErrorCode::Internal, "internal error")
             })?
         }
+        _ => Err(ApiError::new(ErrorCode::Internal, "internal error")),
     }
 }
 
@@ -273,6 +295,7 @@ pub async fn execute(
         (status = 200, description = "Already completed: the stored result", body = Completed),
         (status = 202, description = "Another execution holds the key", body = Processing),
         (status = 400, description = "Missing or invalid key, malformed JSON", body = super::api::ErrorBody),
+        (status = 409, description = "An earlier execution's owner vanished mid-way: outcome unknown", body = super::api::ErrorBody),
         (status = 422, description = "Key reused with another operation or payload", body = super::api::ErrorBody),
         (status = 503, description = "Store unavailable", body = super::api::ErrorBody),
     ))]
@@ -290,21 +313,26 @@ pub async fn begin(
         .await
         .map_err(|error| store_unavailable(&error))?
     {
-        Begin::Acquired(lease) => {
-            let lease_expires_at = lease.lease_until().as_millis();
-            let (_, token) = lease.detach();
+        Begin::Acquired(execution) => {
+            // The client executes and renews from here on: this instance stops renewing.
+            let (_, token) = execution.detach();
+            let lease = state.engine.lease_duration();
+            let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
             Ok(json(
                 StatusCode::CREATED,
                 Acquired {
                     status: "acquired".into(),
                     lease_token: token.as_u64().to_string(),
-                    lease_expires_at,
+                    lease_expires_at: idem_core::SystemClock.now().plus(lease).as_millis(),
+                    lease_ms,
                 },
             ))
         }
         Begin::Replay(stored) => Ok(replay(&stored)),
-        Begin::InFlight { retry_after } => Ok(processing(retry_after.as_secs().min(5))),
+        Begin::InFlight { retry_after } => Ok(processing(retry_after)),
+        Begin::OutcomeUnknown => Err(outcome_unknown()),
         Begin::Mismatch => Err(mismatch()),
+        _ => Err(ApiError::new(ErrorCode::Internal, "internal error")),
     }
 }
 
@@ -362,13 +390,56 @@ pub async fn complete(
     let token = parse_token(&request.lease_token)?;
     let stored = completed_response(request.result);
     let response = replay(&stored);
-    let lease = state.engine.resume_lease(id, token, state.engine.ttl());
-    match lease
+    match state
+        .engine
+        .resume(id, token, state.engine.ttl())
         .complete(stored)
+        .await
+    {
+        Finish::LeaseLost => Err(lease_lost()),
+        // Stored, or being stored: the completion is retried in the background (with the
+        // lease renewed) until it lands, so no retry can execute the operation meanwhile.
+        Finish::Retrying(error) => {
+            tracing::warn!(%error, "storing a completion failed; retrying in the background");
+            Ok(response)
+        }
+        _ => Ok(response),
+    }
+}
+
+/// Renew: keep the lease while you execute; call it every third of `lease_ms`.
+#[utoipa::path(post, path = "/v1/idempotency/records/{key}/lease", tag = "records",
+    params(("key" = String, Path, description = "The idempotency key")),
+    request_body = RenewRequest,
+    responses(
+        (status = 200, description = "Renewed for another lease_ms", body = Renewed),
+        (status = 400, description = "Invalid key, token or body", body = super::api::ErrorBody),
+        (status = 409, description = "Lease lost", body = super::api::ErrorBody),
+        (status = 503, description = "Store unavailable; renew again soon", body = super::api::ErrorBody),
+    ))]
+pub async fn renew(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    parts: Parts,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = record_id(&state, &parts, key)?;
+    let request: RenewRequest = read_json(body).await?;
+    let token = parse_token(&request.lease_token)?;
+    match state
+        .engine
+        .renew(id, token)
         .await
         .map_err(|error| store_unavailable(&error))?
     {
-        TransitionOutcome::Applied => Ok(response),
+        TransitionOutcome::Applied => Ok(json(
+            StatusCode::OK,
+            Renewed {
+                status: "renewed".into(),
+                lease_ms: u64::try_from(state.engine.lease_duration().as_millis())
+                    .unwrap_or(u64::MAX),
+            },
+        )),
         TransitionOutcome::StaleLease => Err(lease_lost()),
     }
 }
@@ -401,16 +472,18 @@ pub async fn release(
             "pass ?lease_token= with the token from the begin answer",
         ));
     };
-    let lease = state
+    match state
         .engine
-        .resume_lease(id, parse_token(&query.lease_token)?, state.engine.ttl());
-    match lease
+        .resume(id, parse_token(&query.lease_token)?, state.engine.ttl())
         .release()
         .await
-        .map_err(|error| store_unavailable(&error))?
     {
-        TransitionOutcome::Applied => Ok(StatusCode::NO_CONTENT.into_response()),
-        TransitionOutcome::StaleLease => Err(lease_lost()),
+        Finish::LeaseLost => Err(lease_lost()),
+        Finish::Retrying(error) => {
+            tracing::warn!(%error, "releasing a key failed; retrying in the background");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
@@ -421,6 +494,7 @@ pub async fn release(
         (status = 200, description = "Completed: the stored answer", body = Completed),
         (status = 202, description = "Processing", body = Processing),
         (status = 404, description = "No record for this key", body = super::api::ErrorBody),
+        (status = 409, description = "Its execution's owner vanished mid-way: outcome unknown", body = super::api::ErrorBody),
         (status = 503, description = "Store unavailable", body = super::api::ErrorBody),
     ))]
 pub async fn status(
@@ -439,16 +513,12 @@ pub async fn status(
             ErrorCode::NotFound,
             "no record for this key (never used, released, or expired)",
         )),
-        Some(RecordState::InFlight { lease_until, .. }) => Ok(processing(
-            state
-                .engine
-                .clock()
-                .now()
-                .until(lease_until)
-                .as_secs()
-                .min(5),
-        )),
-        Some(RecordState::Completed { response, .. }) => Ok(replay(&response)),
+        Some(snapshot) => match (snapshot.lease_left(), snapshot.record.state) {
+            (Some(left), _) if left.is_zero() => Err(outcome_unknown()),
+            (Some(left), _) => Ok(processing(left)),
+            (None, RecordState::Completed { response, .. }) => Ok(replay(&response)),
+            (None, RecordState::InFlight { .. }) => Err(outcome_unknown()),
+        },
     }
 }
 

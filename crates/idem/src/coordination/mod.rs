@@ -4,6 +4,7 @@
 //!   answer its result (replayed to every retry).
 //! - `POST /v1/idempotency/records`: begin, for clients that execute themselves: acquire a
 //!   lease, or get the replay / processing / mismatch answer.
+//! - `POST /v1/idempotency/records/{key}/lease`: renew the lease while executing.
 //! - `PUT /v1/idempotency/records/{key}`: complete with the lease token and the result.
 //! - `DELETE /v1/idempotency/records/{key}?lease_token=…`: release the key.
 //! - `GET /v1/idempotency/records/{key}`: a key's status.
@@ -49,6 +50,7 @@ pub struct AppState {
         handlers::execute,
         handlers::begin,
         handlers::complete,
+        handlers::renew,
         handlers::release,
         handlers::status
     ),
@@ -58,6 +60,8 @@ pub struct AppState {
         api::Processing,
         api::Acquired,
         api::CompleteRequest,
+        api::RenewRequest,
+        api::Renewed,
         api::ErrorBody,
         api::ErrorDetail
     ))
@@ -81,6 +85,10 @@ pub fn router(state: AppState) -> Router {
             get(handlers::status)
                 .put(handlers::complete)
                 .delete(handlers::release),
+        )
+        .route(
+            "/v1/idempotency/records/{key}/lease",
+            post(handlers::renew),
         )
         .route(
             "/v1/openapi.json",

@@ -1,7 +1,7 @@
 //! Calling a registered operation: POST the payload as JSON to its URL, once, and classify
 //! what came back by whether a retry may execute it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +10,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use idem_core::OnLapse;
 use serde_json::Value;
+
+use crate::config::Operation;
 
 /// Connect timeout for operation URLs; see the proxy's `CONNECT_TIMEOUT` for why it is short.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,15 +37,24 @@ pub enum CallOutcome {
 #[derive(Clone)]
 pub struct Operations {
     urls: BTreeMap<String, Uri>,
+    take_over: BTreeSet<String>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
 }
 
 impl Operations {
     /// Checks every URL at start-up.
-    pub fn new(definitions: &BTreeMap<String, String>, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        definitions: &BTreeMap<String, Operation>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let mut urls = BTreeMap::new();
-        for (name, url) in definitions {
+        let take_over = definitions
+            .iter()
+            .filter(|(_, operation)| operation.on_lapse == OnLapse::TakeOver)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for (name, Operation { url, .. }) in definitions {
             anyhow::ensure!(!name.is_empty(), "an operation has an empty name");
             let uri: Uri = url.parse().map_err(|error| {
                 anyhow::anyhow!("operation {name}: invalid URL {url:?}: {error}")
@@ -59,6 +71,7 @@ impl Operations {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeout / 2)));
         Ok(Self {
             urls,
+            take_over,
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
         })
@@ -67,6 +80,15 @@ impl Operations {
     /// Whether `name` is registered.
     pub fn contains(&self, name: &str) -> bool {
         self.urls.contains_key(name)
+    }
+
+    /// What a retry of `name` does after the instance executing it died mid-way.
+    pub fn on_lapse(&self, name: &str) -> OnLapse {
+        if self.take_over.contains(name) {
+            OnLapse::TakeOver
+        } else {
+            OnLapse::ReportUnknown
+        }
     }
 
     /// The registered names.

@@ -30,11 +30,17 @@ impl Idem {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(args, env, Stdio::inherit())
+    }
+
+    /// Starts `idem` with `args` and `env`, its logs going to `stderr` (a log file, for tests
+    /// whose faults make the processes noisy).
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_idem"));
         command
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .env("RUST_LOG", "warn");
         for (name, value) in env {
             command.env(name, value);

@@ -1,0 +1,319 @@
+//! [`Execution`]: the one guard that owns a key from the moment it is acquired until it is
+//! finished. While it lives it renews the lease in the background, so the lease only lapses
+//! when this process died or lost the store; finishing it (complete, release) retries through
+//! transient store faults; and dropped unfinished, it finishes the key as it was told to.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::engine::{Engine, timed};
+use crate::{CompleteRequest, LeaseToken, RecordId, Store, StoreError, StoredResponse};
+use crate::TransitionOutcome;
+
+/// First pause before a failed completion or release is tried again.
+const SETTLE_RETRY_START: Duration = Duration::from_millis(50);
+/// Longest pause between two tries: how late a completion lands after the store returns.
+const SETTLE_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Shortest pause between renewals, whatever the lease: a store is not hammered by a tiny
+/// lease (tests use leases of a few hundred milliseconds).
+const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How an execution ended, as [`Execution::complete`] and [`Execution::release`] report it.
+#[derive(Debug)]
+#[must_use]
+#[non_exhaustive]
+pub enum Finish {
+    /// The store applied it.
+    Done,
+    /// Another execution took the key over (this one's lease lapsed and a request allowed to
+    /// take over came), or an operator resolved it: nothing changed.
+    LeaseLost,
+    /// The store could not answer. The transition is retried in the background, with the
+    /// lease renewed meanwhile, until it lands or the key is proven lost: no request can
+    /// execute the operation again in the meantime.
+    Retrying(StoreError),
+}
+
+/// What the guard does to the key if it is dropped unfinished.
+#[derive(Debug, Clone)]
+enum Settle {
+    Release,
+    Complete(StoredResponse),
+}
+
+/// Ownership of one key for one execution.
+///
+/// Finish it with [`complete`](Self::complete) or [`release`](Self::release). Dropped
+/// unfinished it releases the key (the handler panicked or was cancelled before it produced
+/// anything), unless [`complete_if_dropped`](Self::complete_if_dropped) gave it a response to
+/// store instead, or it came from [`Engine::resume`] (the key belongs to a client then).
+pub struct Execution<S: Store> {
+    owned: Option<Owned<S>>,
+    if_dropped: Option<Settle>,
+    id: RecordId,
+    token: LeaseToken,
+    ttl: Duration,
+}
+
+/// The key and the renewal that keeps it: what a background settlement carries on with.
+struct Owned<S: Store> {
+    engine: Engine<S>,
+    id: RecordId,
+    token: LeaseToken,
+    ttl: Duration,
+    renewal: Renewal,
+}
+
+impl<S: Store> fmt::Debug for Execution<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Execution")
+            .field("id", &self.id)
+            .field("token", &self.token)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Execution<S> {
+    pub(crate) fn start(engine: Engine<S>, id: RecordId, token: LeaseToken, ttl: Duration) -> Self {
+        let mut execution = Self::resume(engine, id, token, ttl);
+        execution.if_dropped = Some(Settle::Release);
+        execution
+    }
+
+    pub(crate) fn resume(engine: Engine<S>, id: RecordId, token: LeaseToken, ttl: Duration) -> Self {
+        let renewal = Renewal::start(&engine, id, token);
+        Self {
+            owned: Some(Owned {
+                engine,
+                id,
+                token,
+                ttl,
+                renewal,
+            }),
+            if_dropped: None,
+            id,
+            token,
+            ttl,
+        }
+    }
+
+    /// The record this execution owns.
+    #[must_use]
+    pub fn id(&self) -> RecordId {
+        self.id
+    }
+
+    /// The fencing token it holds.
+    #[must_use]
+    pub fn token(&self) -> LeaseToken {
+        self.token
+    }
+
+    /// How long the completed record will be kept.
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Whether a renewal found the key taken over: the execution no longer owns it, and its
+    /// result will not be stored.
+    #[must_use]
+    pub fn lease_lost(&self) -> bool {
+        self.owned
+            .as_ref()
+            .is_some_and(|owned| owned.renewal.lost.load(Ordering::Relaxed))
+    }
+
+    /// From now on, if this guard is dropped unfinished it completes the key with
+    /// `response` (in the background, retrying) instead of releasing it: for a caller that
+    /// has executed the operation and is still gathering its result (reading a response
+    /// body) when it may be cancelled.
+    pub fn complete_if_dropped(&mut self, response: StoredResponse) {
+        self.if_dropped = Some(Settle::Complete(response));
+    }
+
+    /// Stores `response` for replay. On a store fault the completion carries on in the
+    /// background ([`Finish::Retrying`]): the caller may answer its client already.
+    pub async fn complete(mut self, response: StoredResponse) -> Finish {
+        let settle = Settle::Complete(response);
+        // Set first: if this future is dropped during the store call, the guard carries on
+        // with the same completion in the background.
+        self.if_dropped = Some(settle.clone());
+        self.finish(settle).await
+    }
+
+    /// Gives the key back without a result: the next request with it executes. On a store
+    /// fault the release carries on in the background ([`Finish::Retrying`]).
+    pub async fn release(mut self) -> Finish {
+        self.if_dropped = Some(Settle::Release);
+        self.finish(Settle::Release).await
+    }
+
+    /// Stops renewing and hands the key to someone outside this process (a client of a
+    /// two-phase API, who renews it and finishes it by its token).
+    #[must_use]
+    pub fn detach(mut self) -> (RecordId, LeaseToken) {
+        self.if_dropped = None;
+        (self.id, self.token)
+    }
+
+    async fn finish(&mut self, settle: Settle) -> Finish {
+        let Some(owned) = self.owned.as_ref() else {
+            return Finish::LeaseLost;
+        };
+        let finish = match owned.attempt(&settle).await {
+            Ok(TransitionOutcome::Applied) => Finish::Done,
+            Ok(TransitionOutcome::StaleLease) => Finish::LeaseLost,
+            // Leave `if_dropped` set: dropping `self` on return hands the key to the
+            // background settlement, renewal included.
+            Err(error) => return Finish::Retrying(error),
+        };
+        owned.renewal.settled.store(true, Ordering::Relaxed);
+        self.if_dropped = None;
+        finish
+    }
+}
+
+impl<S: Store> Drop for Execution<S> {
+    fn drop(&mut self) {
+        let (Some(owned), Some(settle)) = (self.owned.take(), self.if_dropped.take()) else {
+            return;
+        };
+        // Without a runtime (the process is shutting down) the lease lapses on its own and
+        // the key is reported as of unknown outcome.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(owned.settle(settle));
+        }
+    }
+}
+
+impl<S: Store> Owned<S> {
+    async fn attempt(&self, settle: &Settle) -> Result<TransitionOutcome, StoreError> {
+        let store = &self.engine.shared.store;
+        match settle {
+            Settle::Release => timed("release", store.release(self.id, self.token)).await,
+            Settle::Complete(response) => {
+                let request = CompleteRequest {
+                    id: self.id,
+                    token: self.token,
+                    response: response.clone(),
+                    ttl: self.ttl,
+                };
+                timed("complete", store.complete(request)).await
+            }
+        }
+    }
+
+    /// Tries `settle` until the store answers, renewing the lease meanwhile, for at most the
+    /// record's TTL (after which the record is gone anyway).
+    async fn settle(self, settle: Settle) {
+        let give_up = tokio::time::Instant::now() + self.ttl;
+        let mut pause = SETTLE_RETRY_START;
+        let what = match settle {
+            Settle::Release => "release",
+            Settle::Complete(_) => "complete",
+        };
+        loop {
+            match self.attempt(&settle).await {
+                Ok(TransitionOutcome::Applied) => {
+                    metrics::counter!("idem_settlements_total", "transition" => what, "result" => "applied").increment(1);
+                    break;
+                }
+                Ok(TransitionOutcome::StaleLease) => {
+                    metrics::counter!("idem_settlements_total", "transition" => what, "result" => "lease_lost").increment(1);
+                    tracing::warn!(record = %self.id, transition = what, "the key was taken over or resolved before this execution could finish it; nothing changed");
+                    break;
+                }
+                Err(error) if tokio::time::Instant::now() + pause >= give_up => {
+                    metrics::counter!("idem_settlements_total", "transition" => what, "result" => "gave_up").increment(1);
+                    tracing::error!(%error, record = %self.id, transition = what, "gave up finishing the key after its whole TTL; the record has expired");
+                    break;
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(SETTLE_RETRY_MAX);
+                }
+            }
+        }
+        self.renewal.settled.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The background task that renews one lease every third of its duration until dropped.
+struct Renewal {
+    task: Option<JoinHandle<()>>,
+    /// A renewal found the key no longer ours.
+    lost: Arc<AtomicBool>,
+    /// The key was finished: a renewal that then finds it gone is not a loss.
+    settled: Arc<AtomicBool>,
+}
+
+impl Renewal {
+    fn start<S: Store>(engine: &Engine<S>, id: RecordId, token: LeaseToken) -> Self {
+        let lost = Arc::new(AtomicBool::new(false));
+        let settled = Arc::new(AtomicBool::new(false));
+        let task = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            runtime.spawn(renew_until_aborted(
+                engine.clone(),
+                id,
+                token,
+                Arc::clone(&lost),
+                Arc::clone(&settled),
+            ))
+        });
+        Self {
+            task,
+            lost,
+            settled,
+        }
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+async fn renew_until_aborted<S: Store>(
+    engine: Engine<S>,
+    id: RecordId,
+    token: LeaseToken,
+    lost: Arc<AtomicBool>,
+    settled: Arc<AtomicBool>,
+) {
+    let lease = engine.shared.lease;
+    let every = (lease / 3).max(MIN_RENEW_INTERVAL);
+    let mut pause = every;
+    loop {
+        tokio::time::sleep(pause).await;
+        match timed("renew", engine.shared.store.renew(id, token, lease)).await {
+            Ok(TransitionOutcome::Applied) => {
+                metrics::counter!("idem_lease_renewals_total", "result" => "renewed").increment(1);
+                pause = every;
+            }
+            Ok(TransitionOutcome::StaleLease) => {
+                if !settled.load(Ordering::Relaxed) {
+                    lost.store(true, Ordering::Relaxed);
+                    metrics::counter!("idem_lease_renewals_total", "result" => "lost")
+                        .increment(1);
+                    tracing::error!(record = %id, "this execution's lease was taken over or resolved while it ran; its result will not be stored");
+                }
+                return;
+            }
+            Err(error) => {
+                metrics::counter!("idem_lease_renewals_total", "result" => "failed").increment(1);
+                tracing::warn!(%error, record = %id, "renewing a lease failed; trying again sooner");
+                // Several more tries before the lease can lapse.
+                pause = (every / 4).max(MIN_RENEW_INTERVAL);
+            }
+        }
+    }
+}
