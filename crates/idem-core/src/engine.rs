@@ -263,7 +263,8 @@ impl<S: Store> Engine<S> {
                 tokio::time::sleep(pause.min(deadline - now)).await;
                 pause = (pause * 2).min(WAIT_POLL_MAX);
                 match self.status(id).await? {
-                    Some(snapshot) if snapshot.lease_left().is_some_and(|left| !left.is_zero()) => {}
+                    Some(snapshot) if snapshot.lease_left().is_some_and(|left| !left.is_zero()) => {
+                    }
                     _ => break,
                 }
             }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::TransitionOutcome;
 use crate::engine::{Engine, timed};
 use crate::{CompleteRequest, LeaseToken, RecordId, Store, StoreError, StoredResponse};
-use crate::TransitionOutcome;
 
 /// First pause before a failed completion or release is tried again.
 const SETTLE_RETRY_START: Duration = Duration::from_millis(50);
@@ -85,7 +85,12 @@ impl<S: Store> Execution<S> {
         execution
     }
 
-    pub(crate) fn resume(engine: Engine<S>, id: RecordId, token: LeaseToken, ttl: Duration) -> Self {
+    pub(crate) fn resume(
+        engine: Engine<S>,
+        id: RecordId,
+        token: LeaseToken,
+        ttl: Duration,
+    ) -> Self {
         let renewal = Renewal::start(&engine, id, token);
         Self {
             owned: Some(Owned {
@@ -302,8 +307,7 @@ async fn renew_until_aborted<S: Store>(
             Ok(TransitionOutcome::StaleLease) => {
                 if !settled.load(Ordering::Relaxed) {
                     lost.store(true, Ordering::Relaxed);
-                    metrics::counter!("idem_lease_renewals_total", "result" => "lost")
-                        .increment(1);
+                    metrics::counter!("idem_lease_renewals_total", "result" => "lost").increment(1);
                     tracing::error!(record = %id, "this execution's lease was taken over or resolved while it ran; its result will not be stored");
                 }
                 return;

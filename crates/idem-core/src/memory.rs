@@ -127,9 +127,7 @@ impl Store for MemoryStore {
         id: RecordId,
         token: LeaseToken,
     ) -> Result<TransitionOutcome, StoreError> {
-        Ok(self.apply(id, |current, now| {
-            transition::release(current, token, now)
-        }))
+        Ok(self.apply(id, |current, now| transition::release(current, token, now)))
     }
 
     async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {

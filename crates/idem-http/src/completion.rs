@@ -12,7 +12,7 @@ use idem_core::{BoxError, Execution, Finish, Store, StoredResponse};
 
 use crate::layer::Config;
 use crate::response::{Buffered, ResponseBody, buffer_body, storable_headers};
-use crate::service::Outcome;
+use crate::service::Disposition;
 
 /// Buffers the inner response up to the storage limit, stores it, and returns what the
 /// client receives.
@@ -66,7 +66,7 @@ where
         ),
         _ => {}
     }
-    Outcome::Executed.record();
+    Disposition::Executed.record();
     parts.headers.insert(
         config.replayed_header.clone(),
         HeaderValue::from_static("false"),

@@ -106,7 +106,9 @@ impl ProblemCode {
             Self::KeyInvalid => "Invalid Idempotency-Key",
             Self::KeyMismatch => "Idempotency-Key reused for a different request",
             Self::RequestInProgress => "A request with this Idempotency-Key is in progress",
-            Self::OutcomeUnknown => "Outcome of an earlier request with this Idempotency-Key unknown",
+            Self::OutcomeUnknown => {
+                "Outcome of an earlier request with this Idempotency-Key unknown"
+            }
             Self::RequestBodyTooLarge => "Request body too large",
             Self::RequestBodyUnreadable => "Request body unreadable",
             Self::StoreUnavailable => "Idempotency store unavailable",

@@ -77,7 +77,7 @@ impl<S, St> IdempotencyService<S, St> {
 
 /// What became of a request, for metrics and the tracing span.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Outcome {
+pub(crate) enum Disposition {
     PassedThrough,
     Executed,
     Replayed,
@@ -93,7 +93,7 @@ pub(crate) enum Outcome {
     NotReplayable,
 }
 
-impl Outcome {
+impl Disposition {
     const fn label(self) -> &'static str {
         match self {
             Self::PassedThrough => "passed_through",
@@ -192,24 +192,24 @@ where
     async fn handle(self, request: Request<ReqBody>) -> Result<Response<ResponseBody>, S::Error> {
         let (parts, body) = request.into_parts();
         if (self.config.skip)(&parts) {
-            Outcome::PassedThrough.record();
+            Disposition::PassedThrough.record();
             return self.pass_through(Request::from_parts(parts, body)).await;
         }
         let mut keys = parts.headers.get_all(&self.config.key_header).iter();
         let key = match (keys.next(), keys.next()) {
             (None, _) if (self.config.require_key)(&parts) => {
-                return Ok(self.refuse(Outcome::KeyMissing, ProblemCode::KeyMissing, &format!(
+                return Ok(self.refuse(Disposition::KeyMissing, ProblemCode::KeyMissing, &format!(
                     "this endpoint requires an {} header; send a new UUID v4 per logical operation and reuse it on every retry",
                     self.config.key_header
                 )));
             }
             (None, _) => {
-                Outcome::PassedThrough.record();
+                Disposition::PassedThrough.record();
                 return self.pass_through(Request::from_parts(parts, body)).await;
             }
             (Some(_), Some(_)) => {
                 return Ok(self.refuse(
-                    Outcome::KeyInvalid,
+                    Disposition::KeyInvalid,
                     ProblemCode::KeyInvalid,
                     &format!("send exactly one {} header", self.config.key_header),
                 ));
@@ -219,7 +219,7 @@ where
                     Ok(key) => key,
                     Err(error) => {
                         return Ok(self.refuse(
-                            Outcome::KeyInvalid,
+                            Disposition::KeyInvalid,
                             ProblemCode::KeyInvalid,
                             &error.to_string(),
                         ));
@@ -241,7 +241,7 @@ where
             Ok(collected) => collected.to_bytes(),
             Err(error) if error.is::<LengthLimitError>() => return Ok(self.body_too_large()),
             Err(error) => {
-                return Ok(self.refuse(Outcome::BodyUnreadable, ProblemCode::RequestBodyUnreadable, &format!(
+                return Ok(self.refuse(Disposition::BodyUnreadable, ProblemCode::RequestBodyUnreadable, &format!(
                     "the request body could not be read ({error}); nothing was executed, retry with the same key"
                 )));
             }
@@ -280,21 +280,21 @@ where
             Ok(Begin::Acquired(execution)) => self.execute(request, execution).await,
             Ok(Begin::Replay(stored)) => Ok(self.replay(&stored)),
             Ok(Begin::InFlight { retry_after }) => Ok(self.in_flight(retry_after)),
-            Ok(Begin::OutcomeUnknown) => Ok(self.refuse(Outcome::OutcomeUnknown, ProblemCode::OutcomeUnknown,
+            Ok(Begin::OutcomeUnknown) => Ok(self.refuse(Disposition::OutcomeUnknown, ProblemCode::OutcomeUnknown,
                 "an earlier request with this idempotency key began executing and did not finish (its process stopped): it may or may not have taken effect. It is not executed again: check the resource, then use a new key")),
-            Ok(Begin::Mismatch) => Ok(self.refuse(Outcome::Mismatch, ProblemCode::KeyMismatch,
+            Ok(Begin::Mismatch) => Ok(self.refuse(Disposition::Mismatch, ProblemCode::KeyMismatch,
                 "this idempotency key was already used for a different request (method, path, query, content type or body differ); use a new key for a new request")),
-            Ok(_) => Ok(self.refuse(Outcome::StoreUnavailable, ProblemCode::StoreUnavailable,
+            Ok(_) => Ok(self.refuse(Disposition::StoreUnavailable, ProblemCode::StoreUnavailable,
                 "the idempotency store gave an answer this version does not know; nothing was executed")),
             Err(error) => match self.config.failure_mode {
                 StoreFailureMode::FailClosed => {
                     tracing::error!(%error, "idempotency store unavailable; refusing the request");
-                    Ok(self.refuse(Outcome::StoreUnavailable, ProblemCode::StoreUnavailable,
+                    Ok(self.refuse(Disposition::StoreUnavailable, ProblemCode::StoreUnavailable,
                         "the idempotency store is unavailable; nothing was executed, retry later with the same key"))
                 }
                 StoreFailureMode::FailOpen => {
                     tracing::warn!(%error, "idempotency store unavailable; executing without idempotency (fail open)");
-                    Outcome::FailedOpen.record();
+                    Disposition::FailedOpen.record();
                     let mut inner = self.inner;
                     let response = inner.call(request).await?;
                     Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
@@ -342,10 +342,10 @@ where
         let Some(body) = stored.body.clone() else {
             let mut extra = Map::new();
             extra.insert("original_status".into(), Value::from(stored.status));
-            return self.refuse_with(Outcome::NotReplayable, ProblemCode::ResponseNotStored,
+            return self.refuse_with(Disposition::NotReplayable, ProblemCode::ResponseNotStored,
                 "this request was executed, but its response was too large to store; it cannot be replayed and must not be retried with this key", extra);
         };
-        Outcome::Replayed.record();
+        Disposition::Replayed.record();
         let mut response = replay_response(stored, body);
         response.headers_mut().insert(
             self.config.replayed_header.clone(),
@@ -360,7 +360,7 @@ where
             .as_secs_f64()
             .ceil()
             .max(1.0) as u64;
-        let mut response = self.refuse(Outcome::InFlight, ProblemCode::RequestInProgress,
+        let mut response = self.refuse(Disposition::InFlight, ProblemCode::RequestInProgress,
             "a request with this idempotency key is still being processed; retry after the Retry-After delay with the same key");
         response
             .headers_mut()
@@ -370,7 +370,7 @@ where
 
     fn body_too_large(&self) -> Response<ResponseBody> {
         self.refuse(
-            Outcome::BodyTooLarge,
+            Disposition::BodyTooLarge,
             ProblemCode::RequestBodyTooLarge,
             &format!(
                 "the request body exceeds {} bytes; nothing was executed",
@@ -379,13 +379,18 @@ where
         )
     }
 
-    fn refuse(&self, outcome: Outcome, code: ProblemCode, detail: &str) -> Response<ResponseBody> {
+    fn refuse(
+        &self,
+        outcome: Disposition,
+        code: ProblemCode,
+        detail: &str,
+    ) -> Response<ResponseBody> {
         self.refuse_with(outcome, code, detail, Map::new())
     }
 
     fn refuse_with(
         &self,
-        outcome: Outcome,
+        outcome: Disposition,
         code: ProblemCode,
         detail: &str,
         extra: Map<String, Value>,

@@ -695,9 +695,9 @@ impl Store for FlakyStore {
     }
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
         self.check()?;
-        let failing = self
-            .failing_completes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let failing =
+            self.failing_completes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if failing.is_ok() {
             return Err(StoreError::unavailable("connection reset"));
         }
@@ -836,6 +836,12 @@ fn metrics_count_each_outcome() {
 
 #[tokio::test]
 async fn client_hanging_up_after_the_handler_ran_never_makes_it_run_twice() {
+    for policy in [CancelPolicy::RunToCompletion, CancelPolicy::Release] {
+        hang_up_while_the_body_is_read(policy).await;
+    }
+}
+
+async fn hang_up_while_the_body_is_read(policy: CancelPolicy) {
     let executions = Executions::default();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let app = Router::new()
@@ -854,7 +860,11 @@ async fn client_hanging_up_after_the_handler_ran_never_makes_it_run_twice() {
                 }
             }),
         )
-        .layer(IdempotencyLayer::new(MemoryStore::new()));
+        .layer(
+            IdempotencyLayer::builder(MemoryStore::new())
+                .on_cancel(policy)
+                .build(),
+        );
     let first = tokio::spawn({
         let app = app.clone();
         async move { send(&app, post_with_key("/stream", "k", "")).await }
@@ -865,20 +875,36 @@ async fn client_hanging_up_after_the_handler_ran_never_makes_it_run_twice() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     first.abort(); // the client hangs up while the response body is being read
     assert!(first.await.unwrap_err().is_cancelled());
-    let mut status = StatusCode::CONFLICT;
+    if policy == CancelPolicy::RunToCompletion {
+        // The execution goes on without its client: the body is read and stored.
+        let (status, _, body) = send(&app, post_with_key("/stream", "k", "")).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{policy:?}");
+        assert_eq!(problem_code(&body), "request_in_progress");
+        gate.add_permits(1);
+    }
+    let mut answer = (StatusCode::CONFLICT, HeaderMap::new(), Bytes::new());
     for _ in 0..100 {
-        status = send(&app, post_with_key("/stream", "k", "")).await.0;
-        if status != StatusCode::CONFLICT {
+        answer = send(&app, post_with_key("/stream", "k", "")).await;
+        if answer.0 != StatusCode::CONFLICT {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        status,
-        StatusCode::GONE,
-        "executed, response unknown: never replayed, never re-run"
-    );
-    assert_eq!(executions.count(), 1);
+    match policy {
+        CancelPolicy::RunToCompletion => {
+            assert_eq!(
+                (answer.0, answer.2.as_ref()),
+                (StatusCode::OK, b"late body".as_ref())
+            );
+            assert_eq!(answer.1["x-idempotent-replayed"], "true");
+        }
+        _ => assert_eq!(
+            answer.0,
+            StatusCode::GONE,
+            "executed, response unknown: never replayed, never re-run"
+        ),
+    }
+    assert_eq!(executions.count(), 1, "{policy:?}");
 }
 
 #[tokio::test]
@@ -1075,7 +1101,10 @@ async fn an_owner_that_lost_the_store_leaves_its_key_of_unknown_outcome() {
     let (status, headers, body) = send(&app, post_with_key("/slow", "k", "")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(problem_code(&body), "outcome_unknown");
-    assert!(headers.get("retry-after").is_none(), "retrying does not help");
+    assert!(
+        headers.get("retry-after").is_none(),
+        "retrying does not help"
+    );
     assert_eq!(executions.count(), 1, "never executed again on its own");
     // The owner was only cut off: it finishes, and its completion is still accepted.
     store.renewals_fail.store(false, Ordering::SeqCst);

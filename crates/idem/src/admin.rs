@@ -3,17 +3,17 @@
 //! `/records/{key}` to look a record up and resolve it (see [`crate::records`]). It never
 //! shares the public address: resolving a key is an operator's act.
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::extract::Path;
-use axum::http::HeaderMap;
-use axum::routing::{get, post};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::Value;
+use axum::Router;
+use axum::extract::Path;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use idem_core::{Engine, IdempotencyKey, KeyPolicy, RecordId, Scope, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::store::SharedStore;
 
@@ -72,10 +72,16 @@ async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
     let probe = IdempotencyKey::parse(b"idem-readiness-probe", KeyPolicy::Any)
         .map(|key| RecordId::new(&Scope::new("idem-admin"), &key));
     let Ok(id) = probe else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "probe key invalid\n".into());
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "probe key invalid\n".into(),
+        );
     };
     if state.engine.status(id).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n".into());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable\n".into(),
+        );
     }
     let mut body = String::from("ready\n");
     match state.engine.store().durability_risks().await {
@@ -172,8 +178,7 @@ async fn complete_record(
         );
     }
     let record = record_ref(key, &headers);
-    let response =
-        crate::records::response(completion.status, completion.headers, completion.body);
+    let response = crate::records::response(completion.status, completion.headers, completion.body);
     let result = crate::records::resolve(
         &state.engine,
         &record,

@@ -379,7 +379,14 @@ mod tests {
     #[test]
     fn an_upstream_timeout_may_outlast_the_lease_since_leases_are_renewed() {
         let resolved = proxy_from(&[
-            "idem", "proxy", "--upstream", "http://x", "--lease", "2s", "--upstream-timeout", "2m",
+            "idem",
+            "proxy",
+            "--upstream",
+            "http://x",
+            "--lease",
+            "2s",
+            "--upstream-timeout",
+            "2m",
         ])
         .unwrap();
         assert_eq!(resolved.upstream_timeout, Duration::from_secs(120));

@@ -10,8 +10,8 @@
 
 use bytes::Bytes;
 use idem_core::{
-    Engine, IdempotencyKey, KeyPolicy, RecordId, RecordSnapshot, RecordState, Resolution,
-    Resolved, Scope, StoredResponse,
+    Engine, IdempotencyKey, KeyPolicy, RecordId, RecordSnapshot, RecordState, Resolution, Resolved,
+    Scope, StoredResponse,
 };
 use serde_json::{Value, json};
 

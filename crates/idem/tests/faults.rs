@@ -77,7 +77,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Self {
         Self {
-            keys: env_number("IDEM_FAULTS_KEYS", 200).max(20),
+            keys: env_number("IDEM_FAULTS_KEYS", 300).max(20),
             sends: env_number("IDEM_FAULTS_SENDS", 4).max(2),
             rounds: env_number("IDEM_FAULTS_ROUNDS", 1).max(1),
             concurrency: env_number("IDEM_FAULTS_CONCURRENCY", 24).max(1),
@@ -428,6 +428,7 @@ struct Figures {
     requests: usize,
     duplicates: usize,
     executions: usize,
+    slow_executions: usize,
     succeeded_keys: usize,
     replays: usize,
     kills: usize,
@@ -480,6 +481,7 @@ fn check(run: &Run, executions: &HashMap<String, Vec<chaos::Executed>>, figures:
         .filter(|answer| answer.retryable())
         .count();
     figures.executions = executions.values().map(Vec::len).sum();
+    figures.slow_executions = executions.values().flatten().filter(|e| e.slow).count();
 
     let mut violations = Vec::new();
     let mut violate = |text: String| violations.push(text);
@@ -747,7 +749,7 @@ async fn run_scenario(scenario: Scenario) {
         }
     }
     let line = format!(
-        "faults: scenario={} instances={} skewed={} lease={LEASE} keys={} sends={} duplicates={} requests={} executions={} succeeded_keys={} replays={} kills={} cuts={} store_restarts={} outcome_unknown={} outcome_unknown_keys={} in_progress={} unavailable={} connection_errors={} gave_up={} finals={} violations={} load={:.1}s total={:.1}s",
+        "faults: scenario={} instances={} skewed={} lease={LEASE} keys={} sends={} duplicates={} requests={} executions={} slow_executions={} succeeded_keys={} replays={} kills={} cuts={} store_restarts={} outcome_unknown={} outcome_unknown_keys={} in_progress={} unavailable={} connection_errors={} gave_up={} finals={} violations={} load={:.1}s total={:.1}s",
         scenario.name,
         settings.instances,
         usize::from(skew_env.is_some()),
@@ -756,6 +758,7 @@ async fn run_scenario(scenario: Scenario) {
         figures.duplicates,
         figures.requests,
         figures.executions,
+        figures.slow_executions,
         figures.succeeded_keys,
         figures.replays,
         figures.kills,

@@ -37,7 +37,10 @@ async fn booking(app: &axum::Router) -> (StatusCode, String, Booking) {
 async fn a_booking_is_replayed_for_an_hour_then_forgotten() {
     let clock = ManualClock::new(Timestamp::from_millis(1_750_000_000_000));
     let calendar = Arc::new(Calendar::default());
-    let app = app(MemoryStore::with_clock(clock.clone()), Arc::clone(&calendar));
+    let app = app(
+        MemoryStore::with_clock(clock.clone()),
+        Arc::clone(&calendar),
+    );
 
     let (status, replayed, first) = booking(&app).await;
     assert_eq!(

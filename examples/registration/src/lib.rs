@@ -54,7 +54,9 @@ pub enum RegisterError {
     InProgress,
     /// An earlier registration with this key began and its process died mid-way: the
     /// account may exist. Look it up, then use a new key.
-    #[error("an earlier registration with this key did not finish; check whether the account exists, then use a new key")]
+    #[error(
+        "an earlier registration with this key did not finish; check whether the account exists, then use a new key"
+    )]
     OutcomeUnknown,
     /// The e-mail has an account already (without a key, or with another key).
     #[error("an account exists for this e-mail")]

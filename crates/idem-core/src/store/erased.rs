@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    BeginOutcome, BeginRequest, CompleteRequest, DurabilityRisk, RecordSnapshot, Store,
-    StoreError, TransitionOutcome,
+    BeginOutcome, BeginRequest, CompleteRequest, DurabilityRisk, RecordSnapshot, Store, StoreError,
+    TransitionOutcome,
 };
 use crate::{LeaseToken, RecordId};
 
@@ -137,7 +137,10 @@ impl Store for DynStore {
     ) -> impl Future<Output = Result<Option<RecordSnapshot>, StoreError>> + Send {
         self.0.get(id)
     }
-    fn sweep_expired(&self, limit: usize) -> impl Future<Output = Result<usize, StoreError>> + Send {
+    fn sweep_expired(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
         self.0.sweep_expired(limit)
     }
     fn durability_risks(

@@ -185,7 +185,10 @@ pub async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(limit, future).await {
         Ok(result) => result,
-        Err(_) => Err(StoreError::unavailable(OperationTimedOut { operation, limit })),
+        Err(_) => Err(StoreError::unavailable(OperationTimedOut {
+            operation,
+            limit,
+        })),
     }
 }
 
@@ -251,10 +254,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `limit` records that expired by now and answers how many it deleted.
     /// Expired records already behave as absent; this only reclaims space. Safe to run from
     /// several instances at once, and must not block the other operations for long.
-    fn sweep_expired(
-        &self,
-        limit: usize,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    fn sweep_expired(&self, limit: usize)
+    -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// What in the backend's own settings may make it forget records (an eviction policy, a
     /// write acknowledged before it is durable, asynchronous replication), read from the

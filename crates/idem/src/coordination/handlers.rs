@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::{
-    Begin, BeginOptions, Clock, Finish, Fingerprint, IdempotencyKey, KeyPolicy, LeaseToken, RecordId,
-    RecordState, StoredResponse, TransitionOutcome,
+    Begin, BeginOptions, Clock, Fingerprint, Finish, IdempotencyKey, KeyPolicy, LeaseToken,
+    RecordId, RecordState, StoredResponse, TransitionOutcome,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

@@ -86,10 +86,7 @@ pub fn router(state: AppState) -> Router {
                 .put(handlers::complete)
                 .delete(handlers::release),
         )
-        .route(
-            "/v1/idempotency/records/{key}/lease",
-            post(handlers::renew),
-        )
+        .route("/v1/idempotency/records/{key}/lease", post(handlers::renew))
         .route(
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], openapi_json()) }),

@@ -443,6 +443,8 @@ pub struct Executed {
     pub body: String,
     /// When it began, since the upstream started.
     pub at: Duration,
+    /// Whether it took the slow pace.
+    pub slow: bool,
 }
 
 /// How long the upstream takes: `0..=fast_max` usually, `slow` for `slow_per_mille` of the
@@ -533,6 +535,8 @@ async fn execute(
         .to_owned();
     let execution = ledger.counter.fetch_add(1, Ordering::SeqCst) + 1;
     let body = serde_json::json!({ "execution": execution, "key": key }).to_string();
+    let pace = ledger.pace;
+    let slow = below(1000) < pace.slow_per_mille;
     // Recorded before the pause: an execution whose caller dies mid-way still happened.
     ledger
         .executions
@@ -544,9 +548,9 @@ async fn execute(
             execution,
             body: body.clone(),
             at: ledger.started.elapsed(),
+            slow,
         });
-    let pace = ledger.pace;
-    let pause = if below(1000) < pace.slow_per_mille {
+    let pause = if slow {
         pace.slow
     } else {
         jitter(pace.fast_max)
