@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::execution::Execution;
+use crate::renewal::Renewals;
 use crate::{
     BeginOutcome, BeginRequest, Fingerprint, LeaseToken, OnLapse, RecordId, RecordSnapshot,
     RecordState, Store, StoreError, StoredResponse, TransitionOutcome,
@@ -38,6 +39,7 @@ pub(crate) struct Shared<S> {
     pub(crate) lease: Duration,
     wait: Option<Duration>,
     on_lapse: OnLapse,
+    pub(crate) renewals: Renewals,
 }
 
 impl<S> Clone for Engine<S> {
@@ -168,6 +170,7 @@ impl<S: Store> EngineBuilder<S> {
                 lease: self.lease,
                 wait: self.wait,
                 on_lapse: self.on_lapse,
+                renewals: Renewals::default(),
             }),
         }
     }

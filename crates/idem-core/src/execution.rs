@@ -1,26 +1,21 @@
 //! [`Execution`]: the one guard that owns a key from the moment it is acquired until it is
-//! finished. While it lives it renews the lease in the background, so the lease only lapses
-//! when this process died or lost the store; finishing it (complete, release) retries through
-//! transient store faults; and dropped unfinished, it finishes the key as it was told to.
+//! finished. While it lives its lease is renewed in the background (the engine's renewer),
+//! so the lease only lapses when this process died or lost the store; finishing it
+//! (complete, release) retries through transient store faults; and dropped unfinished, it
+//! finishes the key as it was told to.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use tokio::task::JoinHandle;
 
 use crate::TransitionOutcome;
 use crate::engine::{Engine, timed};
+use crate::renewal::Registration;
 use crate::{CompleteRequest, LeaseToken, RecordId, Store, StoreError, StoredResponse};
 
 /// First pause before a failed completion or release is tried again.
 const SETTLE_RETRY_START: Duration = Duration::from_millis(50);
 /// Longest pause between two tries: how late a completion lands after the store returns.
 const SETTLE_RETRY_MAX: Duration = Duration::from_secs(2);
-/// Shortest pause between renewals, whatever the lease: a store is not hammered by a tiny
-/// lease (tests use leases of a few hundred milliseconds).
-const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How an execution ended, as [`Execution::complete`] and [`Execution::release`] report it.
 #[derive(Debug)]
@@ -65,7 +60,7 @@ struct Owned<S: Store> {
     id: RecordId,
     token: LeaseToken,
     ttl: Duration,
-    renewal: Renewal,
+    renewal: Registration<S>,
 }
 
 impl<S: Store> fmt::Debug for Execution<S> {
@@ -91,7 +86,7 @@ impl<S: Store> Execution<S> {
         token: LeaseToken,
         ttl: Duration,
     ) -> Self {
-        let renewal = Renewal::start(&engine, id, token);
+        let renewal = Registration::start(&engine.shared, id, token);
         Self {
             owned: Some(Owned {
                 engine,
@@ -131,7 +126,7 @@ impl<S: Store> Execution<S> {
     pub fn lease_lost(&self) -> bool {
         self.owned
             .as_ref()
-            .is_some_and(|owned| owned.renewal.lost.load(Ordering::Relaxed))
+            .is_some_and(|owned| owned.renewal.state.lost())
     }
 
     /// From now on, if this guard is dropped unfinished it completes the key with
@@ -171,6 +166,8 @@ impl<S: Store> Execution<S> {
         let Some(owned) = self.owned.as_ref() else {
             return Finish::LeaseLost;
         };
+        // From here a renewal that finds the key gone is the finish itself, not a loss.
+        owned.renewal.state.mark_settled();
         let finish = match owned.attempt(&settle).await {
             Ok(TransitionOutcome::Applied) => Finish::Done,
             Ok(TransitionOutcome::StaleLease) => Finish::LeaseLost,
@@ -178,7 +175,6 @@ impl<S: Store> Execution<S> {
             // background settlement, renewal included.
             Err(error) => return Finish::Retrying(error),
         };
-        owned.renewal.settled.store(true, Ordering::Relaxed);
         self.if_dropped = None;
         finish
     }
@@ -217,6 +213,7 @@ impl<S: Store> Owned<S> {
     /// Tries `settle` until the store answers, renewing the lease meanwhile, for at most the
     /// record's TTL (after which the record is gone anyway).
     async fn settle(self, settle: Settle) {
+        self.renewal.state.mark_settled();
         let give_up = tokio::time::Instant::now() + self.ttl;
         let mut pause = SETTLE_RETRY_START;
         let what = match settle {
@@ -243,80 +240,6 @@ impl<S: Store> Owned<S> {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(SETTLE_RETRY_MAX);
                 }
-            }
-        }
-        self.renewal.settled.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The background task that renews one lease every third of its duration until dropped.
-struct Renewal {
-    task: Option<JoinHandle<()>>,
-    /// A renewal found the key no longer ours.
-    lost: Arc<AtomicBool>,
-    /// The key was finished: a renewal that then finds it gone is not a loss.
-    settled: Arc<AtomicBool>,
-}
-
-impl Renewal {
-    fn start<S: Store>(engine: &Engine<S>, id: RecordId, token: LeaseToken) -> Self {
-        let lost = Arc::new(AtomicBool::new(false));
-        let settled = Arc::new(AtomicBool::new(false));
-        let task = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            runtime.spawn(renew_until_aborted(
-                engine.clone(),
-                id,
-                token,
-                Arc::clone(&lost),
-                Arc::clone(&settled),
-            ))
-        });
-        Self {
-            task,
-            lost,
-            settled,
-        }
-    }
-}
-
-impl Drop for Renewal {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
-async fn renew_until_aborted<S: Store>(
-    engine: Engine<S>,
-    id: RecordId,
-    token: LeaseToken,
-    lost: Arc<AtomicBool>,
-    settled: Arc<AtomicBool>,
-) {
-    let lease = engine.shared.lease;
-    let every = (lease / 3).max(MIN_RENEW_INTERVAL);
-    let mut pause = every;
-    loop {
-        tokio::time::sleep(pause).await;
-        match timed("renew", engine.shared.store.renew(id, token, lease)).await {
-            Ok(TransitionOutcome::Applied) => {
-                metrics::counter!("idem_lease_renewals_total", "result" => "renewed").increment(1);
-                pause = every;
-            }
-            Ok(TransitionOutcome::StaleLease) => {
-                if !settled.load(Ordering::Relaxed) {
-                    lost.store(true, Ordering::Relaxed);
-                    metrics::counter!("idem_lease_renewals_total", "result" => "lost").increment(1);
-                    tracing::error!(record = %id, "this execution's lease was taken over or resolved while it ran; its result will not be stored");
-                }
-                return;
-            }
-            Err(error) => {
-                metrics::counter!("idem_lease_renewals_total", "result" => "failed").increment(1);
-                tracing::warn!(%error, record = %id, "renewing a lease failed; trying again sooner");
-                // Several more tries before the lease can lapse.
-                pause = (every / 4).max(MIN_RENEW_INTERVAL);
             }
         }
     }

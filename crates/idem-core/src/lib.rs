@@ -42,6 +42,7 @@ mod fingerprint;
 mod key;
 mod memory;
 mod record;
+mod renewal;
 mod scope;
 pub mod store;
 #[cfg(feature = "testkit")]

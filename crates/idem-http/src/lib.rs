@@ -24,6 +24,7 @@
 //! | new key | executed once; response stored; `X-Idempotent-Replayed: false` |
 //! | same key, same request, completed | stored response replayed; `X-Idempotent-Replayed: true` |
 //! | same key, same request, still running | 409 with `Retry-After` (or a bounded wait) |
+//! | same key, same request, its process died mid-way | 409 `outcome_unknown`, nothing executed |
 //! | same key, different request | 422 |
 //! | missing (where required) or malformed key | 400 |
 //! | body over the limit | 413, nothing executed |
@@ -32,6 +33,7 @@
 //! Errors are `application/problem+json` with a stable `code` ([`ProblemCode`]).
 
 mod completion;
+mod finish;
 mod layer;
 mod problem;
 mod response;

@@ -30,6 +30,7 @@ use tower::Service;
 use tracing::Instrument;
 
 use crate::completion::store_response;
+use crate::finish::FinishOnDrop;
 use crate::layer::{CancelPolicy, Config, StoreFailureMode};
 use crate::problem::{ProblemCode, problem};
 use crate::response::{ResponseBody, replay_response};
@@ -328,12 +329,9 @@ where
         match on_cancel {
             CancelPolicy::Release => run.await,
             CancelPolicy::RunToCompletion => {
-                // In its own task, the execution outlives a client that hangs up: it finishes
+                // The execution outlives a client that hangs up: it finishes on the runtime
                 // and its response is stored, so the retry gets the replay.
-                match tokio::spawn(run.instrument(tracing::Span::current())).await {
-                    Ok(result) => result,
-                    Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-                }
+                FinishOnDrop::new(run.instrument(tracing::Span::current())).await
             }
         }
     }

@@ -436,6 +436,7 @@ struct Figures {
     store_restarts: usize,
     outcome_unknown: usize,
     outcome_unknown_keys: usize,
+    unknown_then_replayed: usize,
     in_progress: usize,
     unavailable: usize,
     connection_errors: usize,
@@ -538,6 +539,13 @@ fn check(run: &Run, executions: &HashMap<String, Vec<chaos::Executed>>, figures:
                 ));
             }
         }
+        if load.iter().any(|answer| answer.outcome_unknown())
+            && finals
+                .last()
+                .is_some_and(|last| last.success() && last.replayed == Some(true))
+        {
+            figures.unknown_then_replayed += 1;
+        }
         // 3. No acknowledged completion lost: the final request replays it.
         if !successes.is_empty() || load.iter().any(|answer| answer.outcome_unknown()) {
             match finals.last() {
@@ -552,10 +560,12 @@ fn check(run: &Run, executions: &HashMap<String, Vec<chaos::Executed>>, figures:
                     }
                 }
                 Some(last) => {
-                    // Only outcome_unknown before: it stays so, or the owner's completion landed.
+                    // Only outcome_unknown before: it stays so, or the owner's completion landed
+                    // (its lease lapsed while it lost the store, but it was alive).
                     let replayed = last.success()
                         && last.replayed == Some(true)
                         && executed.first().is_some_and(|e| e.body == last.body);
+
                     if !(last.outcome_unknown() || replayed) {
                         violate(format!(
                             "key {name}: outcome_unknown before, but the final request got {}",
@@ -749,7 +759,7 @@ async fn run_scenario(scenario: Scenario) {
         }
     }
     let line = format!(
-        "faults: scenario={} instances={} skewed={} lease={LEASE} keys={} sends={} duplicates={} requests={} executions={} slow_executions={} succeeded_keys={} replays={} kills={} cuts={} store_restarts={} outcome_unknown={} outcome_unknown_keys={} in_progress={} unavailable={} connection_errors={} gave_up={} finals={} violations={} load={:.1}s total={:.1}s",
+        "faults: scenario={} instances={} skewed={} lease={LEASE} keys={} sends={} duplicates={} requests={} executions={} slow_executions={} succeeded_keys={} replays={} kills={} cuts={} store_restarts={} outcome_unknown={} outcome_unknown_keys={} unknown_then_replayed={} in_progress={} unavailable={} connection_errors={} gave_up={} finals={} violations={} load={:.1}s total={:.1}s",
         scenario.name,
         settings.instances,
         usize::from(skew_env.is_some()),
@@ -766,6 +776,7 @@ async fn run_scenario(scenario: Scenario) {
         figures.store_restarts,
         figures.outcome_unknown,
         figures.outcome_unknown_keys,
+        figures.unknown_then_replayed,
         figures.in_progress,
         figures.unavailable,
         figures.connection_errors,
