@@ -304,3 +304,20 @@ fn is_outcome_unknown(status: StatusCode, body: &[u8]) -> bool {
             || problem.error.and_then(|detail| detail.code).as_deref() == Some("OUTCOME_UNKNOWN")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_idems_own_unknown_outcome_409s_are_final() {
+        let layer = br#"{"type":"urn:idem:problem:outcome_unknown","code":"outcome_unknown"}"#;
+        let serve = br#"{"error":{"code":"OUTCOME_UNKNOWN","message":"..."}}"#;
+        let busy = br#"{"code":"request_in_progress"}"#;
+        assert!(is_outcome_unknown(StatusCode::CONFLICT, layer));
+        assert!(is_outcome_unknown(StatusCode::CONFLICT, serve));
+        assert!(!is_outcome_unknown(StatusCode::CONFLICT, busy));
+        assert!(!is_outcome_unknown(StatusCode::CONFLICT, b"not json"));
+        assert!(!is_outcome_unknown(StatusCode::GATEWAY_TIMEOUT, layer));
+    }
+}

@@ -6,7 +6,9 @@
 //! What is retried, with exponential backoff and full jitter:
 //! - connection errors and timeouts (the request may or may not have arrived: the key makes
 //!   the retry safe);
-//! - `409` (the first attempt is still executing), honouring `Retry-After`;
+//! - `409` (the first attempt is still executing), honouring `Retry-After`, but not idem's
+//!   409 `outcome_unknown` (the first attempt's process died mid-way: the key is never
+//!   executed again on its own, so retrying only brings the same answer back);
 //! - `5xx`, unless the answer is a replay (`X-Idempotent-Replayed: true`): a stored 5xx (a
 //!   504 whose outcome is unknown, say) would only come back again.
 //!
