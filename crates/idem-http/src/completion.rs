@@ -10,9 +10,10 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use idem_core::{BoxError, Execution, Finish, Store, StoredResponse};
 
-use crate::layer::Config;
-use crate::response::{Buffered, ResponseBody, buffer_body, storable_headers};
-use crate::service::Disposition;
+use crate::body::{Buffered, ResponseBody, buffer_body};
+use crate::config::Config;
+use crate::headers::stored_headers;
+use crate::metrics::Disposition;
 
 /// Buffers the inner response up to the storage limit, stores it, and returns what the
 /// client receives.
@@ -36,7 +37,7 @@ where
     let release = parts.status.is_server_error() && !config.store_server_errors;
     let mut stored = StoredResponse {
         status: parts.status.as_u16(),
-        headers: storable_headers(&parts.headers),
+        headers: stored_headers(&parts.headers),
         body: None,
     };
     if !release {

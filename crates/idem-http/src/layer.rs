@@ -1,111 +1,18 @@
-//! [`IdempotencyLayer`] and its builder: every option of the middleware, in one place.
+//! [`IdempotencyLayer`] and its builder, which sets every option of [`crate::config`].
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderName;
+use http::Method;
 use http::request::Parts;
-use http::{HeaderName, Method};
 use idem_core::{Engine, EngineBuilder, KeyPolicy, OnLapse, Store};
 use tower::Layer;
 
+use crate::config::{CancelPolicy, Config, StoreFailureMode};
 use crate::scope::ScopeSource;
 use crate::service::IdempotencyService;
-
-/// The request body the layer reads at most to fingerprint a request: 10 MiB, the most the
-/// IETF-draft-minded APIs we model accept for a JSON mutation. A larger body is answered
-/// with 413 and nothing is executed.
-pub const DEFAULT_MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
-
-/// The largest response body stored for replay: 1 MiB. Replays are for API results (JSON
-/// documents), not downloads; a larger response still reaches the first client in full, but
-/// its retries get [`ProblemCode::ResponseNotStored`](crate::ProblemCode::ResponseNotStored).
-pub const DEFAULT_MAX_STORED_RESPONSE: usize = 1024 * 1024;
-
-/// The longest `Retry-After` sent with a 409: the real wait is usually far shorter than the
-/// lease (the owner finishes early), so clients are told to look again soon.
-pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
-
-/// How long the layer reads a response body to store it (default 30 s). A body still
-/// streaming after that (server-sent events, a stalled upstream) reaches the client as it
-/// comes, and the key is completed without it: retries are told it cannot be replayed.
-pub const DEFAULT_BODY_BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The header that carries the key (IETF draft-ietf-httpapi-idempotency-key-header).
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-
-/// The header that tells a client whether a response was replayed.
-pub const X_IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("x-idempotent-replayed");
-
-/// What to do when the store cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StoreFailureMode {
-    /// Answer 503 and execute nothing (the default): at-most-once holds through an outage.
-    #[default]
-    FailClosed,
-    /// Execute the request without idempotency: availability over at-most-once. Duplicates
-    /// during the outage may execute twice.
-    FailOpen,
-}
-
-/// What happens to a key when the request is cancelled (the client disconnects) while the
-/// inner service is still running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum CancelPolicy {
-    /// Run the inner service in its own task, so it finishes even if the client goes away,
-    /// and store its response for the retry (the default). Right whenever the work cannot be
-    /// recalled once started: a gateway that already forwarded the request, a handler that
-    /// writes to a database or calls a payment API. Costs one task spawn per executed
-    /// request (see `docs/benchmarks.md`).
-    #[default]
-    RunToCompletion,
-    /// Drop the inner service's future with the request and release the key, so a retry
-    /// executes. Only for handlers with no side effect before their first await point that
-    /// can be cancelled: a handler cancelled after its side effect would run twice.
-    Release,
-}
-
-type RequestPredicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
-type RequestTtl = Arc<dyn Fn(&Parts) -> Option<Duration> + Send + Sync>;
-type RequestOnLapse = Arc<dyn Fn(&Parts) -> Option<OnLapse> + Send + Sync>;
-
-/// The layer's settings, shared by every clone of the layer and its services.
-pub(crate) struct Config {
-    pub(crate) key_header: HeaderName,
-    pub(crate) replayed_header: HeaderName,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) require_key: RequestPredicate,
-    pub(crate) skip: RequestPredicate,
-    pub(crate) ttl_for: Option<RequestTtl>,
-    pub(crate) key_policy: KeyPolicy,
-    pub(crate) scope: ScopeSource,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_stored_response: usize,
-    pub(crate) store_server_errors: bool,
-    pub(crate) failure_mode: StoreFailureMode,
-    pub(crate) canonical_json: bool,
-    pub(crate) max_retry_after: Duration,
-    pub(crate) on_cancel: CancelPolicy,
-    pub(crate) on_lapse: OnLapse,
-    pub(crate) on_lapse_for: Option<RequestOnLapse>,
-    pub(crate) body_buffer_timeout: Duration,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("key_header", &self.key_header)
-            .field("methods", &self.methods)
-            .field("key_policy", &self.key_policy)
-            .field("scope", &self.scope)
-            .field("max_request_body", &self.max_request_body)
-            .field("max_stored_response", &self.max_stored_response)
-            .field("store_server_errors", &self.store_server_errors)
-            .field("failure_mode", &self.failure_mode)
-            .finish_non_exhaustive()
-    }
-}
 
 /// A tower [`Layer`] that makes the services it wraps honour the `Idempotency-Key` header.
 ///
@@ -174,8 +81,33 @@ impl<S, St> Layer<S> for IdempotencyLayer<St> {
 
 /// Builds an [`IdempotencyLayer`]. Every option has a default that suits a JSON API.
 pub struct IdempotencyLayerBuilder<St> {
-    engine: EngineBuilder<St>,
+    engine: EngineSource<St>,
     config: Config,
+}
+
+/// The engine a builder makes its layer over.
+enum EngineSource<St> {
+    Builder(EngineBuilder<St>),
+    Built(Engine<St>),
+}
+
+impl<St: Store> EngineSource<St> {
+    fn configure(
+        self,
+        setting: &str,
+        apply: impl FnOnce(EngineBuilder<St>) -> EngineBuilder<St>,
+    ) -> Self {
+        match self {
+            Self::Builder(builder) => Self::Builder(apply(builder)),
+            Self::Built(engine) => {
+                tracing::warn!(
+                    setting,
+                    "ignored: the layer was built over an engine configured elsewhere"
+                );
+                Self::Built(engine)
+            }
+        }
+    }
 }
 
 impl<St> fmt::Debug for IdempotencyLayerBuilder<St> {
@@ -191,34 +123,28 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
     #[must_use]
     pub fn from_engine_builder(engine: EngineBuilder<St>) -> Self {
         Self {
-            engine,
-            config: Config {
-                key_header: IDEMPOTENCY_KEY,
-                replayed_header: X_IDEMPOTENT_REPLAYED,
-                methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
-                require_key: Arc::new(|_| false),
-                skip: Arc::new(|_| false),
-                ttl_for: None,
-                key_policy: KeyPolicy::Any,
-                scope: ScopeSource::Authorization,
-                max_request_body: DEFAULT_MAX_REQUEST_BODY,
-                max_stored_response: DEFAULT_MAX_STORED_RESPONSE,
-                store_server_errors: true,
-                failure_mode: StoreFailureMode::FailClosed,
-                canonical_json: false,
-                max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-                on_cancel: CancelPolicy::RunToCompletion,
-                on_lapse: OnLapse::ReportUnknown,
-                on_lapse_for: None,
-                body_buffer_timeout: DEFAULT_BODY_BUFFER_TIMEOUT,
-            },
+            engine: EngineSource::Builder(engine),
+            config: Config::default(),
         }
     }
 
-    /// How long completed responses are replayed (default 24 h).
+    /// A builder over an engine already built and shared with other users (a coordination
+    /// API, an admin listener), so that one process runs one engine with one renewer. The
+    /// engine's own lease and wait apply: [`lease`](Self::lease) and
+    /// [`wait_for_in_flight`](Self::wait_for_in_flight) are for engines the builder builds.
+    #[must_use]
+    pub fn from_engine(engine: Engine<St>) -> Self {
+        Self {
+            engine: EngineSource::Built(engine),
+            config: Config::default(),
+        }
+    }
+
+    /// How long completed responses are replayed (default: the engine's TTL, 24 h unless
+    /// configured otherwise).
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.engine = self.engine.ttl(ttl);
+        self.config.ttl = Some(ttl);
         self
     }
 
@@ -227,7 +153,7 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
     /// process died is reported as of unknown outcome.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.engine = self.engine.lease(lease);
+        self.engine = self.engine.configure("lease", |engine| engine.lease(lease));
         self
     }
 
@@ -235,7 +161,9 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
     /// instead of a 409 at once.
     #[must_use]
     pub fn wait_for_in_flight(mut self, limit: Duration) -> Self {
-        self.engine = self.engine.wait_for_in_flight(limit);
+        self.engine = self.engine.configure("wait_for_in_flight", |engine| {
+            engine.wait_for_in_flight(limit)
+        });
         self
     }
 
@@ -393,8 +321,12 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
     /// The layer.
     #[must_use]
     pub fn build(self) -> IdempotencyLayer<St> {
+        let engine = match self.engine {
+            EngineSource::Builder(builder) => builder.build(),
+            EngineSource::Built(engine) => engine,
+        };
         IdempotencyLayer {
-            engine: self.engine.build(),
+            engine,
             config: Arc::new(self.config),
         }
     }

@@ -32,21 +32,39 @@
 //!
 //! Errors are `application/problem+json` with a stable `code` ([`ProblemCode`]).
 
+//! # Modules
+//!
+//! - `layer`: [`IdempotencyLayer`] and its builder; `config`: every option and its default
+//!   ([`CancelPolicy`], [`StoreFailureMode`], the `DEFAULT_*` limits).
+//! - `service`: [`IdempotencyService`], one request's four steps; `completion`: storing what
+//!   the inner service answered; `replay`: answering from the store; `finish`: running an
+//!   execution to its end without its client.
+//! - [`headers`]: the key header, hop-by-hop headers, `Retry-After` (the gateway reuses them);
+//!   `body`: [`ResponseBody`] and buffering; [`ScopeSource`]: whose key it is.
+//! - `refusal` and `problem`: every answer that is not the handler's, as problem+json with a
+//!   stable [`ProblemCode`]; `metrics`: `idem_requests_total`.
+
+mod body;
 mod completion;
+mod config;
 mod finish;
+pub mod headers;
 mod layer;
+mod metrics;
 mod problem;
-mod response;
+mod refusal;
+mod replay;
 mod scope;
 mod service;
 
-pub use layer::{
-    CancelPolicy, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MAX_STORED_RESPONSE,
-    IDEMPOTENCY_KEY, IdempotencyLayer, IdempotencyLayerBuilder, StoreFailureMode,
-    X_IDEMPOTENT_REPLAYED,
+pub use body::ResponseBody;
+pub use config::{
+    CancelPolicy, DEFAULT_BODY_BUFFER_TIMEOUT, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_MAX_STORED_RESPONSE, StoreFailureMode,
 };
+pub use headers::{IDEMPOTENCY_KEY, X_IDEMPOTENT_REPLAYED};
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use problem::{PROBLEM_JSON, ProblemCode};
-pub use response::ResponseBody;
 pub use scope::ScopeSource;
 pub use service::{IdempotencyService, InnerBody};
 

@@ -2,8 +2,8 @@
 //!
 //! 1. Not a covered method, or no key where none is required: pass through untouched.
 //! 2. Parse the key (400), buffer the body up to the limit (413), fingerprint the request.
-//! 3. Ask the engine: replay the stored response, 409 while in flight, 422 on mismatch, or
-//!    acquire the key and run the inner service once.
+//! 3. Ask the engine: replay the stored response, 409 while in flight or when an earlier
+//!    owner died, 422 on mismatch, or acquire the key and run the inner service once.
 //! 4. Store what the inner service answered (status, end-to-end headers, body) and return it.
 //!    The lease is renewed while the inner service runs; the inner service runs to completion
 //!    even if the client hangs up (unless [`CancelPolicy::Release`] says otherwise). A panic or
@@ -15,26 +15,28 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use idem_core::{
-    Begin, BeginOptions, Engine, Execution, Fingerprint, Finish, IdempotencyKey, RecordId, Store,
-    StoredResponse,
+    Begin, BeginOptions, BoxError, Engine, Execution, Fingerprint, Finish, IdempotencyKey,
+    RecordId, Store, StoreError, StoredResponse,
 };
-use serde_json::{Map, Value};
 use tower::Service;
 use tracing::Instrument;
 
+use crate::body::ResponseBody;
 use crate::completion::store_response;
+use crate::config::{CancelPolicy, Config, StoreFailureMode};
 use crate::finish::FinishOnDrop;
-use crate::layer::{CancelPolicy, Config, StoreFailureMode};
-use crate::problem::{ProblemCode, problem};
-use crate::response::{ResponseBody, replay_response};
-use idem_core::BoxError;
+use crate::headers::idempotency_key;
+use crate::metrics::Disposition;
+use crate::problem::ProblemCode;
+use crate::refusal::Refusal;
+use crate::replay::replay_response;
 
 /// The request body the inner service receives: the buffered body of a keyed request, or the
 /// untouched body of a request passed through.
@@ -74,48 +76,20 @@ impl<S, St> IdempotencyService<S, St> {
             config,
         }
     }
-}
 
-/// What became of a request, for metrics and the tracing span.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Disposition {
-    PassedThrough,
-    Executed,
-    Replayed,
-    InFlight,
-    OutcomeUnknown,
-    Mismatch,
-    KeyMissing,
-    KeyInvalid,
-    BodyTooLarge,
-    BodyUnreadable,
-    StoreUnavailable,
-    FailedOpen,
-    NotReplayable,
-}
-
-impl Disposition {
-    const fn label(self) -> &'static str {
-        match self {
-            Self::PassedThrough => "passed_through",
-            Self::Executed => "executed",
-            Self::Replayed => "replayed",
-            Self::InFlight => "in_flight",
-            Self::OutcomeUnknown => "outcome_unknown",
-            Self::Mismatch => "mismatch",
-            Self::KeyMissing => "key_missing",
-            Self::KeyInvalid => "key_invalid",
-            Self::BodyTooLarge => "body_too_large",
-            Self::BodyUnreadable => "body_unreadable",
-            Self::StoreUnavailable => "store_unavailable",
-            Self::FailedOpen => "failed_open",
-            Self::NotReplayable => "not_replayable",
-        }
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 
-    pub(crate) fn record(self) {
-        metrics::counter!("idem_requests_total", "outcome" => self.label()).increment(1);
-        tracing::Span::current().record("outcome", self.label());
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 
@@ -144,7 +118,7 @@ where
         // The clone that was driven to readiness serves this request; the fresh clone stays.
         let ready = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, ready);
-        let call = Call {
+        let call = KeyedCall {
             inner,
             engine: self.engine.clone(),
             config: Arc::clone(&self.config),
@@ -163,15 +137,22 @@ where
     }
 }
 
-/// One request's worth of the service.
-struct Call<S, St, ReqBody> {
+/// One request on its way through the layer.
+struct KeyedCall<S, St, ReqBody> {
     inner: S,
     engine: Engine<St>,
     config: Arc<Config>,
     request_body: PhantomData<fn(ReqBody)>,
 }
 
-impl<S, St, ReqBody, ResBody> Call<S, St, ReqBody>
+/// What the engine is asked about: whose record, which request, kept how long.
+struct Identity {
+    id: RecordId,
+    fingerprint: Fingerprint,
+    options: BeginOptions,
+}
+
+impl<S, St, ReqBody, ResBody> KeyedCall<S, St, ReqBody>
 where
     S: Service<Request<InnerBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send,
@@ -190,64 +171,61 @@ where
         Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
     }
 
+    /// The module documentation's four steps.
     async fn handle(self, request: Request<ReqBody>) -> Result<Response<ResponseBody>, S::Error> {
         let (parts, body) = request.into_parts();
-        if (self.config.skip)(&parts) {
-            Disposition::PassedThrough.record();
-            return self.pass_through(Request::from_parts(parts, body)).await;
-        }
-        let mut keys = parts.headers.get_all(&self.config.key_header).iter();
-        let key = match (keys.next(), keys.next()) {
-            (None, _) if (self.config.require_key)(&parts) => {
-                return Ok(self.refuse(Disposition::KeyMissing, ProblemCode::KeyMissing, &format!(
-                    "this endpoint requires an {} header; send a new UUID v4 per logical operation and reuse it on every retry",
-                    self.config.key_header
-                )));
-            }
-            (None, _) => {
+        // 1. Requests without idempotency pass through.
+        let key = match self.key(&parts) {
+            Ok(Some(key)) => key,
+            Ok(None) => {
                 Disposition::PassedThrough.record();
                 return self.pass_through(Request::from_parts(parts, body)).await;
             }
-            (Some(_), Some(_)) => {
-                return Ok(self.refuse(
-                    Disposition::KeyInvalid,
-                    ProblemCode::KeyInvalid,
-                    &format!("send exactly one {} header", self.config.key_header),
-                ));
-            }
-            (Some(value), None) => {
-                match IdempotencyKey::parse(value.as_bytes(), self.config.key_policy) {
-                    Ok(key) => key,
-                    Err(error) => {
-                        return Ok(self.refuse(
-                            Disposition::KeyInvalid,
-                            ProblemCode::KeyInvalid,
-                            &error.to_string(),
-                        ));
-                    }
-                }
-            }
+            Err(refusal) => return Ok(refusal.into_response()),
         };
-
-        let limit = self.config.max_request_body;
-        let declared_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
-        if declared_length.is_some_and(|length| length > limit as u64) {
-            return Ok(self.body_too_large());
+        // 2. The body, read once, and what identifies the request.
+        let body = match read_body(self.config.max_request_body, &parts, body).await {
+            Ok(body) => body,
+            Err(refusal) => return Ok(refusal.into_response()),
+        };
+        let identity = self.identify(&parts, &key, &body);
+        let request = Request::from_parts(parts, Either::Left(Full::new(body)));
+        // 3. The engine decides; 4. an acquired key runs the inner service and is stored.
+        match self
+            .engine
+            .begin_with(identity.id, identity.fingerprint, identity.options)
+            .await
+        {
+            Ok(Begin::Acquired(execution)) => self.execute(request, execution).await,
+            Ok(begun) => Ok(self.answer_without_executing(begun)),
+            Err(error) => self.store_failed(request, &error).await,
         }
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<LengthLimitError>() => return Ok(self.body_too_large()),
-            Err(error) => {
-                return Ok(self.refuse(Disposition::BodyUnreadable, ProblemCode::RequestBodyUnreadable, &format!(
-                    "the request body could not be read ({error}); nothing was executed, retry with the same key"
-                )));
-            }
-        };
+    }
 
+    /// The request's key: `None` when it has none and needs none (or skips idempotency).
+    fn key(&self, parts: &Parts) -> Result<Option<IdempotencyKey>, Refusal> {
+        if (self.config.skip)(parts) {
+            return Ok(None);
+        }
+        let header = &self.config.key_header;
+        match idempotency_key(&parts.headers, header, self.config.key_policy) {
+            Ok(None) if (self.config.require_key)(parts) => Err(Refusal::new(
+                Disposition::KeyMissing,
+                ProblemCode::KeyMissing,
+                format!(
+                    "this endpoint requires an {header} header; send a new UUID v4 per logical operation and reuse it on every retry"
+                ),
+            )),
+            Ok(key) => Ok(key),
+            Err(error) => Err(Refusal::new(
+                Disposition::KeyInvalid,
+                ProblemCode::KeyInvalid,
+                error.to_string(),
+            )),
+        }
+    }
+
+    fn identify(&self, parts: &Parts, key: &IdempotencyKey, body: &[u8]) -> Identity {
         let fingerprint = Fingerprint::builder()
             .canonical_json(self.config.canonical_json)
             .method(parts.method.as_str())
@@ -258,49 +236,74 @@ where
                     .get(header::CONTENT_TYPE)
                     .map(HeaderValue::as_bytes),
             )
-            .body(&body)
+            .body(body)
             .finish();
-        let id = RecordId::new(&self.config.scope.scope(&parts), &key);
-        let options = BeginOptions {
-            ttl: self
-                .config
-                .ttl_for
-                .as_ref()
-                .and_then(|ttl_for| ttl_for(&parts))
-                .unwrap_or_else(|| self.engine.ttl()),
-            on_lapse: self
-                .config
-                .on_lapse_for
-                .as_ref()
-                .and_then(|on_lapse_for| on_lapse_for(&parts))
-                .unwrap_or(self.config.on_lapse),
-        };
-        let request = Request::from_parts(parts, Either::Left(Full::new(body)));
-
-        match self.engine.begin_with(id, fingerprint, options).await {
-            Ok(Begin::Acquired(execution)) => self.execute(request, execution).await,
-            Ok(Begin::Replay(stored)) => Ok(self.replay(&stored)),
-            Ok(Begin::InFlight { retry_after }) => Ok(self.in_flight(retry_after)),
-            Ok(Begin::OutcomeUnknown) => Ok(self.refuse(Disposition::OutcomeUnknown, ProblemCode::OutcomeUnknown,
-                "an earlier request with this idempotency key began executing and did not finish (its process stopped): it may or may not have taken effect. It is not executed again: check the resource, then use a new key")),
-            Ok(Begin::Mismatch) => Ok(self.refuse(Disposition::Mismatch, ProblemCode::KeyMismatch,
-                "this idempotency key was already used for a different request (method, path, query, content type or body differ); use a new key for a new request")),
-            Ok(_) => Ok(self.refuse(Disposition::StoreUnavailable, ProblemCode::StoreUnavailable,
-                "the idempotency store gave an answer this version does not know; nothing was executed")),
-            Err(error) => match self.config.failure_mode {
-                StoreFailureMode::FailClosed => {
-                    tracing::error!(%error, "idempotency store unavailable; refusing the request");
-                    Ok(self.refuse(Disposition::StoreUnavailable, ProblemCode::StoreUnavailable,
-                        "the idempotency store is unavailable; nothing was executed, retry later with the same key"))
-                }
-                StoreFailureMode::FailOpen => {
-                    tracing::warn!(%error, "idempotency store unavailable; executing without idempotency (fail open)");
-                    Disposition::FailedOpen.record();
-                    let mut inner = self.inner;
-                    let response = inner.call(request).await?;
-                    Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
-                }
+        let config = &self.config;
+        let ttl = config.ttl_for.as_ref().and_then(|ttl_for| ttl_for(parts));
+        let on_lapse = config.on_lapse_for.as_ref().and_then(|rule| rule(parts));
+        Identity {
+            id: RecordId::new(&config.scope.scope(parts), key),
+            fingerprint,
+            options: BeginOptions {
+                ttl: ttl.or(config.ttl).unwrap_or_else(|| self.engine.ttl()),
+                on_lapse: on_lapse.unwrap_or(config.on_lapse),
             },
+        }
+    }
+
+    /// Every answer of the engine but "acquired": the key's owner answers, or nobody does.
+    fn answer_without_executing(&self, begun: Begin<St>) -> Response<ResponseBody> {
+        let refusal = match begun {
+            Begin::Replay(stored) => return self.replay(&stored),
+            Begin::InFlight { retry_after } => Refusal::new(
+                Disposition::InFlight,
+                ProblemCode::RequestInProgress,
+                "a request with this idempotency key is still being processed; retry after the Retry-After delay with the same key",
+            )
+            .retry_after(retry_after, self.config.max_retry_after),
+            Begin::OutcomeUnknown => Refusal::new(
+                Disposition::OutcomeUnknown,
+                ProblemCode::OutcomeUnknown,
+                "an earlier request with this idempotency key began executing and did not finish (its process stopped): it may or may not have taken effect. It is not executed again: check the resource, then use a new key",
+            ),
+            Begin::Mismatch => Refusal::new(
+                Disposition::Mismatch,
+                ProblemCode::KeyMismatch,
+                "this idempotency key was already used for a different request (method, path, query, content type or body differ); use a new key for a new request",
+            ),
+            // `Begin` may grow; an answer this version does not know executes nothing.
+            _ => Refusal::new(
+                Disposition::StoreUnavailable,
+                ProblemCode::StoreUnavailable,
+                "the idempotency store gave an answer this version does not know; nothing was executed",
+            ),
+        };
+        refusal.into_response()
+    }
+
+    /// The store did not answer: refuse (fail closed), or execute without idempotency.
+    async fn store_failed(
+        self,
+        request: Request<InnerBody<ReqBody>>,
+        error: &StoreError,
+    ) -> Result<Response<ResponseBody>, S::Error> {
+        match self.config.failure_mode {
+            StoreFailureMode::FailClosed => {
+                tracing::error!(%error, "idempotency store unavailable; refusing the request");
+                Ok(Refusal::new(
+                    Disposition::StoreUnavailable,
+                    ProblemCode::StoreUnavailable,
+                    "the idempotency store is unavailable; nothing was executed, retry later with the same key",
+                )
+                .into_response())
+            }
+            StoreFailureMode::FailOpen => {
+                tracing::warn!(%error, "idempotency store unavailable; executing without idempotency (fail open)");
+                Disposition::FailedOpen.record();
+                let mut inner = self.inner;
+                let response = inner.call(request).await?;
+                Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+            }
         }
     }
 
@@ -328,20 +331,21 @@ where
         };
         match on_cancel {
             CancelPolicy::Release => run.await,
-            CancelPolicy::RunToCompletion => {
-                // The execution outlives a client that hangs up: it finishes on the runtime
-                // and its response is stored, so the retry gets the replay.
-                FinishOnDrop::new(run.instrument(tracing::Span::current())).await
-            }
+            // The execution outlives a client that hangs up: it finishes on the runtime and
+            // its response is stored, so the retry gets the replay.
+            _ => FinishOnDrop::new(run.instrument(tracing::Span::current())).await,
         }
     }
 
     fn replay(&self, stored: &StoredResponse) -> Response<ResponseBody> {
         let Some(body) = stored.body.clone() else {
-            let mut extra = Map::new();
-            extra.insert("original_status".into(), Value::from(stored.status));
-            return self.refuse_with(Disposition::NotReplayable, ProblemCode::ResponseNotStored,
-                "this request was executed, but its response was too large to store; it cannot be replayed and must not be retried with this key", extra);
+            return Refusal::new(
+                Disposition::NotReplayable,
+                ProblemCode::ResponseNotStored,
+                "this request was executed, but its response was too large (or too slow) to store; it cannot be replayed and must not be retried with this key",
+            )
+            .member("original_status", stored.status)
+            .into_response();
         };
         Disposition::Replayed.record();
         let mut response = replay_response(stored, body);
@@ -351,49 +355,39 @@ where
         );
         response
     }
+}
 
-    fn in_flight(&self, retry_after: Duration) -> Response<ResponseBody> {
-        let seconds = retry_after
-            .min(self.config.max_retry_after)
-            .as_secs_f64()
-            .ceil()
-            .max(1.0) as u64;
-        let mut response = self.refuse(Disposition::InFlight, ProblemCode::RequestInProgress,
-            "a request with this idempotency key is still being processed; retry after the Retry-After delay with the same key");
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        response
-    }
-
-    fn body_too_large(&self) -> Response<ResponseBody> {
-        self.refuse(
+/// The whole request body, up to `limit` (a free function: the request's future must stay
+/// `Send` whatever the inner service is, so nothing borrows the call across an await).
+async fn read_body<B>(limit: usize, parts: &Parts, body: B) -> Result<Bytes, Refusal>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        Refusal::new(
             Disposition::BodyTooLarge,
             ProblemCode::RequestBodyTooLarge,
-            &format!(
-                "the request body exceeds {} bytes; nothing was executed",
-                self.config.max_request_body
-            ),
+            format!("the request body exceeds {limit} bytes; nothing was executed"),
         )
+    };
+    let declared_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
     }
-
-    fn refuse(
-        &self,
-        outcome: Disposition,
-        code: ProblemCode,
-        detail: &str,
-    ) -> Response<ResponseBody> {
-        self.refuse_with(outcome, code, detail, Map::new())
-    }
-
-    fn refuse_with(
-        &self,
-        outcome: Disposition,
-        code: ProblemCode,
-        detail: &str,
-        extra: Map<String, Value>,
-    ) -> Response<ResponseBody> {
-        outcome.record();
-        problem(code, detail, extra).map(|body| body.map_err(|never| match never {}).boxed_unsync())
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(Refusal::new(
+            Disposition::BodyUnreadable,
+            ProblemCode::RequestBodyUnreadable,
+            format!(
+                "the request body could not be read ({error}); nothing was executed, retry with the same key"
+            ),
+        )),
     }
 }

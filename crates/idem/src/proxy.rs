@@ -20,12 +20,13 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use idem_http::{CancelPolicy, InnerBody, ProblemCode, ResponseBody};
+use idem_http::headers::remove_hop_by_hop;
+use idem_http::{InnerBody, ProblemCode, ResponseBody};
 use tower::ServiceBuilder;
 
 use crate::config;
@@ -36,19 +37,6 @@ use crate::server::Server;
 /// so its error is a clean 502 with the key released; kept well under the response timeout
 /// so that a slow connect is never mistaken for an unknown outcome.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Request headers that describe the client's connection to us, not the request (RFC 9110
-/// §7.6.1): never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Where requests go.
 #[derive(Debug, Clone)]
@@ -145,7 +133,7 @@ impl Forwarder {
             .map(|info| info.0);
         let original_host = parts.headers.get(header::HOST).cloned();
         parts.uri = self.upstream.target(&parts.uri)?;
-        strip_hop_by_hop(&mut parts.headers);
+        remove_hop_by_hop(&mut parts.headers);
         add_forwarding_headers(&mut parts.headers, client_address, original_host.as_ref());
         if let Ok(host) = HeaderValue::from_str(self.upstream.authority.as_str()) {
             parts.headers.insert(header::HOST, host);
@@ -158,7 +146,7 @@ impl Forwarder {
         {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                remove_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(
                     parts,
                     body.map_err(Into::into).boxed_unsync(),
@@ -186,19 +174,6 @@ fn outcome_unknown(what: &str) -> Response<ResponseBody> {
     ProblemCode::UpstreamOutcomeUnknown
         .response(&detail)
         .map(|body| body.map_err(|never| match never {}).boxed_unsync())
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
-    }
 }
 
 fn add_forwarding_headers(
@@ -283,8 +258,9 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         .ttl_for(move |parts| ttls.ttl(parts))
         .on_lapse_for(move |parts| lapses.on_lapse(parts))
         // Once a request is forwarded it cannot be recalled: a client that hangs up must not
-        // free the key while the upstream still executes.
-        .on_cancel(CancelPolicy::RunToCompletion)
+        // free the key while the upstream still executes (the layer's default, kept here
+        // explicitly because the gateway depends on it).
+        .on_cancel(idem_http::CancelPolicy::RunToCompletion)
         .build();
     let service = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(unreachable))
@@ -317,7 +293,7 @@ mod tests {
             HeaderValue::from_static("keep-alive, x-secret-hop"),
         );
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut headers);
+        remove_hop_by_hop(&mut headers);
         assert!(headers.get("x-secret-hop").is_none() && headers.get(header::CONNECTION).is_none());
         let host = HeaderValue::from_static("api.local:8080");
         add_forwarding_headers(

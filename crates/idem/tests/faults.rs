@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -149,17 +149,27 @@ impl Backend {
 /// One `idem proxy` process, restarted on the same port after each kill.
 struct Instance {
     index: usize,
-    url: String,
+    /// Everything but `--listen`.
     args: Vec<String>,
     env: Vec<(String, String)>,
     skewed: bool,
     log: PathBuf,
     process: Mutex<Option<Idem>>,
+    /// Where it listens: chosen by the first start, kept by the restarts.
+    port: AtomicU16,
 }
 
 impl Instance {
-    fn spawn(&self) -> Idem {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port.load(Ordering::SeqCst))
+    }
+
+    fn try_spawn(&self, port: u16) -> Result<Idem, String> {
+        let listen = format!("127.0.0.1:{port}");
+        let args: Vec<&str> = ["proxy", "--listen", &listen]
+            .into_iter()
+            .chain(self.args.iter().map(String::as_str))
+            .collect();
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
@@ -170,7 +180,36 @@ impl Instance {
             .append(true)
             .open(&self.log)
             .unwrap();
-        Idem::start_with(&args, &env, Stdio::from(log))
+        Idem::try_start_with(&args, &env, Stdio::from(log))
+    }
+
+    /// Starts the process: on its port if it has one, else (or if that port was taken
+    /// meanwhile, by a client connection's ephemeral port) on a new one.
+    fn start(&self) {
+        let port = self.port.load(Ordering::SeqCst);
+        let idem = match self.try_spawn(port) {
+            Ok(idem) => idem,
+            Err(first) if port != 0 => self.try_spawn(0).unwrap_or_else(|second| {
+                panic!(
+                    "instance {} did not start on port {port} ({first}) nor on another ({second}); its log:\n{}",
+                    self.index,
+                    self.log_tail(40)
+                )
+            }),
+            Err(error) => panic!(
+                "instance {} did not start ({error}); its log:\n{}",
+                self.index,
+                self.log_tail(40)
+            ),
+        };
+        let port = idem
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("a port in the announced address");
+        self.port.store(port, Ordering::SeqCst);
+        *self.process.lock().unwrap() = Some(idem);
     }
 
     fn admin_url(&self) -> String {
@@ -190,10 +229,9 @@ impl Instance {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200) + jitter(Duration::from_millis(500))).await;
         let this = Arc::clone(&self);
-        let idem = tokio::task::spawn_blocking(move || this.spawn())
+        tokio::task::spawn_blocking(move || this.start())
             .await
             .unwrap();
-        *self.process.lock().unwrap() = Some(idem);
     }
 
     /// Whether the process exited on its own (it should never).
@@ -304,7 +342,7 @@ impl Run {
         };
         let response = self
             .client
-            .post(format!("{}/charges", self.instances[instance].url))
+            .post(format!("{}/charges", self.instances[instance].url()))
             .header("idempotency-key", &self.keys[key])
             .header("content-type", "application/json")
             .body(self.request_body(key))
@@ -428,6 +466,7 @@ struct Figures {
     requests: usize,
     duplicates: usize,
     executions: usize,
+    executed_more_than_once: usize,
     slow_executions: usize,
     succeeded_keys: usize,
     replays: usize,
@@ -483,6 +522,7 @@ fn check(run: &Run, executions: &HashMap<String, Vec<chaos::Executed>>, figures:
         .count();
     figures.executions = executions.values().map(Vec::len).sum();
     figures.slow_executions = executions.values().flatten().filter(|e| e.slow).count();
+    figures.executed_more_than_once = executions.values().filter(|e| e.len() > 1).count();
 
     let mut violations = Vec::new();
     let mut violate = |text: String| violations.push(text);
@@ -608,12 +648,8 @@ async fn run_scenario(scenario: Scenario) {
 
     let mut instances = Vec::new();
     for index in 0..settings.instances {
-        let port = support::free_port();
         let skewed = index == settings.instances - 1 && skew_env.is_some();
         let args: Vec<String> = [
-            "proxy",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
             "--admin-listen",
             "127.0.0.1:0",
             "--store",
@@ -628,7 +664,6 @@ async fn run_scenario(scenario: Scenario) {
         .collect();
         let instance = Arc::new(Instance {
             index,
-            url: format!("http://127.0.0.1:{port}"),
             args,
             env: if skewed {
                 skew_env.clone().unwrap()
@@ -641,12 +676,12 @@ async fn run_scenario(scenario: Scenario) {
             skewed,
             log: logs.path().join(format!("instance-{index}.log")),
             process: Mutex::new(None),
+            port: AtomicU16::new(0),
         });
-        let spawning = Arc::clone(&instance);
-        let idem = tokio::task::spawn_blocking(move || spawning.spawn())
+        let starting = Arc::clone(&instance);
+        tokio::task::spawn_blocking(move || starting.start())
             .await
             .unwrap();
-        *instance.process.lock().unwrap() = Some(idem);
         instances.push(instance);
     }
     // The skew took effect in the proxy itself: its own Date headers run ahead.
@@ -759,7 +794,7 @@ async fn run_scenario(scenario: Scenario) {
         }
     }
     let line = format!(
-        "faults: scenario={} instances={} skewed={} lease={LEASE} keys={} sends={} duplicates={} requests={} executions={} slow_executions={} succeeded_keys={} replays={} kills={} cuts={} store_restarts={} outcome_unknown={} outcome_unknown_keys={} unknown_then_replayed={} in_progress={} unavailable={} connection_errors={} gave_up={} finals={} violations={} load={:.1}s total={:.1}s",
+        "faults: scenario={} instances={} skewed={} lease={LEASE} keys={} sends={} duplicates={} requests={} executions={} executed_more_than_once={} slow_executions={} succeeded_keys={} replays={} kills={} cuts={} store_restarts={} outcome_unknown={} outcome_unknown_keys={} unknown_then_replayed={} in_progress={} unavailable={} connection_errors={} gave_up={} finals={} violations={} load={:.1}s total={:.1}s",
         scenario.name,
         settings.instances,
         usize::from(skew_env.is_some()),
@@ -768,6 +803,7 @@ async fn run_scenario(scenario: Scenario) {
         figures.duplicates,
         figures.requests,
         figures.executions,
+        figures.executed_more_than_once,
         figures.slow_executions,
         figures.succeeded_keys,
         figures.replays,

@@ -20,6 +20,9 @@ use super::api::{
     Acquired, ApiError, CompleteRequest, Completed, ErrorCode, OperationRequest, Processing,
     RenewRequest, Renewed, json,
 };
+use idem_http::headers::{idempotency_key, retry_after};
+use idem_http::{DEFAULT_MAX_RETRY_AFTER, IDEMPOTENCY_KEY};
+
 use super::operation::CallOutcome;
 use super::{AppState, MAX_BODY};
 
@@ -34,17 +37,13 @@ struct Keyed {
 }
 
 fn key_from_header(parts: &Parts) -> Result<IdempotencyKey, ApiError> {
-    let mut values = parts.headers.get_all("idempotency-key").iter();
-    match (values.next(), values.next()) {
-        (None, _) => Err(ApiError::new(
+    match idempotency_key(&parts.headers, &IDEMPOTENCY_KEY, KeyPolicy::Any) {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) => Err(ApiError::new(
             ErrorCode::KeyMissing,
             "send an Idempotency-Key header: a new UUID v4 per logical operation, reused on every retry",
         )),
-        (Some(_), Some(_)) => Err(ApiError::new(
-            ErrorCode::KeyInvalid,
-            "send exactly one Idempotency-Key header",
-        )),
-        (Some(value), None) => parse_key(value.as_bytes()),
+        Err(error) => Err(ApiError::new(ErrorCode::KeyInvalid, error.to_string())),
     }
 }
 
@@ -139,12 +138,7 @@ fn replay(stored: &StoredResponse) -> Response {
     response
 }
 
-/// The longest `Retry-After` sent with a 202: owners usually finish well before their lease
-/// lapses, so clients are told to look again soon.
-const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn processing(retry_after: std::time::Duration) -> Response {
-    let retry_after_seconds = retry_after.min(MAX_RETRY_AFTER).as_secs_f64().ceil() as u64;
+fn processing(wait: std::time::Duration) -> Response {
     let mut response = json(
         StatusCode::ACCEPTED,
         Processing {
@@ -153,7 +147,7 @@ fn processing(retry_after: std::time::Duration) -> Response {
     );
     response.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from(retry_after_seconds.max(1)),
+        retry_after(wait, DEFAULT_MAX_RETRY_AFTER),
     );
     response
 }

@@ -36,6 +36,16 @@ impl Idem {
     /// Starts `idem` with `args` and `env`, its logs going to `stderr` (a log file, for tests
     /// whose faults make the processes noisy).
     pub fn start_with(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
+        Self::try_start_with(args, env, stderr).expect("idem announces its address")
+    }
+
+    /// As [`start_with`](Self::start_with), but a process that exits (or stays silent for
+    /// 30 s) before announcing its address is an error, not a panic (and is killed).
+    pub fn try_start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_idem"));
         command
             .args(args)
@@ -58,9 +68,16 @@ impl Idem {
         });
         let (mut url, mut admin_url) = (None, None);
         while url.is_none() || (wants_admin && admin_url.is_none()) {
-            let line = receiver
-                .recv_timeout(Duration::from_secs(30))
-                .expect("idem announces its address");
+            let line = match receiver.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => line,
+                Err(error) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    return Err(format!(
+                        "idem did not announce its address ({error}); exit: {status:?}"
+                    ));
+                }
+            };
             let address = line.rsplit(' ').next().unwrap().to_owned();
             if line.contains(" admin listening") {
                 admin_url = Some(address);
@@ -68,11 +85,11 @@ impl Idem {
                 url = Some(address);
             }
         }
-        Self {
+        Ok(Self {
             child,
             url: url.unwrap(),
             admin_url,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {

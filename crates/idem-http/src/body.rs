@@ -1,80 +1,15 @@
-//! Turning an inner service's response into a [`StoredResponse`] and back: which headers are
-//! kept, and how a body larger than the storage limit is handled.
+//! Response bodies: the body type the layer returns, and reading an inner service's body up
+//! to the storage limit and a deadline without ever withholding any of it from the client.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
-use idem_core::{BoxError, StoredResponse};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use idem_core::BoxError;
 
 /// The body type of every response the layer returns.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// Headers that describe one connection or one transfer, not the response (RFC 9110 §7.6.1,
-/// plus the framing headers that are recomputed for the replayed body). They are never
-/// stored or replayed.
-const PER_CONNECTION_HEADERS: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::CONTENT_LENGTH,
-];
-
-/// The end-to-end headers of a response, in order: per-connection headers and any header the
-/// `Connection` header names are left out.
-pub(crate) fn storable_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
-    let named_by_connection: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .collect();
-    headers
-        .iter()
-        .filter(|(name, _)| !PER_CONNECTION_HEADERS.contains(name))
-        .filter(|(name, _)| {
-            !named_by_connection
-                .iter()
-                .any(|listed| listed == name.as_str())
-        })
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )
-        })
-        .collect()
-}
-
-/// Rebuilds the response a replay returns. Headers the store returns that are no longer
-/// valid HTTP (impossible unless the store was tampered with) are dropped.
-pub(crate) fn replay_response(stored: &StoredResponse, body: Bytes) -> Response<ResponseBody> {
-    let mut response = Response::new(
-        Full::new(body)
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() =
-        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    for (name, value) in &stored.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_maybe_shared(value.clone()),
-        ) {
-            headers.append(name, value);
-        }
-    }
-    response
-}
 
 /// A response body read up to a limit.
 pub(crate) enum Buffered {
@@ -186,34 +121,15 @@ mod tests {
         futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
     }
 
-    #[test]
-    fn per_connection_headers_are_not_stored() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-trace-hop"),
-        );
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("x-trace-hop", HeaderValue::from_static("1"));
-        headers.append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
-        headers.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
-        let stored = storable_headers(&headers);
-        let names: Vec<&str> = stored.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["content-type", "set-cookie", "set-cookie"]);
-    }
-
     #[tokio::test]
     async fn body_within_limit_is_complete() {
-        match buffer_body(Full::new(Bytes::from_static(b"hello")), 5, far()).await {
+        match buffer_body(
+            http_body_util::Full::new(Bytes::from_static(b"hello")),
+            5,
+            far(),
+        )
+        .await
+        {
             Buffered::Complete(bytes) => assert_eq!(bytes, "hello"),
             Buffered::Partial(_) => panic!("5 bytes fit a 5-byte limit"),
         }

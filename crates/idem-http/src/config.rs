@@ -1,0 +1,131 @@
+//! The layer's settings: every option, its default, and the policies they choose between.
+//! [`IdempotencyLayerBuilder`](crate::IdempotencyLayerBuilder) sets them; the service reads
+//! them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderName, Method};
+use idem_core::{KeyPolicy, OnLapse};
+
+use crate::headers::{IDEMPOTENCY_KEY, X_IDEMPOTENT_REPLAYED};
+use crate::scope::ScopeSource;
+
+/// The request body the layer reads at most to fingerprint a request: 10 MiB, the most the
+/// IETF-draft-minded APIs we model accept for a JSON mutation. A larger body is answered
+/// with 413 and nothing is executed.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
+
+/// The largest response body stored for replay: 1 MiB. Replays are for API results (JSON
+/// documents), not downloads; a larger response still reaches the first client in full, but
+/// its retries get [`ProblemCode::ResponseNotStored`](crate::ProblemCode::ResponseNotStored).
+pub const DEFAULT_MAX_STORED_RESPONSE: usize = 1024 * 1024;
+
+/// The longest `Retry-After` sent with a 409: the real wait is usually far shorter than the
+/// lease (the owner finishes early), so clients are told to look again soon.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// How long the layer reads a response body to store it (default 30 s). A body still
+/// streaming after that (server-sent events, a stalled upstream) reaches the client as it
+/// comes, and the key is completed without it: retries are told it cannot be replayed.
+pub const DEFAULT_BODY_BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to do when the store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreFailureMode {
+    /// Answer 503 and execute nothing (the default): at-most-once holds through an outage.
+    #[default]
+    FailClosed,
+    /// Execute the request without idempotency: availability over at-most-once. Duplicates
+    /// during the outage may execute twice.
+    FailOpen,
+}
+
+/// What happens to a key when the request is cancelled (the client disconnects) while the
+/// inner service is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CancelPolicy {
+    /// Run the inner service in its own task, so it finishes even if the client goes away,
+    /// and store its response for the retry (the default). Right whenever the work cannot be
+    /// recalled once started: a gateway that already forwarded the request, a handler that
+    /// writes to a database or calls a payment API. Costs one task spawn per executed
+    /// request (see `docs/benchmarks.md`).
+    #[default]
+    RunToCompletion,
+    /// Drop the inner service's future with the request and release the key, so a retry
+    /// executes. Only for handlers with no side effect before their first await point that
+    /// can be cancelled: a handler cancelled after its side effect would run twice.
+    Release,
+}
+
+type RequestPredicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
+type RequestTtl = Arc<dyn Fn(&Parts) -> Option<Duration> + Send + Sync>;
+type RequestOnLapse = Arc<dyn Fn(&Parts) -> Option<OnLapse> + Send + Sync>;
+
+/// The layer's settings, shared by every clone of the layer and its services.
+pub(crate) struct Config {
+    /// The replay TTL when no per-request rule sets one; `None`: the engine's.
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) key_header: HeaderName,
+    pub(crate) replayed_header: HeaderName,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) require_key: RequestPredicate,
+    pub(crate) skip: RequestPredicate,
+    pub(crate) ttl_for: Option<RequestTtl>,
+    pub(crate) key_policy: KeyPolicy,
+    pub(crate) scope: ScopeSource,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_stored_response: usize,
+    pub(crate) store_server_errors: bool,
+    pub(crate) failure_mode: StoreFailureMode,
+    pub(crate) canonical_json: bool,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) on_cancel: CancelPolicy,
+    pub(crate) on_lapse: OnLapse,
+    pub(crate) on_lapse_for: Option<RequestOnLapse>,
+    pub(crate) body_buffer_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("key_header", &self.key_header)
+            .field("methods", &self.methods)
+            .field("key_policy", &self.key_policy)
+            .field("scope", &self.scope)
+            .field("max_request_body", &self.max_request_body)
+            .field("max_stored_response", &self.max_stored_response)
+            .field("store_server_errors", &self.store_server_errors)
+            .field("failure_mode", &self.failure_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ttl: None,
+            key_header: IDEMPOTENCY_KEY,
+            replayed_header: X_IDEMPOTENT_REPLAYED,
+            methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
+            require_key: Arc::new(|_| false),
+            skip: Arc::new(|_| false),
+            ttl_for: None,
+            key_policy: KeyPolicy::Any,
+            scope: ScopeSource::Authorization,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_stored_response: DEFAULT_MAX_STORED_RESPONSE,
+            store_server_errors: true,
+            failure_mode: StoreFailureMode::FailClosed,
+            canonical_json: false,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            on_cancel: CancelPolicy::RunToCompletion,
+            on_lapse: OnLapse::ReportUnknown,
+            on_lapse_for: None,
+            body_buffer_timeout: DEFAULT_BODY_BUFFER_TIMEOUT,
+        }
+    }
+}
