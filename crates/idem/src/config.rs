@@ -36,7 +36,10 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::cli::{CommonArgs, LogFormat, parse_duration};
-use crate::routes::{LapsePolicy, RouteRule};
+use crate::routes::{LapsePolicy, RouteRule, RouteTable};
+use crate::store::StoreLocation;
+use crate::upstream::Upstream;
+use http::HeaderName;
 use idem_core::OnLapse;
 
 /// Where `idem` listens when told nothing: loopback only, so a first run exposes nothing.
@@ -133,15 +136,16 @@ impl FileConfig {
     }
 }
 
-/// Settings shared by both commands, resolved.
+/// Settings shared by both commands, resolved and checked: every value is parsed here, once.
 #[derive(Debug, Clone)]
 pub struct Common {
     pub listen: SocketAddr,
-    pub store: String,
+    pub store: StoreLocation,
     pub ttl: Duration,
     pub lease: Duration,
     pub wait: Option<Duration>,
-    pub scope_header: Option<String>,
+    /// The header whose value scopes keys; `None`: `Authorization`.
+    pub scope_header: Option<HeaderName>,
     pub admin_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub accept_store_risks: bool,
@@ -151,10 +155,10 @@ pub struct Common {
 #[derive(Debug, Clone)]
 pub struct Proxy {
     pub common: Common,
-    pub upstream: String,
+    pub upstream: Upstream,
     pub require_key: bool,
     pub upstream_timeout: Duration,
-    pub routes: Vec<RouteRule>,
+    pub routes: RouteTable,
 }
 
 /// `idem serve`'s settings, resolved.
@@ -191,10 +195,6 @@ fn check(common: &Common) -> anyhow::Result<()> {
     if let Some(wait) = common.wait {
         anyhow::ensure!(wait <= MAX_WAIT, "--wait must be at most 1h");
     }
-    if let Some(name) = &common.scope_header {
-        http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| anyhow::anyhow!("--scope-header {name:?} is not a valid header name"))?;
-    }
     Ok(())
 }
 
@@ -205,10 +205,12 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
     };
     let common = Common {
         listen,
-        store: args
-            .store
-            .or_else(|| file.store.clone())
-            .unwrap_or_else(|| DEFAULT_STORE.into()),
+        store: StoreLocation::parse(
+            &args
+                .store
+                .or_else(|| file.store.clone())
+                .unwrap_or_else(|| DEFAULT_STORE.into()),
+        )?,
         ttl: args
             .ttl
             .or(file_duration("ttl", file.ttl.as_ref())?)
@@ -218,7 +220,15 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
             .or(file_duration("lease", file.lease.as_ref())?)
             .unwrap_or(idem_core::DEFAULT_LEASE),
         wait: args.wait.or(file_duration("wait", file.wait.as_ref())?),
-        scope_header: args.scope_header.or_else(|| file.scope_header.clone()),
+        scope_header: args
+            .scope_header
+            .or_else(|| file.scope_header.clone())
+            .map(|name| {
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    anyhow::anyhow!("--scope-header {name:?} is not a valid header name")
+                })
+            })
+            .transpose()?,
         admin_listen: args.admin_listen.or(file.admin_listen),
         log_format: args
             .log_format
@@ -234,10 +244,10 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
 pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let common = common(args.common, &file)?;
-    let upstream = args
+    let upstream = Upstream::parse(&args
         .upstream
         .or(file.proxy.upstream)
-        .context("no upstream: pass --upstream URL (or IDEM_UPSTREAM, or `upstream` under [proxy] in the config file)")?;
+        .context("no upstream: pass --upstream URL (or IDEM_UPSTREAM, or `upstream` under [proxy] in the config file)")?)?;
     Ok(Proxy {
         common,
         upstream,
@@ -249,7 +259,7 @@ pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
                 file.proxy.upstream_timeout.as_ref(),
             )?)
             .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
-        routes: file.proxy.routes,
+        routes: RouteTable::new(&file.proxy.routes)?,
     })
     .and_then(|proxy| {
         check_timeout("--upstream-timeout", proxy.upstream_timeout, &proxy.common)?;
@@ -344,8 +354,8 @@ mod tests {
             "127.0.0.1:7000".parse().unwrap(),
             "file wins over default"
         );
-        assert_eq!(resolved.upstream, "http://file");
-        assert_eq!(resolved.common.store, "memory://");
+        assert_eq!(resolved.upstream.to_string(), "http://file");
+        assert_eq!(resolved.common.store, StoreLocation::Memory);
         assert_eq!(resolved.common.lease, idem_core::DEFAULT_LEASE, "default");
     }
 
@@ -357,16 +367,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("24h"), "{error}");
-        for (flag, value) in [
-            ("--lease", "0s"),
-            ("--ttl", "0s"),
-            ("--wait", "2h"),
-            ("--scope-header", "bad header"),
-            ("--upstream-timeout", "0s"),
+        for (flag, value, reason) in [
+            ("--lease", "0s", "--lease must be longer than 0s"),
+            ("--ttl", "0s", "--ttl must be longer than 0s"),
+            ("--wait", "2h", "--wait must be at most 1h"),
+            ("--scope-header", "bad header", "not a valid header name"),
+            (
+                "--upstream-timeout",
+                "0s",
+                "--upstream-timeout must be longer than 0s",
+            ),
+            ("--store", "mysql://db", "unknown store scheme"),
         ] {
             let args = ["idem", "proxy", "--upstream", "http://x", flag, value];
-            assert!(proxy_from(&args).is_err(), "{flag} {value}");
+            let error = format!("{:#}", proxy_from(&args).unwrap_err());
+            assert!(error.contains(reason), "{flag} {value}: {error}");
         }
+        let error = format!(
+            "{:#}",
+            proxy_from(&["idem", "proxy", "--upstream", "https://api"]).unwrap_err()
+        );
+        assert!(error.contains("only http://"), "{error}");
         let file = write("bogus = 1\n");
         let path = file.path().to_str().unwrap();
         let error = format!(

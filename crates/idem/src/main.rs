@@ -10,7 +10,9 @@ mod proxy;
 mod records;
 mod routes;
 mod server;
+mod signals;
 mod store;
+mod upstream;
 
 use std::io::Write;
 use std::net::SocketAddr;

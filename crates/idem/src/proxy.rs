@@ -13,14 +13,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,56 +28,13 @@ use idem_http::{InnerBody, ProblemCode, ResponseBody};
 use tower::ServiceBuilder;
 
 use crate::config;
-use crate::routes::RouteTable;
 use crate::server::Server;
+use crate::upstream::Upstream;
 
 /// How long a TCP connect to the upstream may take. A connect that fails delivers nothing,
 /// so its error is a clean 502 with the key released; kept well under the response timeout
 /// so that a slow connect is never mistaken for an unknown outcome.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where requests go.
-#[derive(Debug, Clone)]
-struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
-    /// A path prefix from the upstream URL (`http://api/v2` → `/v2`), without trailing `/`.
-    prefix: String,
-}
-
-impl Upstream {
-    fn parse(url: &str) -> anyhow::Result<Self> {
-        let uri: Uri = url
-            .parse()
-            .with_context(|| format!("--upstream {url:?} is not a URL"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .with_context(|| format!("--upstream {url:?}: missing http://"))?;
-        anyhow::ensure!(
-            scheme == Scheme::HTTP,
-            "--upstream {url:?}: only http:// upstreams are supported; terminate TLS in front of idem and reach the API over http on a private network"
-        );
-        let authority = uri
-            .authority()
-            .cloned()
-            .with_context(|| format!("--upstream {url:?}: missing host"))?;
-        Ok(Self {
-            scheme,
-            authority,
-            prefix: uri.path().trim_end_matches('/').to_owned(),
-        })
-    }
-
-    fn target(&self, original: &Uri) -> Result<Uri, http::Error> {
-        let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.prefix))
-            .build()
-    }
-}
 
 /// Why a request could not be forwarded at all.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +90,7 @@ impl Forwarder {
         parts.uri = self.upstream.target(&parts.uri)?;
         remove_hop_by_hop(&mut parts.headers);
         add_forwarding_headers(&mut parts.headers, client_address, original_host.as_ref());
-        if let Ok(host) = HeaderValue::from_str(self.upstream.authority.as_str()) {
+        if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
             parts.headers.insert(header::HOST, host);
         }
         match tokio::time::timeout(
@@ -230,8 +185,8 @@ async fn unreachable(error: ForwardError) -> impl IntoResponse {
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
-    let upstream = std::sync::Arc::new(Upstream::parse(&config.upstream)?);
-    let routes = std::sync::Arc::new(RouteTable::new(&config.routes)?);
+    let upstream = std::sync::Arc::new(config.upstream.clone());
+    let routes = std::sync::Arc::new(config.routes);
     let mut connector = HttpConnector::new();
     // The response timeout also covers connecting: keep the connect timeout well inside it, so
     // that an upstream that cannot be reached is a clean 502, never an unknown outcome.
@@ -274,15 +229,6 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_keep_path_query_and_prefix() {
-        let upstream = Upstream::parse("http://127.0.0.1:3000/v2/").unwrap();
-        let target = upstream.target(&"/charges?x=1".parse().unwrap()).unwrap();
-        assert_eq!(target.to_string(), "http://127.0.0.1:3000/v2/charges?x=1");
-        assert!(Upstream::parse("https://api.example").is_err());
-        assert!(Upstream::parse("127.0.0.1:3000").is_err());
-    }
 
     #[test]
     fn forwarding_headers_extend_earlier_proxies() {

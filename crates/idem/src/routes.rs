@@ -257,15 +257,16 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_at_start_up() {
-        for rule in [
-            r#"path = "no-slash""#,
-            r#"path = "/a/**/b""#,
-            "path = \"/a\"\nttl = \"soon\"",
-            "path = \"/a\"\nmethod = \"PO ST\"",
-            "path = \"/a\"\nttl = \"0s\"",
+        for (rule, reason) in [
+            (r#"path = "no-slash""#, "must start with '/'"),
+            (r#"path = "/a/**/b""#, "`**` may only end a pattern"),
+            ("path = \"/a\"\nttl = \"soon\"", "ttl"),
+            ("path = \"/a\"\nmethod = \"PO ST\"", "invalid method"),
+            ("path = \"/a\"\nttl = \"0s\"", "ttl must be longer than 0s"),
         ] {
-            let rule: RouteRule = toml::from_str(rule).unwrap();
-            assert!(rule.compile().is_err(), "{rule:?}");
+            let parsed: RouteRule = toml::from_str(rule).unwrap();
+            let error = parsed.compile().unwrap_err().to_string();
+            assert!(error.contains(reason), "{rule:?}: {error}");
         }
         let error = toml::from_str::<RouteRule>("path = \"/a\"\non_lapse = \"sometimes\"")
             .unwrap_err()

@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use http::HeaderName;
 use idem_core::{Engine, Store, SweeperHandle};
 use idem_http::{IdempotencyLayerBuilder, ScopeSource};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::config::Common;
-use crate::store::{SharedStore, StoreLocation};
+use crate::signals::signalled;
+use crate::store::SharedStore;
 
 /// How often expired records are swept. Expired records already behave as absent; the sweep
 /// only reclaims space, so once a minute is plenty.
@@ -29,7 +29,6 @@ const RELEASE_GRACE: Duration = Duration::from_millis(500);
 /// A started server: store open, sweeper and admin listener running.
 pub struct Server {
     common: Common,
-    store: SharedStore,
     engine: Engine<SharedStore>,
     shutdown: watch::Receiver<bool>,
     _sweeper: SweeperHandle,
@@ -38,9 +37,8 @@ pub struct Server {
 impl Server {
     /// Opens the store, starts the sweeper, the admin listener and the signal handler.
     pub async fn start(common: Common, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        let location = StoreLocation::parse(&common.store)?;
-        let store = crate::store::open(&location).await?;
-        tracing::info!(store = %location.describe(), "store open");
+        let store = crate::store::open(&common.store).await?;
+        tracing::info!(store = %common.store.describe(), "store open");
         check_durability(&store, common.accept_store_risks).await?;
         let mut engine = Engine::builder(store.clone())
             .ttl(common.ttl)
@@ -51,12 +49,7 @@ impl Server {
         let engine = engine.build();
         let sweeper = engine.spawn_sweeper(SWEEP_INTERVAL, SWEEP_BATCH);
 
-        let (trigger, shutdown) = watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: no new connections, finishing requests in flight");
-            let _ = trigger.send(true);
-        });
+        let shutdown = crate::signals::shutdown_on_signal();
         if let Some(address) = common.admin_listen {
             anyhow::ensure!(
                 address.port() == 0 || address != common.listen,
@@ -72,7 +65,6 @@ impl Server {
         }
         Ok(Self {
             common,
-            store,
             engine,
             shutdown,
             _sweeper: sweeper,
@@ -84,34 +76,17 @@ impl Server {
         &self.engine
     }
 
-    /// A layer builder with the shared settings applied: TTL, lease, wait, scope.
+    /// A layer builder over this server's engine (TTL, lease, wait), with its scope.
     pub fn layer_builder(&self) -> IdempotencyLayerBuilder<SharedStore> {
-        let mut engine = Engine::builder(self.store.clone())
-            .ttl(self.common.ttl)
-            .lease(self.common.lease);
-        if let Some(wait) = self.common.wait {
-            engine = engine.wait_for_in_flight(wait);
-        }
-        let mut builder = IdempotencyLayerBuilder::from_engine_builder(engine);
-        if let Some(scope) = self.scope_source() {
-            builder = builder.scope(scope);
-        }
-        builder
+        IdempotencyLayerBuilder::from_engine(self.engine.clone()).scope(self.scope_source())
     }
 
-    /// The scope source `--scope-header` asks for, if any.
-    pub fn scope_source(&self) -> Option<ScopeSource> {
-        let name = self.common.scope_header.as_deref()?;
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(name) => Some(ScopeSource::Header(name)),
-            Err(_) => {
-                tracing::error!(
-                    header = name,
-                    "invalid --scope-header; scoping by Authorization"
-                );
-                None
-            }
-        }
+    /// Whose key it is: the `--scope-header` value, or `Authorization`.
+    pub fn scope_source(&self) -> ScopeSource {
+        self.common
+            .scope_header
+            .clone()
+            .map_or(ScopeSource::Authorization, ScopeSource::Header)
     }
 
     /// Serves `app` on the public address until a shutdown signal, then drains.
@@ -165,31 +140,4 @@ async fn check_durability(store: &SharedStore, accept: bool) -> anyhow::Result<(
         );
     }
     Ok(())
-}
-
-/// Resolves once the shutdown flag is set.
-async fn signalled(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-async fn wait_for_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

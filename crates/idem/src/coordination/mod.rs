@@ -134,7 +134,7 @@ pub async fn run(config: config::Serve, server: Server) -> anyhow::Result<()> {
     let state = AppState {
         engine: server.engine().clone(),
         operations,
-        scope: Arc::new(server.scope_source().unwrap_or(ScopeSource::Authorization)),
+        scope: Arc::new(server.scope_source()),
     };
     server.serve("serve", router(state)).await
 }
