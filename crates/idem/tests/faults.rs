@@ -640,7 +640,7 @@ async fn run_scenario(scenario: Scenario) {
         None => {
             chaos::tool_missing(
                 "libfaketime (/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1)",
-                "every instance runs on the real clock: clock skew is NOT exercised",
+                "the skewed-clock instance (every instance runs on the real clock: clock skew is NOT exercised)",
             );
             None
         }
@@ -880,7 +880,7 @@ async fn at_most_once_under_faults_postgres() {
 async fn at_most_once_under_faults_redis() {
     let _exclusive = EXCLUSIVE.lock().await;
     if !RedisServer::available() {
-        chaos::tool_missing("redis-server", "the Redis crash scenario is skipped");
+        chaos::tool_missing("redis-server", "the Redis crash scenario");
         return;
     }
     let server = RedisServer::start().await;
@@ -1017,7 +1017,7 @@ async fn a_slow_response_body_keeps_its_key_owned() {
 async fn a_completion_lost_to_a_store_outage_lands_when_the_store_returns() {
     let _exclusive = EXCLUSIVE.lock().await;
     if !RedisServer::available() {
-        chaos::tool_missing("redis-server", "the lost-completion test is skipped");
+        chaos::tool_missing("redis-server", "the lost-completion test");
         return;
     }
     let redis = RedisServer::start().await;
@@ -1063,7 +1063,7 @@ async fn a_skewed_clock_never_takes_over(store: &str) {
     let Some(library) = chaos::faketime_library() else {
         chaos::tool_missing(
             "libfaketime (/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1)",
-            "the clock-skew test is skipped",
+            "the clock-skew test",
         );
         return;
     };

@@ -76,18 +76,17 @@ pub fn tools_required() -> bool {
     })
 }
 
-/// Reports a missing tool: a panic where the tools are required, a loud line otherwise (the
-/// caller then skips what needs it).
-pub fn tool_missing(what: &str, consequence: &str) {
-    let message = format!(
-        "FAULT TOOL MISSING: {what}. {consequence}. Install it (scripts/test does: apt-get install -y faketime redis-server)"
-    );
+/// Reports that `what` is missing for `needed_for`: a panic where the tools are required, a
+/// loud line otherwise (the caller then skips `needed_for`).
+pub fn tool_missing(what: &str, needed_for: &str) {
+    let install = "install it (scripts/test does: apt-get install -y faketime redis-server)";
     if tools_required() {
-        panic!("{message} (required because CI or IDEM_REQUIRE_FAULT_TOOLS is set)");
+        panic!(
+            "FAULT TOOL MISSING: {what}, needed for {needed_for}; {install}. Required because CI or IDEM_REQUIRE_FAULT_TOOLS is set."
+        );
     }
-    eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!!! SKIPPED: {message}");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+    let bar = "!".repeat(78);
+    eprintln!("\n{bar}\n!!! SKIPPED {needed_for}: {what} is missing; {install}.\n{bar}\n");
 }
 
 /// How far the skewed instance's clock runs ahead.
