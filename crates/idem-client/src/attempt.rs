@@ -12,6 +12,7 @@ use crate::RetryPolicy;
 
 /// Why a call produced no answer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The base URL or path does not make a URL.
     #[error("invalid URL {0}")]
@@ -217,56 +218,74 @@ impl Attempt {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let sent = self
-                .http
-                .request(self.method.clone(), url.clone())
-                .headers(self.headers.clone())
-                .header("idempotency-key", key.clone())
-                .body(self.body.clone())
-                .send()
-                .await;
             let retries_left = attempts <= self.retry.max_retries;
-            let failure = match sent {
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    match response.bytes().await {
-                        Ok(body) => {
-                            // A replayed answer is the stored outcome, and a key of unknown
-                            // outcome stays so: retrying only brings either back.
-                            let retryable = !is_replay(&headers)
-                                && !is_outcome_unknown(status, &body)
-                                && (status == StatusCode::CONFLICT || status.is_server_error());
-                            if retryable && retries_left {
-                                tokio::time::sleep(
-                                    self.retry.delay(attempts - 1, retry_after(&headers)),
-                                )
-                                .await;
-                                continue;
-                            }
-                            return Ok(IdemResponse {
-                                status,
-                                headers,
-                                body,
-                                key: self.key,
-                                attempts,
-                            });
-                        }
-                        // The answer broke off: like a lost connection, retried with the key.
-                        Err(error) => error,
-                    }
+            match self.send_once(&url, &key).await {
+                Ok(answer) if retries_left && answer.worth_retrying() => {
+                    let wait = self.retry.delay(attempts - 1, retry_after(&answer.headers));
+                    tokio::time::sleep(wait).await;
                 }
-                Err(error) => error,
-            };
-            if !retries_left {
-                return Err(ClientError::Transport {
-                    key: self.key,
-                    attempts,
-                    source: failure,
-                });
+                Ok(answer) => return Ok(answer.into_response(self.key, attempts)),
+                // No answer (or one that broke off): the request may have arrived, and the
+                // key makes sending it again safe.
+                Err(_) if retries_left => {
+                    tokio::time::sleep(self.retry.delay(attempts - 1, None)).await;
+                }
+                Err(source) => {
+                    return Err(ClientError::Transport {
+                        key: self.key,
+                        attempts,
+                        source,
+                    });
+                }
             }
-            let wait = self.retry.delay(attempts - 1, None);
-            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends the request once with `key`, and reads the whole answer.
+    async fn send_once(&self, url: &Url, key: &HeaderValue) -> Result<HttpAnswer, reqwest::Error> {
+        let response = self
+            .http
+            .request(self.method.clone(), url.clone())
+            .headers(self.headers.clone())
+            .header("idempotency-key", key.clone())
+            .body(self.body.clone())
+            .send()
+            .await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?;
+        Ok(HttpAnswer {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// One request's whole answer, before it is known whether it is the final one.
+struct HttpAnswer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl HttpAnswer {
+    /// Whether asking again may bring another answer: a 409 (the first attempt is still
+    /// executing) or a 5xx. A replayed answer is the stored outcome, and a key of unknown
+    /// outcome stays so: retrying only brings either back.
+    fn worth_retrying(&self) -> bool {
+        !is_replay(&self.headers)
+            && !is_outcome_unknown(self.status, &self.body)
+            && (self.status == StatusCode::CONFLICT || self.status.is_server_error())
+    }
+
+    fn into_response(self, key: String, attempts: u32) -> IdemResponse {
+        IdemResponse {
+            status: self.status,
+            headers: self.headers,
+            body: self.body,
+            key,
+            attempts,
         }
     }
 }
@@ -308,6 +327,20 @@ fn is_outcome_unknown(status: StatusCode, body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_a_date_falls_back_to_the_backoff() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(value));
+            retry_after(&headers)
+        };
+        assert_eq!(with("3"), Some(Duration::from_secs(3)));
+        assert_eq!(with(" 0 "), Some(Duration::ZERO));
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn only_idems_own_unknown_outcome_409s_are_final() {

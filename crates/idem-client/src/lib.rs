@@ -15,6 +15,14 @@
 //! Any other answer is returned as it is: 4xx mean the request itself is wrong, and retrying
 //! it cannot help.
 //!
+//! # Modules
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | `lib.rs` | [`IdemClient`]: the base URL, the connection pool, and starting an attempt |
+//! | `attempt` | [`Attempt`]: one logical attempt, its key and its retry loop; [`IdemResponse`], [`ClientError`] |
+//! | `retry` | [`RetryPolicy`]: how many retries, and the backoff with full jitter between them |
+//!
 //! ```no_run
 //! use idem_client::IdemClient;
 //!

@@ -6,8 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::engine_state::{EngineState, LeaseRegistry};
 use crate::execution::Execution;
-use crate::renewal::Renewals;
+use crate::store::timed;
 use crate::{
     BeginOutcome, BeginRequest, Fingerprint, LeaseToken, OnLapse, RecordId, RecordSnapshot,
     RecordState, Store, StoreError, StoredResponse, TransitionOutcome,
@@ -30,22 +31,13 @@ const WAIT_POLL_MAX: Duration = Duration::from_millis(200);
 
 /// Runs the idempotency protocol over a store. Cheap to clone: clones share the store.
 pub struct Engine<S> {
-    pub(crate) shared: Arc<Shared<S>>,
-}
-
-pub(crate) struct Shared<S> {
-    pub(crate) store: S,
-    pub(crate) ttl: Duration,
-    pub(crate) lease: Duration,
-    wait: Option<Duration>,
-    on_lapse: OnLapse,
-    pub(crate) renewals: Renewals,
+    state: Arc<EngineState<S>>,
 }
 
 impl<S> Clone for Engine<S> {
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -53,10 +45,10 @@ impl<S> Clone for Engine<S> {
 impl<S> fmt::Debug for Engine<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
-            .field("ttl", &self.shared.ttl)
-            .field("lease", &self.shared.lease)
-            .field("wait", &self.shared.wait)
-            .field("on_lapse", &self.shared.on_lapse)
+            .field("ttl", &self.state.ttl)
+            .field("lease", &self.state.lease)
+            .field("wait", &self.state.wait)
+            .field("on_lapse", &self.state.on_lapse)
             .finish_non_exhaustive()
     }
 }
@@ -164,13 +156,13 @@ impl<S: Store> EngineBuilder<S> {
     #[must_use]
     pub fn build(self) -> Engine<S> {
         Engine {
-            shared: Arc::new(Shared {
+            state: Arc::new(EngineState {
                 store: self.store,
                 ttl: self.ttl,
                 lease: self.lease,
                 wait: self.wait,
                 on_lapse: self.on_lapse,
-                renewals: Renewals::default(),
+                leases: LeaseRegistry::default(),
             }),
         }
     }
@@ -198,27 +190,27 @@ impl<S: Store> Engine<S> {
     /// The store underneath.
     #[must_use]
     pub fn store(&self) -> &S {
-        &self.shared.store
+        &self.state.store
     }
 
     /// The default TTL of completed records.
     #[must_use]
     pub fn ttl(&self) -> Duration {
-        self.shared.ttl
+        self.state.ttl
     }
 
     /// The lease duration executions get and renew.
     #[must_use]
     pub fn lease_duration(&self) -> Duration {
-        self.shared.lease
+        self.state.lease
     }
 
     /// The engine's default [`BeginOptions`].
     #[must_use]
     pub fn options(&self) -> BeginOptions {
         BeginOptions {
-            ttl: self.shared.ttl,
-            on_lapse: self.shared.on_lapse,
+            ttl: self.state.ttl,
+            on_lapse: self.state.on_lapse,
         }
     }
 
@@ -246,7 +238,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<Begin<S>, StoreError> {
         // An absurd limit that overflows `Instant` means "no wait" rather than a panic.
         let deadline = self
-            .shared
+            .state
             .wait
             .and_then(|limit| Instant::now().checked_add(limit));
         let mut pause = WAIT_POLL_START;
@@ -285,15 +277,18 @@ impl<S: Store> Engine<S> {
             id,
             fingerprint,
             token,
-            lease: self.shared.lease,
+            lease: self.state.lease,
             ttl: options.ttl,
             on_lapse: options.on_lapse,
         };
-        let outcome = timed("begin", self.shared.store.begin(request)).await?;
+        let outcome = timed("begin", self.state.store.begin(request)).await?;
         Ok(match outcome {
-            BeginOutcome::Acquired => {
-                Begin::Acquired(Execution::start(self.clone(), id, token, options.ttl))
-            }
+            BeginOutcome::Acquired => Begin::Acquired(Execution::start(
+                Arc::clone(&self.state),
+                id,
+                token,
+                options.ttl,
+            )),
             BeginOutcome::Replay(response) => Begin::Replay(response),
             BeginOutcome::InFlight { lease_left } => Begin::InFlight {
                 retry_after: lease_left,
@@ -312,7 +307,7 @@ impl<S: Store> Engine<S> {
     /// client that holds the token.
     #[must_use]
     pub fn resume(&self, id: RecordId, token: LeaseToken, ttl: Duration) -> Execution<S> {
-        Execution::resume(self.clone(), id, token, ttl)
+        Execution::resume(Arc::clone(&self.state), id, token, ttl)
     }
 
     /// Moves the lease of the execution holding `token` forward by a whole lease (the renew
@@ -325,11 +320,7 @@ impl<S: Store> Engine<S> {
         id: RecordId,
         token: LeaseToken,
     ) -> Result<TransitionOutcome, StoreError> {
-        timed(
-            "renew",
-            self.shared.store.renew(id, token, self.shared.lease),
-        )
-        .await
+        timed("renew", self.state.store.renew(id, token, self.state.lease)).await
     }
 
     /// The record and the store's clock, or `None` if the key is free.
@@ -337,7 +328,7 @@ impl<S: Store> Engine<S> {
     /// # Errors
     /// The store could not answer.
     pub async fn status(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
-        timed("get", self.shared.store.get(id)).await
+        timed("get", self.state.store.get(id)).await
     }
 
     /// An operator's resolution of a key whose owner vanished: release it or complete it.
@@ -362,15 +353,15 @@ impl<S: Store> Engine<S> {
             return Ok(Resolved::StillRunning { lease_left });
         }
         let outcome = match resolution {
-            Resolution::Release => timed("release", self.shared.store.release(id, token)).await?,
+            Resolution::Release => timed("release", self.state.store.release(id, token)).await?,
             Resolution::Complete(response) => {
                 let request = crate::CompleteRequest {
                     id,
                     token,
                     response,
-                    ttl: self.shared.ttl,
+                    ttl: self.state.ttl,
                 };
-                timed("complete", self.shared.store.complete(request)).await?
+                timed("complete", self.state.store.complete(request)).await?
             }
         };
         match outcome {
@@ -401,7 +392,7 @@ impl<S: Store> Engine<S> {
             loop {
                 ticker.tick().await;
                 loop {
-                    match engine.shared.store.sweep_expired(batch).await {
+                    match engine.state.store.sweep_expired(batch).await {
                         Ok(swept) => {
                             metrics::counter!("idem_records_swept_total").increment(swept as u64);
                             // A short batch means nothing expired is left for now.
@@ -429,20 +420,4 @@ impl Drop for SweeperHandle {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Runs one store operation, recording its latency and errors.
-pub(crate) async fn timed<T>(
-    operation: &'static str,
-    future: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let started = Instant::now();
-    let result = future.await;
-    metrics::histogram!("idem_store_operation_duration_seconds", "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
-    if let Err(error) = &result {
-        metrics::counter!("idem_store_errors_total", "operation" => operation).increment(1);
-        tracing::warn!(%error, operation, "idempotency store operation failed");
-    }
-    result
 }

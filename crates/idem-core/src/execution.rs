@@ -5,12 +5,15 @@
 //! finishes the key as it was told to.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::TransitionOutcome;
-use crate::engine::{Engine, timed};
+use crate::engine_state::EngineState;
 use crate::renewal::Registration;
-use crate::{CompleteRequest, LeaseToken, RecordId, Store, StoreError, StoredResponse};
+use crate::store::timed;
+use crate::{
+    CompleteRequest, LeaseToken, RecordId, Store, StoreError, StoredResponse, TransitionOutcome,
+};
 
 /// First pause before a failed completion or release is tried again.
 const SETTLE_RETRY_START: Duration = Duration::from_millis(50);
@@ -33,9 +36,9 @@ pub enum Finish {
     Retrying(StoreError),
 }
 
-/// What the guard does to the key if it is dropped unfinished.
+/// How the key is finished: released, or completed with a response.
 #[derive(Debug, Clone)]
-enum Settle {
+enum Settlement {
     Release,
     Complete(StoredResponse),
 }
@@ -45,18 +48,20 @@ enum Settle {
 /// Finish it with [`complete`](Self::complete) or [`release`](Self::release). Dropped
 /// unfinished it releases the key (the handler panicked or was cancelled before it produced
 /// anything), unless [`complete_if_dropped`](Self::complete_if_dropped) gave it a response to
-/// store instead, or it came from [`Engine::resume`] (the key belongs to a client then).
+/// store instead, or it came from [`Engine::resume`](crate::Engine::resume) (the key belongs
+/// to a client then).
 pub struct Execution<S: Store> {
-    owned: Option<Owned<S>>,
-    if_dropped: Option<Settle>,
+    owned: Option<OwnedKey<S>>,
+    /// What to do with the key if the guard is dropped unfinished.
+    if_dropped: Option<Settlement>,
     id: RecordId,
     token: LeaseToken,
     ttl: Duration,
 }
 
 /// The key and the renewal that keeps it: what a background settlement carries on with.
-struct Owned<S: Store> {
-    engine: Engine<S>,
+struct OwnedKey<S: Store> {
+    engine: Arc<EngineState<S>>,
     id: RecordId,
     token: LeaseToken,
     ttl: Duration,
@@ -74,21 +79,26 @@ impl<S: Store> fmt::Debug for Execution<S> {
 }
 
 impl<S: Store> Execution<S> {
-    pub(crate) fn start(engine: Engine<S>, id: RecordId, token: LeaseToken, ttl: Duration) -> Self {
-        let mut execution = Self::resume(engine, id, token, ttl);
-        execution.if_dropped = Some(Settle::Release);
-        execution
-    }
-
-    pub(crate) fn resume(
-        engine: Engine<S>,
+    pub(crate) fn start(
+        engine: Arc<EngineState<S>>,
         id: RecordId,
         token: LeaseToken,
         ttl: Duration,
     ) -> Self {
-        let renewal = Registration::start(&engine.shared, id, token);
+        let mut execution = Self::resume(engine, id, token, ttl);
+        execution.if_dropped = Some(Settlement::Release);
+        execution
+    }
+
+    pub(crate) fn resume(
+        engine: Arc<EngineState<S>>,
+        id: RecordId,
+        token: LeaseToken,
+        ttl: Duration,
+    ) -> Self {
+        let renewal = Registration::start(&engine, id, token);
         Self {
-            owned: Some(Owned {
+            owned: Some(OwnedKey {
                 engine,
                 id,
                 token,
@@ -134,24 +144,24 @@ impl<S: Store> Execution<S> {
     /// has executed the operation and is still gathering its result (reading a response
     /// body) when it may be cancelled.
     pub fn complete_if_dropped(&mut self, response: StoredResponse) {
-        self.if_dropped = Some(Settle::Complete(response));
+        self.if_dropped = Some(Settlement::Complete(response));
     }
 
     /// Stores `response` for replay. On a store fault the completion carries on in the
     /// background ([`Finish::Retrying`]): the caller may answer its client already.
     pub async fn complete(mut self, response: StoredResponse) -> Finish {
-        let settle = Settle::Complete(response);
+        let settlement = Settlement::Complete(response);
         // Set first: if this future is dropped during the store call, the guard carries on
         // with the same completion in the background.
-        self.if_dropped = Some(settle.clone());
-        self.finish(settle).await
+        self.if_dropped = Some(settlement.clone());
+        self.finish(settlement).await
     }
 
     /// Gives the key back without a result: the next request with it executes. On a store
     /// fault the release carries on in the background ([`Finish::Retrying`]).
     pub async fn release(mut self) -> Finish {
-        self.if_dropped = Some(Settle::Release);
-        self.finish(Settle::Release).await
+        self.if_dropped = Some(Settlement::Release);
+        self.finish(Settlement::Release).await
     }
 
     /// Stops renewing and hands the key to someone outside this process (a client of a
@@ -162,13 +172,13 @@ impl<S: Store> Execution<S> {
         (self.id, self.token)
     }
 
-    async fn finish(&mut self, settle: Settle) -> Finish {
+    async fn finish(&mut self, settlement: Settlement) -> Finish {
         let Some(owned) = self.owned.as_ref() else {
             return Finish::LeaseLost;
         };
         // From here a renewal that finds the key gone is the finish itself, not a loss.
         owned.renewal.state.mark_settled();
-        let finish = match owned.attempt(&settle).await {
+        let finish = match owned.try_once(&settlement).await {
             Ok(TransitionOutcome::Applied) => Finish::Done,
             Ok(TransitionOutcome::StaleLease) => Finish::LeaseLost,
             // Leave `if_dropped` set: dropping `self` on return hands the key to the
@@ -182,23 +192,24 @@ impl<S: Store> Execution<S> {
 
 impl<S: Store> Drop for Execution<S> {
     fn drop(&mut self) {
-        let (Some(owned), Some(settle)) = (self.owned.take(), self.if_dropped.take()) else {
+        let (Some(owned), Some(settlement)) = (self.owned.take(), self.if_dropped.take()) else {
             return;
         };
         // Without a runtime (the process is shutting down) the lease lapses on its own and
         // the key is reported as of unknown outcome.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(owned.settle(settle));
+            runtime.spawn(owned.settle_in_background(settlement));
         }
     }
 }
 
-impl<S: Store> Owned<S> {
-    async fn attempt(&self, settle: &Settle) -> Result<TransitionOutcome, StoreError> {
-        let store = &self.engine.shared.store;
-        match settle {
-            Settle::Release => timed("release", store.release(self.id, self.token)).await,
-            Settle::Complete(response) => {
+impl<S: Store> OwnedKey<S> {
+    /// Applies `settlement` once.
+    async fn try_once(&self, settlement: &Settlement) -> Result<TransitionOutcome, StoreError> {
+        let store = &self.engine.store;
+        match settlement {
+            Settlement::Release => timed("release", store.release(self.id, self.token)).await,
+            Settlement::Complete(response) => {
                 let request = CompleteRequest {
                     id: self.id,
                     token: self.token,
@@ -210,18 +221,18 @@ impl<S: Store> Owned<S> {
         }
     }
 
-    /// Tries `settle` until the store answers, renewing the lease meanwhile, for at most the
-    /// record's TTL (after which the record is gone anyway).
-    async fn settle(self, settle: Settle) {
+    /// Tries `settlement` until the store answers, renewing the lease meanwhile, for at most
+    /// the record's TTL (after which the record is gone anyway).
+    async fn settle_in_background(self, settlement: Settlement) {
         self.renewal.state.mark_settled();
         let give_up = tokio::time::Instant::now() + self.ttl;
         let mut pause = SETTLE_RETRY_START;
-        let what = match settle {
-            Settle::Release => "release",
-            Settle::Complete(_) => "complete",
+        let what = match settlement {
+            Settlement::Release => "release",
+            Settlement::Complete(_) => "complete",
         };
         loop {
-            match self.attempt(&settle).await {
+            match self.try_once(&settlement).await {
                 Ok(TransitionOutcome::Applied) => {
                     metrics::counter!("idem_settlements_total", "transition" => what, "result" => "applied").increment(1);
                     break;

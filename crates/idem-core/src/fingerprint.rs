@@ -164,9 +164,37 @@ mod tests {
             .finish()
     }
 
+    /// Stores keep fingerprints for a day or more, and a retry may reach another instance or a
+    /// newer build: a request must hash to the same digest everywhere, or every retry across
+    /// an upgrade would be refused as a mismatch. The digest is pinned, computed apart from
+    /// this code from the documented encoding: SHA-256 over each label then each value, each
+    /// prefixed by its length as a big-endian u64.
     #[test]
-    fn same_parts_same_fingerprint() {
-        assert_eq!(request(false, "{}"), request(false, "{}"));
+    fn a_request_hashes_to_the_same_digest_in_every_process_and_build() {
+        assert_eq!(
+            hex::encode(request(false, "{}").as_bytes()),
+            "968bec39f63afd1000e296735fdf4d4ea2ed1546fdda9b10a278f223da41a228"
+        );
+    }
+
+    /// The named parts are shorthands for labelled parts: the same request written either way
+    /// is the same fingerprint.
+    #[test]
+    fn named_parts_and_the_labelled_parts_they_stand_for_match() {
+        let labelled = Fingerprint::builder()
+            .part("method", b"POST")
+            .part("path", b"/charges?x=1")
+            .part("content-type", b"application/json")
+            .part("body", b"{}")
+            .finish();
+        assert_eq!(request(false, "{}"), labelled);
+        let canonical = Fingerprint::builder()
+            .part("method", b"POST")
+            .part("path", b"/charges?x=1")
+            .part("content-type", b"application/json")
+            .part("json-body", br#"{"a":1,"b":2}"#)
+            .finish();
+        assert_eq!(request(true, "{ \"b\": 2, \"a\": 1 }"), canonical);
     }
 
     #[test]
@@ -219,7 +247,9 @@ mod tests {
 
     #[test]
     fn canonical_json_falls_back_to_raw_bytes() {
-        assert_eq!(request(true, "not json"), request(true, "not json"));
+        // Not JSON: hashed as the raw body, exactly as with canonical JSON off...
+        assert_eq!(request(true, "not json"), request(false, "not json"));
+        // ...so every byte counts, whitespace included.
         assert_ne!(request(true, "not json"), request(true, "not  json"));
     }
 }

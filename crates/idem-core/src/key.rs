@@ -28,6 +28,7 @@ pub enum KeyPolicy {
 
 /// Why a header value is not an acceptable idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The value is empty (or an empty sf-string `""`).
     #[error("the idempotency key is empty; send 1 to 255 visible ASCII characters")]

@@ -12,6 +12,27 @@
 //!   operation runs and completes or releases the key, retrying through store faults.
 //! - [`store::transition`] is the executable spec of the five transitions every store shares.
 //!
+//! # Modules
+//!
+//! One concept per module; the imports between them go one way (`engine` →
+//! `execution` → `renewal` → `engine_state` → `store`, and everything → the value types).
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | `key` | [`IdempotencyKey`]: parsing the client's header, and the [`KeyPolicy`] it must meet |
+//! | `scope` | [`Scope`] (whose key it is) and the hashed [`RecordId`] a store keeps |
+//! | `fingerprint` | [`Fingerprint`]: what makes two requests the same |
+//! | `record` | what a store keeps per key: [`Record`], [`RecordState`], [`StoredResponse`], [`LeaseToken`], [`Timestamp`], and their byte encodings |
+//! | `clock` | [`Clock`]: where an in-process store reads the time ([`ManualClock`] in tests) |
+//! | [`store`] | the [`Store`] trait, one atomic call per transition, its requests, answers and errors; [`DynStore`] for a store chosen at run time |
+//! | [`store::transition`] | the transitions as pure functions: the semantics every store shares |
+//! | `memory` | [`MemoryStore`], the in-process store |
+//! | `engine` | [`Engine`]: who executes, who replays, who waits; [`Engine::resolve`] for operators |
+//! | `execution` | [`Execution`]: the guard that owns an acquired key until it is completed or released |
+//! | `renewal` | the one background task per engine that renews the leases of running executions |
+//! | `engine_state` | what the engine, its executions and its renewer share: the store, the settings, the lease registry |
+//! | `testkit` | (feature `testkit`) the store conformance suite, a reference model and network faults |
+//!
 //! ```
 //! use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, KeyPolicy, MemoryStore};
 //! use idem_core::{RecordId, Scope, StoredResponse};
@@ -37,6 +58,7 @@
 
 mod clock;
 mod engine;
+mod engine_state;
 mod execution;
 mod fingerprint;
 mod key;

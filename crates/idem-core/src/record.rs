@@ -254,13 +254,48 @@ mod tests {
     fn headers_round_trip_with_any_bytes() {
         let headers = vec![("x-a".to_owned(), Bytes::from_static(&[0, 0xff, b'"']))];
         assert_eq!(decode_headers(&encode_headers(&headers)).unwrap(), headers);
-        assert!(decode_headers(&[7]).is_err());
+        let error = decode_headers(&[7]).expect_err("format 7 does not exist");
+        assert_eq!(
+            (error.version, error.source),
+            (7, postcard::Error::DeserializeBadEncoding)
+        );
     }
 
     #[test]
     fn unknown_format_version_is_an_error_not_a_misread() {
-        assert!(Record::decode(&[9, 1, 2, 3]).is_err());
-        assert!(Record::decode(&[]).is_err());
+        let error = Record::decode(&[9, 1, 2, 3]).expect_err("format 9 does not exist");
+        assert_eq!(
+            (error.version, error.source.clone()),
+            (9, postcard::Error::DeserializeBadEncoding)
+        );
+        assert!(
+            error.to_string().contains("format version 9"),
+            "the error names the version it found: {error}"
+        );
+        let error = Record::decode(&[]).expect_err("no bytes, no record");
+        assert_eq!(
+            (error.version, error.source),
+            (0, postcard::Error::DeserializeUnexpectedEnd)
+        );
+    }
+
+    #[test]
+    fn a_known_version_with_a_damaged_body_is_an_error_of_that_version() {
+        let mut bytes = Record {
+            state: RecordState::Completed {
+                fingerprint: Fingerprint::from_bytes([7; 32]),
+                response: StoredResponse {
+                    status: 200,
+                    headers: vec![],
+                    body: None,
+                },
+            },
+            expires_at: Timestamp::from_millis(42),
+        }
+        .encode();
+        bytes.truncate(bytes.len() / 2);
+        let error = Record::decode(&bytes).expect_err("half a record");
+        assert_eq!(error.version, RECORD_FORMAT_VERSION);
     }
 
     #[test]

@@ -3,20 +3,19 @@
 //!
 //! A task per execution did the same, but every execution then paid for a spawn, a timer and
 //! an abort (a cross-thread wake-up on a multi-threaded runtime), whether it lasted a
-//! millisecond or a minute. Here an execution only inserts itself in a map and removes itself
-//! when finished; the one renewer task wakes every sixth of the lease and renews the leases
-//! that are due, concurrently.
+//! millisecond or a minute. Here an execution only inserts itself in the engine's
+//! [`LeaseRegistry`](crate::engine_state::LeaseRegistry) and removes itself when finished;
+//! the one renewer task wakes every sixth of the lease and renews the leases that are due,
+//! concurrently.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::engine::{Shared, timed};
+use crate::engine_state::{EngineState, LeaseKey, LeaseState};
+use crate::store::timed;
 use crate::{LeaseToken, RecordId, Store, TransitionOutcome};
 
 /// Shortest pause between two looks at the registry, whatever the lease: a store is not
@@ -26,53 +25,21 @@ const MIN_TICK: Duration = Duration::from_millis(5);
 /// take every connection of a pool.
 const CONCURRENT_RENEWALS: usize = 32;
 
-/// The executions whose leases an engine keeps alive, and its renewer task.
-#[derive(Default)]
-pub(crate) struct Renewals {
-    entries: Mutex<HashMap<(RecordId, LeaseToken), Arc<LeaseState>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// What the renewer and the execution share about one lease.
-#[derive(Debug)]
-pub(crate) struct LeaseState {
-    /// A renewal found the key no longer ours (taken over, resolved, expired).
-    lost: AtomicBool,
-    /// The key was finished: a renewal that then finds it gone is not a loss.
-    settled: AtomicBool,
-    /// When the lease was last renewed (or acquired).
-    renewed_at: Mutex<Instant>,
-}
-
-impl LeaseState {
-    pub(crate) fn lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn mark_settled(&self) {
-        self.settled.store(true, Ordering::Relaxed);
-    }
-}
-
 /// One execution's place in the registry; dropping it stops the renewals.
 pub(crate) struct Registration<S: Store> {
-    shared: Weak<Shared<S>>,
-    key: (RecordId, LeaseToken),
+    engine: Weak<EngineState<S>>,
+    key: LeaseKey,
     pub(crate) state: Arc<LeaseState>,
 }
 
 impl<S: Store> Registration<S> {
     /// Starts renewing `token`'s lease on `id`, and the engine's renewer if it is not running.
-    pub(crate) fn start(shared: &Arc<Shared<S>>, id: RecordId, token: LeaseToken) -> Self {
-        let state = Arc::new(LeaseState {
-            lost: AtomicBool::new(false),
-            settled: AtomicBool::new(false),
-            renewed_at: Mutex::new(Instant::now()),
-        });
-        lock(&shared.renewals.entries).insert((id, token), Arc::clone(&state));
-        ensure_renewer(shared);
+    pub(crate) fn start(engine: &Arc<EngineState<S>>, id: RecordId, token: LeaseToken) -> Self {
+        let state = Arc::new(LeaseState::new());
+        engine.leases.insert((id, token), Arc::clone(&state));
+        ensure_renewer(engine);
         Self {
-            shared: Arc::downgrade(shared),
+            engine: Arc::downgrade(engine),
             key: (id, token),
             state,
         }
@@ -81,70 +48,65 @@ impl<S: Store> Registration<S> {
 
 impl<S: Store> Drop for Registration<S> {
     fn drop(&mut self) {
-        if let Some(shared) = self.shared.upgrade() {
-            lock(&shared.renewals.entries).remove(&self.key);
+        if let Some(engine) = self.engine.upgrade() {
+            engine.leases.remove(&self.key);
         }
     }
 }
 
-/// A poisoned lock only means a renewal panicked mid-update of a map or an instant: both are
-/// whole values, safe to keep using.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Spawns the renewer on the current runtime unless one runs. A renewer whose runtime shut
 /// down (an engine shared across test runtimes) is replaced.
-fn ensure_renewer<S: Store>(shared: &Arc<Shared<S>>) {
-    let mut task = lock(&shared.renewals.task);
-    if task.as_ref().is_some_and(|running| !running.is_finished()) {
+fn ensure_renewer<S: Store>(engine: &Arc<EngineState<S>>) {
+    let mut renewer = engine.leases.renewer();
+    if renewer
+        .as_ref()
+        .is_some_and(|running| !running.is_finished())
+    {
         return;
     }
     // Without a runtime there is nothing to renew on: the lease lapses unless finished first.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        *task = Some(runtime.spawn(renew_while_the_engine_lives(Arc::downgrade(shared))));
+        *renewer = Some(runtime.spawn(renew_while_the_engine_lives(Arc::downgrade(engine))));
     }
 }
 
-async fn renew_while_the_engine_lives<S: Store>(shared: Weak<Shared<S>>) {
-    let Some(lease) = shared.upgrade().map(|shared| shared.lease) else {
+async fn renew_while_the_engine_lives<S: Store>(engine: Weak<EngineState<S>>) {
+    let Some(lease) = engine.upgrade().map(|engine| engine.lease) else {
         return;
     };
     let due_after = lease / 3;
     let tick = (lease / 6).max(MIN_TICK);
     loop {
         tokio::time::sleep(tick).await;
-        let Some(shared) = shared.upgrade() else {
+        let Some(engine) = engine.upgrade() else {
             return;
         };
-        let now = Instant::now();
-        let due: Vec<((RecordId, LeaseToken), Arc<LeaseState>)> = lock(&shared.renewals.entries)
-            .iter()
-            .filter(|(_, state)| now.duration_since(*lock(&state.renewed_at)) >= due_after)
-            .map(|(key, state)| (*key, Arc::clone(state)))
-            .collect();
+        let due = engine.leases.due(Instant::now(), due_after);
         futures_util::stream::iter(due)
             .for_each_concurrent(CONCURRENT_RENEWALS, |((id, token), state)| {
-                let shared = Arc::clone(&shared);
-                async move { renew(&shared, id, token, &state).await }
+                let engine = Arc::clone(&engine);
+                async move { renew(&engine, id, token, &state).await }
             })
             .await;
     }
 }
 
-async fn renew<S: Store>(shared: &Shared<S>, id: RecordId, token: LeaseToken, state: &LeaseState) {
+async fn renew<S: Store>(
+    engine: &EngineState<S>,
+    id: RecordId,
+    token: LeaseToken,
+    state: &LeaseState,
+) {
     let started = Instant::now();
-    match timed("renew", shared.store.renew(id, token, shared.lease)).await {
+    match timed("renew", engine.store.renew(id, token, engine.lease)).await {
         Ok(TransitionOutcome::Applied) => {
-            *lock(&state.renewed_at) = started;
+            state.mark_renewed(started);
             metrics::counter!("idem_lease_renewals_total", "result" => "renewed").increment(1);
         }
         Ok(TransitionOutcome::StaleLease) => {
-            lock(&shared.renewals.entries).remove(&(id, token));
-            if !state.settled.load(Ordering::Relaxed) {
-                state.lost.store(true, Ordering::Relaxed);
+            engine.leases.remove(&(id, token));
+            if !state.settled() {
+                state.mark_lost();
                 metrics::counter!("idem_lease_renewals_total", "result" => "lost").increment(1);
                 tracing::error!(record = %id, "this execution's lease was taken over or resolved while it ran; its result will not be stored");
             }

@@ -12,6 +12,17 @@
 //! transition; tests hand the store a [`ManualClock`](idem_core::ManualClock) instead
 //! ([`EmbeddedStore::builder`]) to move time by hand.
 //!
+//! # Modules
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | `store` | [`EmbeddedStore`]: opening it, the [`Store`](idem_core::Store) implementation, the read-only fast path of replays |
+//! | `writer` | the single writer thread: its queue, the group commit, deciding each transition at the store's clock |
+//! | `layout` | the files on disk: the database directory, its keyspaces, how records and the expiry index are keyed |
+//!
+//! `store` hands every transition to `writer`; both read and write the database through
+//! `layout`, which knows neither.
+//!
 //! ```
 //! use idem_core::{Begin, Engine, Fingerprint, RecordId, Scope, IdempotencyKey, KeyPolicy};
 //! use idem_embedded::EmbeddedStore;

@@ -40,7 +40,7 @@ const MAX_BATCH: usize = 512;
 const QUEUE_CAPACITY: usize = 8192;
 
 /// Why a whole batch failed: the database could not be read or written.
-type Fault = fjall::Error;
+type DatabaseError = fjall::Error;
 
 /// A transition the writer decides and commits.
 pub(crate) trait Request: Send + 'static {
@@ -54,7 +54,7 @@ pub(crate) trait Request: Send + 'static {
         &self,
         batch: &mut Batch<'_>,
         now: Timestamp,
-    ) -> Result<Result<Self::Output, StoreError>, Fault>;
+    ) -> Result<Result<Self::Output, StoreError>, DatabaseError>;
 }
 
 impl Request for BeginRequest {
@@ -64,7 +64,7 @@ impl Request for BeginRequest {
         &self,
         batch: &mut Batch<'_>,
         now: Timestamp,
-    ) -> Result<Result<BeginOutcome, StoreError>, Fault> {
+    ) -> Result<Result<BeginOutcome, StoreError>, DatabaseError> {
         batch.transition(self.id, |current| transition::begin(current, self, now))
     }
 }
@@ -83,7 +83,7 @@ impl Request for Renew {
         &self,
         batch: &mut Batch<'_>,
         now: Timestamp,
-    ) -> Result<Result<TransitionOutcome, StoreError>, Fault> {
+    ) -> Result<Result<TransitionOutcome, StoreError>, DatabaseError> {
         batch.transition(self.id, |current| {
             transition::renew(current, self.token, self.lease, now)
         })
@@ -97,7 +97,7 @@ impl Request for CompleteRequest {
         &self,
         batch: &mut Batch<'_>,
         now: Timestamp,
-    ) -> Result<Result<TransitionOutcome, StoreError>, Fault> {
+    ) -> Result<Result<TransitionOutcome, StoreError>, DatabaseError> {
         batch.transition(self.id, |current| transition::complete(current, self, now))
     }
 }
@@ -115,7 +115,7 @@ impl Request for Release {
         &self,
         batch: &mut Batch<'_>,
         now: Timestamp,
-    ) -> Result<Result<TransitionOutcome, StoreError>, Fault> {
+    ) -> Result<Result<TransitionOutcome, StoreError>, DatabaseError> {
         batch.transition(self.id, |current| {
             transition::release(current, self.token, now)
         })
@@ -134,7 +134,7 @@ impl Request for Sweep {
         &self,
         batch: &mut Batch<'_>,
         now: Timestamp,
-    ) -> Result<Result<usize, StoreError>, Fault> {
+    ) -> Result<Result<usize, StoreError>, DatabaseError> {
         batch.sweep(now, self.limit).map(Ok)
     }
 }
@@ -147,8 +147,9 @@ pub(crate) struct Queued<R: Request> {
     reply: Reply<R::Output>,
 }
 
-/// A decided request, holding its answer until the batch is durable.
-struct Answer<T> {
+/// A decided request: its result, held back until the batch is durable, and the channel it
+/// then goes back on.
+struct Decision<T> {
     reply: Reply<T>,
     result: Result<T, StoreError>,
 }
@@ -156,29 +157,29 @@ struct Answer<T> {
 impl<R: Request> Queued<R> {
     /// Decides the request, unless an earlier one in the batch already failed it. The clock
     /// is read now, as the transition is decided.
-    fn decide(self, batch: &mut Batch<'_>, clock: &dyn Clock) -> Answer<R::Output> {
-        let result = if batch.fault.is_some() {
+    fn decide(self, batch: &mut Batch<'_>, clock: &dyn Clock) -> Decision<R::Output> {
+        let result = if batch.doomed_by.is_some() {
             Err(StoreError::unavailable(
                 "the embedded store's commit failed",
             ))
         } else {
             match self.request.decide(batch, clock.now()) {
                 Ok(result) => result,
-                Err(fault) => {
-                    let result = Err(StoreError::unavailable(fault.to_string()));
-                    batch.fault = Some(fault);
+                Err(database_error) => {
+                    let result = Err(StoreError::unavailable(database_error.to_string()));
+                    batch.doomed_by = Some(database_error);
                     result
                 }
             }
         };
-        Answer {
+        Decision {
             reply: self.reply,
             result,
         }
     }
 }
 
-impl<T> Answer<T> {
+impl<T> Decision<T> {
     /// Answers the caller: with the decided result once the batch is durable, with the
     /// batch's error otherwise. A caller that stopped waiting (its request was cancelled) is
     /// no error: its write is durable all the same, and an orphaned lease is released or
@@ -192,8 +193,8 @@ impl<T> Answer<T> {
     }
 }
 
-/// Every kind of queued request.
-pub(crate) enum Operation {
+/// A queued request of any kind.
+pub(crate) enum AnyQueued {
     Begin(Queued<BeginRequest>),
     Renew(Queued<Renew>),
     Complete(Queued<CompleteRequest>),
@@ -201,38 +202,38 @@ pub(crate) enum Operation {
     Sweep(Queued<Sweep>),
 }
 
-/// Every kind of decided request: each variant's answer has its request's output type.
-enum Answered {
-    Begin(Answer<BeginOutcome>),
-    Transition(Answer<TransitionOutcome>),
-    Swept(Answer<usize>),
+/// A decision of any kind of request: each variant's result has its request's output type.
+enum AnyDecision {
+    Begin(Decision<BeginOutcome>),
+    Transition(Decision<TransitionOutcome>),
+    Swept(Decision<usize>),
 }
 
-impl Operation {
-    fn decide(self, batch: &mut Batch<'_>, clock: &dyn Clock) -> Answered {
+impl AnyQueued {
+    fn decide(self, batch: &mut Batch<'_>, clock: &dyn Clock) -> AnyDecision {
         match self {
-            Self::Begin(queued) => Answered::Begin(queued.decide(batch, clock)),
-            Self::Renew(queued) => Answered::Transition(queued.decide(batch, clock)),
-            Self::Complete(queued) => Answered::Transition(queued.decide(batch, clock)),
-            Self::Release(queued) => Answered::Transition(queued.decide(batch, clock)),
-            Self::Sweep(queued) => Answered::Swept(queued.decide(batch, clock)),
+            Self::Begin(queued) => AnyDecision::Begin(queued.decide(batch, clock)),
+            Self::Renew(queued) => AnyDecision::Transition(queued.decide(batch, clock)),
+            Self::Complete(queued) => AnyDecision::Transition(queued.decide(batch, clock)),
+            Self::Release(queued) => AnyDecision::Transition(queued.decide(batch, clock)),
+            Self::Sweep(queued) => AnyDecision::Swept(queued.decide(batch, clock)),
         }
     }
 }
 
-impl Answered {
+impl AnyDecision {
     fn send(self, failure: Option<&str>) {
         match self {
-            Self::Begin(answer) => answer.send(failure),
-            Self::Transition(answer) => answer.send(failure),
-            Self::Swept(answer) => answer.send(failure),
+            Self::Begin(decision) => decision.send(failure),
+            Self::Transition(decision) => decision.send(failure),
+            Self::Swept(decision) => decision.send(failure),
         }
     }
 }
 
 macro_rules! queued_as {
     ($request:ty, $variant:ident) => {
-        impl From<Queued<$request>> for Operation {
+        impl From<Queued<$request>> for AnyQueued {
             fn from(queued: Queued<$request>) -> Self {
                 Self::$variant(queued)
             }
@@ -250,13 +251,13 @@ queued_as!(Sweep, Sweep);
 /// clone is dropped.
 #[derive(Clone)]
 pub(crate) struct Writer {
-    queue: mpsc::Sender<Operation>,
-    counters: Arc<Counters>,
+    queue: mpsc::Sender<AnyQueued>,
+    counters: Arc<CommitCounters>,
 }
 
 /// What the writer has done since the store was opened.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub(crate) struct CommitCounters {
     pub(crate) commits: AtomicU64,
     pub(crate) operations: AtomicU64,
 }
@@ -268,15 +269,15 @@ impl Writer {
     /// The thread could not be spawned.
     pub(crate) fn start(keyspaces: Keyspaces, clock: Arc<dyn Clock>) -> std::io::Result<Self> {
         let (queue, operations) = mpsc::channel(QUEUE_CAPACITY);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(CommitCounters::default());
         let thread_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("idem-embedded-writer".into())
-            .spawn(move || run(&keyspaces, &*clock, operations, &thread_counters))?;
+            .spawn(move || write_batches(&keyspaces, &*clock, operations, &thread_counters))?;
         Ok(Self { queue, counters })
     }
 
-    pub(crate) fn counters(&self) -> &Counters {
+    pub(crate) fn counters(&self) -> &CommitCounters {
         &self.counters
     }
 
@@ -284,7 +285,7 @@ impl Writer {
     pub(crate) async fn submit<R>(&self, request: R) -> Result<R::Output, StoreError>
     where
         R: Request,
-        Operation: From<Queued<R>>,
+        AnyQueued: From<Queued<R>>,
     {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::unavailable("the embedded store's writer thread has stopped");
@@ -296,14 +297,16 @@ impl Writer {
     }
 }
 
-fn run(
+/// The writer thread: takes a batch of waiting requests, decides them, commits them with one
+/// fsync and answers their callers; until every sender is dropped.
+fn write_batches(
     keyspaces: &Keyspaces,
     clock: &dyn Clock,
-    mut operations: mpsc::Receiver<Operation>,
-    counters: &Counters,
+    mut operations: mpsc::Receiver<AnyQueued>,
+    counters: &CommitCounters,
 ) {
     let mut queued = Vec::with_capacity(MAX_BATCH);
-    let mut answered = Vec::with_capacity(MAX_BATCH);
+    let mut decided = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = operations.blocking_recv() {
         queued.push(first);
         while queued.len() < MAX_BATCH {
@@ -313,25 +316,25 @@ fn run(
             }
         }
         let mut batch = Batch::new(keyspaces);
-        answered.extend(
+        decided.extend(
             queued
                 .drain(..)
                 .map(|operation| operation.decide(&mut batch, clock)),
         );
-        let count = answered.len() as u64;
+        let count = decided.len() as u64;
         match batch.commit() {
             Ok(()) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 counters.operations.fetch_add(count, Ordering::Relaxed);
-                for answer in answered.drain(..) {
-                    answer.send(None);
+                for decision in decided.drain(..) {
+                    decision.send(None);
                 }
             }
             Err(error) => {
                 tracing::error!(%error, operations = count, "embedded store commit failed");
                 let message = error.to_string();
-                for answer in answered.drain(..) {
-                    answer.send(Some(&message));
+                for decision in decided.drain(..) {
+                    decision.send(Some(&message));
                 }
             }
         }
@@ -348,7 +351,7 @@ pub(crate) struct Batch<'a> {
     /// Expiry index key to present (`true`) or removed (`false`).
     expiry: HashMap<ExpiryKey, bool>,
     /// The database error that dooms the batch: nothing is written, every caller is failed.
-    fault: Option<Fault>,
+    doomed_by: Option<DatabaseError>,
 }
 
 impl<'a> Batch<'a> {
@@ -357,18 +360,18 @@ impl<'a> Batch<'a> {
             keyspaces,
             records: HashMap::new(),
             expiry: HashMap::new(),
-            fault: None,
+            doomed_by: None,
         }
     }
 
     /// The record as this batch sees it: its own writes first, then the store.
-    fn current(&self, id: &RecordId) -> Result<Result<Option<Record>, StoreError>, Fault> {
+    fn current(&self, id: &RecordId) -> Result<Result<Option<Record>, StoreError>, DatabaseError> {
         if let Some(pending) = self.records.get(id) {
             return Ok(Ok(pending.clone()));
         }
         match self.keyspaces.read_record(id) {
             Ok(record) => Ok(Ok(record)),
-            Err(ReadError::Database(fault)) => Err(fault),
+            Err(ReadError::Database(database_error)) => Err(database_error),
             Err(corrupted @ ReadError::Corrupted(_)) => Ok(Err(corrupted.into())),
         }
     }
@@ -377,7 +380,7 @@ impl<'a> Batch<'a> {
         &mut self,
         id: RecordId,
         decide: impl FnOnce(Option<&Record>) -> (T, Write),
-    ) -> Result<Result<T, StoreError>, Fault> {
+    ) -> Result<Result<T, StoreError>, DatabaseError> {
         let current = match self.current(&id)? {
             Ok(current) => current,
             Err(corrupted) => return Ok(Err(corrupted)),
@@ -406,7 +409,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Deletes up to `limit` records whose index entry says they expired at or before `now`.
-    fn sweep(&mut self, now: Timestamp, limit: usize) -> Result<usize, Fault> {
+    fn sweep(&mut self, now: Timestamp, limit: usize) -> Result<usize, DatabaseError> {
         let mut swept = 0;
         for index in self.keyspaces.expired_up_to(now) {
             if swept >= limit {
@@ -432,9 +435,9 @@ impl<'a> Batch<'a> {
 
     /// Writes the batch atomically and fsyncs the journal before returning; writes nothing
     /// if the batch was doomed.
-    fn commit(self) -> Result<(), Fault> {
-        if let Some(fault) = self.fault {
-            return Err(fault);
+    fn commit(self) -> Result<(), DatabaseError> {
+        if let Some(database_error) = self.doomed_by {
+            return Err(database_error);
         }
         let Keyspaces {
             database,

@@ -11,7 +11,7 @@ use idem_core::{
     BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, ManualClock,
     OnLapse, RecordId, Store, StoredResponse, SystemClock,
 };
-use idem_embedded::EmbeddedStore;
+use idem_embedded::{DATABASE_DIR, EmbeddedStore, OpenError};
 
 /// The environment variable that turns the `crash_child` test into the process being killed.
 const CHILD_DIR: &str = "IDEM_EMBEDDED_CRASH_CHILD_DIR";
@@ -150,10 +150,16 @@ async fn concurrent_writes_share_commits() {
 fn a_store_in_use_cannot_be_opened_twice() {
     let directory = tempfile::tempdir().expect("temporary directory");
     let _store = EmbeddedStore::open(directory.path()).expect("store opens");
-    assert!(
-        EmbeddedStore::open(directory.path()).is_err(),
-        "fjall locks the directory"
-    );
+    match EmbeddedStore::open(directory.path()) {
+        Err(OpenError::Database { path, source }) => {
+            assert!(
+                matches!(*source, fjall::Error::Locked),
+                "fjall locks the directory: {source:?}"
+            );
+            assert_eq!(path, directory.path().join(DATABASE_DIR));
+        }
+        other => panic!("expected the database to be locked, got {other:?}"),
+    }
 }
 
 /// Leases and expiry follow the store's clock across a reopening: the expiry index is on disk

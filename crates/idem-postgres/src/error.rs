@@ -9,6 +9,7 @@ use crate::row::RowError;
 
 /// Why [`PostgresStore`](crate::PostgresStore) could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The connection URL is malformed or names an option the driver does not know.
     #[error("invalid PostgreSQL connection URL: {0}")]

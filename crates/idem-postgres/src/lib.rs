@@ -25,6 +25,18 @@
 //! `synchronous_commit = off`, standbys replicating asynchronously). The statements need
 //! PostgreSQL 9.5 or later (`ON CONFLICT`, `SKIP LOCKED`); tested with 15.
 //!
+//! # Modules
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | `store` | [`PostgresStore`]: connecting, the pool, the migrations, the [`Store`](idem_core::Store) implementation |
+//! | `sql` | the one statement of each transition, and why each is race-free |
+//! | `row` | idem's types as columns and back: timestamps, tokens, headers, a row into a record |
+//! | `durability` | the server settings that may lose commits, and what each risks |
+//! | `error` | [`ConnectError`], and how driver errors become [`StoreError`](idem_core::StoreError)s |
+//!
+//! The schema itself is in `migrations/`, embedded at build time.
+//!
 //! ```no_run
 //! use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, KeyPolicy, RecordId, Scope};
 //! use idem_postgres::PostgresStore;
@@ -45,6 +57,7 @@
 //! # }
 //! ```
 
+mod durability;
 mod error;
 mod row;
 mod sql;

@@ -129,7 +129,15 @@ mod tests {
         let now = Timestamp::from_millis(1_700_000_000_000);
         assert_eq!(timestamp_to_sql(now), 1_700_000_000_000);
         assert_eq!(timestamp_to_sql(Timestamp::from_millis(u64::MAX)), i64::MAX);
-        assert!(timestamp_from_sql("expires_at", -1).is_err());
+        match timestamp_from_sql("expires_at", -1) {
+            Err(RowError::Unexpected { column, detail }) => {
+                assert_eq!(
+                    (column, detail.as_str()),
+                    ("expires_at", "negative timestamp -1")
+                );
+            }
+            other => panic!("a negative timestamp is an unexpected value, got {other:?}"),
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
+use crate::durability::DurabilitySettings;
 use crate::error::{ConnectError, store_error};
 use crate::row::{duration_to_sql, now_from_row, record_from_row, timestamp_to_sql, token_to_sql};
 use crate::sql;
@@ -228,7 +229,7 @@ impl PostgresStore {
 
 /// Runs one statement within [`OPERATION_TIMEOUT`] (see [`idem_core::bounded`]), sorting
 /// its driver errors.
-async fn bounded<T>(
+async fn bounded_statement<T>(
     operation: &'static str,
     future: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, StoreError> {
@@ -242,7 +243,7 @@ impl Store for PostgresStore {
     async fn begin(&self, request: BeginRequest) -> Result<BeginOutcome, StoreError> {
         // Names this statement's acquisition; see `sql::BEGIN`.
         let acquisition: i64 = rand::random();
-        let row = bounded(
+        let row = bounded_statement(
             "begin",
             sqlx::query(sql::BEGIN)
                 .bind(self.now_override())
@@ -280,7 +281,7 @@ impl Store for PostgresStore {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<TransitionOutcome, StoreError> {
-        let result = bounded(
+        let result = bounded_statement(
             "renew",
             sqlx::query(sql::RENEW)
                 .bind(self.now_override())
@@ -290,14 +291,14 @@ impl Store for PostgresStore {
                 .execute(&self.pool),
         )
         .await?;
-        Ok(applied(result.rows_affected()))
+        Ok(fenced_outcome(result.rows_affected()))
     }
 
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
         let headers = idem_core::encode_headers(&request.response.headers);
         let status = i32::from(request.response.status);
         let body = request.response.body.as_deref();
-        let result = bounded(
+        let result = bounded_statement(
             "complete",
             sqlx::query(sql::COMPLETE)
                 .bind(self.now_override())
@@ -310,7 +311,7 @@ impl Store for PostgresStore {
                 .execute(&self.pool),
         )
         .await?;
-        Ok(applied(result.rows_affected()))
+        Ok(fenced_outcome(result.rows_affected()))
     }
 
     async fn release(
@@ -318,7 +319,7 @@ impl Store for PostgresStore {
         id: RecordId,
         token: LeaseToken,
     ) -> Result<TransitionOutcome, StoreError> {
-        let result = bounded(
+        let result = bounded_statement(
             "release",
             sqlx::query(sql::RELEASE)
                 .bind(self.now_override())
@@ -327,11 +328,11 @@ impl Store for PostgresStore {
                 .execute(&self.pool),
         )
         .await?;
-        Ok(applied(result.rows_affected()))
+        Ok(fenced_outcome(result.rows_affected()))
     }
 
     async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
-        let row = bounded(
+        let row = bounded_statement(
             "get",
             sqlx::query(sql::GET)
                 .bind(self.now_override())
@@ -350,7 +351,7 @@ impl Store for PostgresStore {
 
     async fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).map_or(MAX_SWEEP_BATCH, |l| l.min(MAX_SWEEP_BATCH));
-        let result = bounded(
+        let result = bounded_statement(
             "sweep_expired",
             sqlx::query(sql::SWEEP)
                 .bind(self.now_override())
@@ -363,143 +364,21 @@ impl Store for PostgresStore {
     }
 
     async fn durability_risks(&self) -> Result<Vec<DurabilityRisk>, StoreError> {
-        let row = bounded(
+        let row = bounded_statement(
             "durability_risks",
             sqlx::query(sql::DURABILITY_SETTINGS).fetch_one(&self.pool),
         )
         .await?;
-        let setting = |column: &'static str| -> Result<String, StoreError> {
-            row.try_get::<String, _>(column).map_err(store_error)
-        };
-        let standbys: i64 = row.try_get("standbys").map_err(store_error)?;
-        Ok(durability_risks(&DurabilitySettings {
-            synchronous_commit: setting("synchronous_commit")?,
-            fsync: setting("fsync")?,
-            synchronous_standby_names: setting("synchronous_standby_names")?,
-            standbys,
-        }))
+        let settings = DurabilitySettings::from_row(&row).map_err(store_error)?;
+        Ok(settings.risks())
     }
-}
-
-/// The server settings [`Store::durability_risks`] reads.
-#[derive(Debug)]
-struct DurabilitySettings {
-    synchronous_commit: String,
-    fsync: String,
-    synchronous_standby_names: String,
-    /// Standbys streaming from this server.
-    standbys: i64,
-}
-
-/// What in `settings` may make the server forget records. None of them deletes live records
-/// on its own, so none refuses the start: they only lose the last commits in a crash or a
-/// failover, which an operator may accept knowingly.
-fn durability_risks(settings: &DurabilitySettings) -> Vec<DurabilityRisk> {
-    let mut risks = Vec::new();
-    if settings.fsync.eq_ignore_ascii_case("off") {
-        risks.push(DurabilityRisk {
-            setting: "fsync=off".to_owned(),
-            risk: "PostgreSQL does not flush its writes to disk, so a crash of the server or its \
-                   machine can lose or corrupt completed records, and a retry then executes the \
-                   operation again."
-                .to_owned(),
-            refuse: false,
-        });
-    }
-    let synchronous_commit = settings.synchronous_commit.to_ascii_lowercase();
-    if synchronous_commit == "off" {
-        risks.push(DurabilityRisk {
-            setting: "synchronous_commit=off".to_owned(),
-            risk: "PostgreSQL acknowledges commits before they are on disk, so a crash of the \
-                   server can lose the last completed records, and a retry of those requests \
-                   then executes them again."
-                .to_owned(),
-            refuse: false,
-        });
-    }
-    let standby_names = settings.synchronous_standby_names.trim();
-    if settings.standbys > 0 && standby_names.is_empty() {
-        risks.push(DurabilityRisk {
-            setting: "synchronous_standby_names=''".to_owned(),
-            risk: format!(
-                "{} standby(s) replicate from this server asynchronously, so a failover to one \
-                 of them can lose the last completed records, and a retry of those requests \
-                 then executes them again.",
-                settings.standbys
-            ),
-            refuse: false,
-        });
-    } else if !standby_names.is_empty() && synchronous_commit == "local" {
-        risks.push(DurabilityRisk {
-            setting: "synchronous_commit=local".to_owned(),
-            risk: "Commits do not wait for the synchronous standbys, so a failover to a standby \
-                   can lose the last completed records, and a retry of those requests then \
-                   executes them again."
-                .to_owned(),
-            refuse: false,
-        });
-    }
-    risks
 }
 
 /// A fenced statement's outcome from the rows it changed (the id is the primary key: 0 or 1).
-fn applied(rows_affected: u64) -> TransitionOutcome {
+fn fenced_outcome(rows_affected: u64) -> TransitionOutcome {
     if rows_affected == 1 {
         TransitionOutcome::Applied
     } else {
         TransitionOutcome::StaleLease
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(
-        synchronous_commit: &str,
-        fsync: &str,
-        names: &str,
-        standbys: i64,
-    ) -> DurabilitySettings {
-        DurabilitySettings {
-            synchronous_commit: synchronous_commit.to_owned(),
-            fsync: fsync.to_owned(),
-            synchronous_standby_names: names.to_owned(),
-            standbys,
-        }
-    }
-
-    fn risky_settings(settings: &DurabilitySettings) -> Vec<String> {
-        durability_risks(settings)
-            .into_iter()
-            .inspect(|risk| assert!(!risk.refuse, "{risk:?}"))
-            .map(|risk| risk.setting)
-            .collect()
-    }
-
-    #[test]
-    fn defaults_on_a_single_server_are_no_risk() {
-        assert!(risky_settings(&settings("on", "on", "", 0)).is_empty());
-        // Without synchronous standbys, `local` flushes like `on`.
-        assert!(risky_settings(&settings("local", "on", "", 0)).is_empty());
-        assert!(risky_settings(&settings("on", "on", "FIRST 1 (s1)", 1)).is_empty());
-    }
-
-    #[test]
-    fn each_setting_that_loses_commits_is_a_risk_that_does_not_refuse() {
-        assert_eq!(risky_settings(&settings("on", "off", "", 0)), ["fsync=off"]);
-        assert_eq!(
-            risky_settings(&settings("off", "on", "", 0)),
-            ["synchronous_commit=off"]
-        );
-        assert_eq!(
-            risky_settings(&settings("on", "on", "", 2)),
-            ["synchronous_standby_names=''"]
-        );
-        assert_eq!(
-            risky_settings(&settings("local", "on", "s1", 1)),
-            ["synchronous_commit=local"]
-        );
-        assert_eq!(risky_settings(&settings("off", "off", "", 1)).len(), 3);
     }
 }

@@ -50,7 +50,7 @@ fn decimal(field: &str, bytes: &[u8]) -> Result<u64, DecodeError> {
         .ok_or_else(|| unreadable(format!("{field} is not a decimal number")))
 }
 
-fn response(
+fn stored_response(
     status: &[u8],
     headers: &[u8],
     has_body: &[u8],
@@ -76,7 +76,7 @@ fn timestamp(field: &str, bytes: &[u8]) -> Result<Timestamp, DecodeError> {
 }
 
 /// The strings of a script's reply array; `None` for a nil (a field that was missing).
-fn strings(reply: Value) -> Result<Vec<Option<Vec<u8>>>, DecodeError> {
+fn reply_strings(reply: Value) -> Result<Vec<Option<Vec<u8>>>, DecodeError> {
     let Value::Array(items) = reply else {
         return Err(unreadable(format!(
             "script replied {reply:?}, not an array"
@@ -95,7 +95,7 @@ fn strings(reply: Value) -> Result<Vec<Option<Vec<u8>>>, DecodeError> {
 
 /// The reply of `lua/begin.lua`.
 pub(crate) fn begin_outcome(reply: Value) -> Result<BeginOutcome, DecodeError> {
-    let mut items = strings(reply)?.into_iter();
+    let mut items = reply_strings(reply)?.into_iter();
     let mut next = |what: &str| {
         items
             .next()
@@ -117,7 +117,7 @@ pub(crate) fn begin_outcome(reply: Value) -> Result<BeginOutcome, DecodeError> {
         b"replay" => {
             let (status, headers) = (next("status")?, next("headers")?);
             let (has_body, body) = (next("has_body")?, next("body")?);
-            Ok(BeginOutcome::Replay(response(
+            Ok(BeginOutcome::Replay(stored_response(
                 &status, &headers, &has_body, body,
             )?))
         }
@@ -133,7 +133,7 @@ pub(crate) fn begin_outcome(reply: Value) -> Result<BeginOutcome, DecodeError> {
 /// record and that clock, or `None` if the record is absent or expired at that clock, since
 /// Redis deletes a key only a grace period after the record expired.
 pub(crate) fn snapshot(reply: Value) -> Result<Option<RecordSnapshot>, DecodeError> {
-    let mut items = strings(reply)?.into_iter();
+    let mut items = reply_strings(reply)?.into_iter();
     let now = timestamp(
         "now",
         &items
@@ -184,7 +184,7 @@ fn visible_record(
             let (has_body, body) = (take("has_body")?, take("body")?);
             RecordState::Completed {
                 fingerprint,
-                response: response(&status, &headers, &has_body, body)?,
+                response: stored_response(&status, &headers, &has_body, body)?,
             }
         }
         _ => return Err(unreadable("unknown state")),
@@ -236,14 +236,31 @@ mod tests {
             begin_outcome(Value::Array(vec![bulk(b"unknown")])).unwrap(),
             BeginOutcome::OutcomeUnknown
         );
-        for bad in [
-            Value::Int(1),
-            Value::Array(vec![bulk(b"replay"), Value::Nil]),
-            Value::Array(vec![bulk(b"corrupt"), bulk(b"no expires_at")]),
-            Value::Array(vec![bulk(b"in_flight"), bulk(b"-1"), bulk(b"0")]),
-            Value::Array(vec![bulk(b"in_flight"), bulk(b"1")]),
+        for (bad, why) in [
+            (Value::Int(1), "script replied int(1), not an array"),
+            (
+                Value::Array(vec![bulk(b"replay"), Value::Nil]),
+                "begin reply without status",
+            ),
+            (
+                Value::Array(vec![bulk(b"corrupt"), bulk(b"no expires_at")]),
+                "no expires_at",
+            ),
+            (
+                Value::Array(vec![bulk(b"in_flight"), bulk(b"-1"), bulk(b"0")]),
+                "lease_until is not a decimal number",
+            ),
+            (
+                Value::Array(vec![bulk(b"in_flight"), bulk(b"1")]),
+                "begin reply without now",
+            ),
+            (
+                Value::Array(vec![bulk(b"granted")]),
+                "begin replied \"granted\"",
+            ),
         ] {
-            assert!(begin_outcome(bad).is_err());
+            let error = begin_outcome(bad).expect_err(why);
+            assert_eq!(error.0, why);
         }
     }
 
@@ -286,12 +303,19 @@ mod tests {
         // Expired at the script's clock: absent, whether or not Redis deleted the key yet.
         assert_eq!(snapshot(reply(b"200")).unwrap(), None);
         assert_eq!(snapshot(Value::Array(vec![bulk(b"5")])).unwrap(), None);
-        for bad in [
-            Value::Array(vec![]),
-            Value::Array(vec![bulk(b"5"), bulk(b"state")]),
-            Value::Array(vec![bulk(b"5"), bulk(b"state"), bulk(b"in_flight")]),
+        for (bad, why) in [
+            (Value::Array(vec![]), "get reply without now"),
+            (
+                Value::Array(vec![bulk(b"5"), bulk(b"state")]),
+                "get reply with a field without a value",
+            ),
+            (
+                Value::Array(vec![bulk(b"5"), bulk(b"state"), bulk(b"in_flight")]),
+                "record without expires_at",
+            ),
         ] {
-            assert!(snapshot(bad).is_err());
+            let error = snapshot(bad).expect_err(why);
+            assert_eq!(error.0, why);
         }
     }
 }

@@ -49,40 +49,51 @@ pub(crate) fn commands() -> Vec<(&'static str, Cmd)> {
 
 /// One node's settings, and what of them could not be read.
 #[derive(Debug, Default)]
-struct Node {
+struct NodeSettings {
     settings: HashMap<&'static str, String>,
     unreadable: Vec<&'static str>,
     /// Why the first unreadable one could not be read.
     reason: Option<String>,
 }
 
-impl Node {
+impl NodeSettings {
     fn unreadable(&mut self, what: &'static str, reason: String) {
         self.unreadable.push(what);
         self.reason.get_or_insert(reason);
     }
 
+    /// Records the node's reply to the command that reads `what`.
     fn read(&mut self, what: &'static str, reply: Value) {
         if what == REPLICATION {
-            let Ok(info) = String::from_redis_value(reply) else {
-                return self.unreadable(what, "INFO answered something else than text".into());
-            };
-            let fields: HashMap<&str, &str> = info
-                .lines()
-                .filter_map(|line| line.trim().split_once(':'))
-                .collect();
-            match (fields.get("role"), fields.get("connected_slaves")) {
-                (Some(role), slaves) => {
-                    self.settings.insert("role", (*role).to_owned());
-                    if let Some(slaves) = slaves {
-                        self.settings
-                            .insert("connected_slaves", (*slaves).to_owned());
-                    }
-                }
-                (None, _) => self.unreadable(what, "INFO did not report the role".into()),
-            }
-            return;
+            self.read_replication(reply);
+        } else {
+            self.read_config(what, reply);
         }
+    }
+
+    /// The `role` and `connected_slaves` of an `INFO replication` reply.
+    fn read_replication(&mut self, reply: Value) {
+        let Ok(info) = String::from_redis_value(reply) else {
+            return self.unreadable(REPLICATION, "INFO answered something else than text".into());
+        };
+        let fields: HashMap<&str, &str> = info
+            .lines()
+            .filter_map(|line| line.trim().split_once(':'))
+            .collect();
+        match (fields.get("role"), fields.get("connected_slaves")) {
+            (Some(role), slaves) => {
+                self.settings.insert("role", (*role).to_owned());
+                if let Some(slaves) = slaves {
+                    self.settings
+                        .insert("connected_slaves", (*slaves).to_owned());
+                }
+            }
+            (None, _) => self.unreadable(REPLICATION, "INFO did not report the role".into()),
+        }
+    }
+
+    /// The value of `what` in a `CONFIG GET what` reply.
+    fn read_config(&mut self, what: &'static str, reply: Value) {
         match HashMap::<String, String>::from_redis_value(reply) {
             Ok(mut values) => match values.remove(what) {
                 Some(value) => {
@@ -94,85 +105,123 @@ impl Node {
         }
     }
 
+    fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.get(name).map(String::as_str)
+    }
+
     /// What this node's settings risk, most serious first.
     fn risks(&self) -> Vec<DurabilityRisk> {
-        let setting = |name: &str| self.settings.get(name).map(String::as_str);
-        let mut risks = Vec::new();
-        let mut risk = |setting: String, risk: &str, refuse: bool| {
-            risks.push(DurabilityRisk {
-                setting,
-                risk: risk.to_owned(),
-                refuse,
-            });
-        };
-        if let Some(policy) = setting("maxmemory-policy").filter(|policy| *policy != "noeviction") {
-            risk(
-                format!("maxmemory-policy={policy}"),
-                "once maxmemory is reached Redis deletes keys on its own, live records included \
-                 (idem's keys carry a TTL, so volatile-* policies evict them too): an evicted \
-                 completion lets a retry execute the operation again, an evicted lease lets a \
-                 duplicate run at the same time. Set maxmemory-policy to noeviction, so that a \
-                 full Redis refuses writes instead",
-                true,
-            );
-        }
-        match (setting("appendonly"), setting("save")) {
-            (Some("no"), Some("")) => risk(
+        [
+            self.eviction_risk(),
+            self.persistence_risk(),
+            self.fsync_risk(),
+            self.replication_risk(),
+            self.unreadable_risk(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Any eviction policy but `noeviction`: the one risk that refuses the start.
+    fn eviction_risk(&self) -> Option<DurabilityRisk> {
+        let policy = self
+            .setting("maxmemory-policy")
+            .filter(|policy| *policy != "noeviction")?;
+        Some(risk(
+            format!("maxmemory-policy={policy}"),
+            "once maxmemory is reached Redis deletes keys on its own, live records included \
+             (idem's keys carry a TTL, so volatile-* policies evict them too): an evicted \
+             completion lets a retry execute the operation again, an evicted lease lets a \
+             duplicate run at the same time. Set maxmemory-policy to noeviction, so that a \
+             full Redis refuses writes instead",
+            true,
+        ))
+    }
+
+    /// No append-only file: records lost on restart, or since the last RDB snapshot.
+    fn persistence_risk(&self) -> Option<DurabilityRisk> {
+        match (self.setting("appendonly"), self.setting("save")) {
+            (Some("no"), Some("")) => Some(risk(
                 "appendonly=no, save=\"\"".to_owned(),
                 "no persistence: every record is lost when Redis restarts, and a retry of an \
                  operation completed before then executes it again",
                 false,
-            ),
-            (Some("no"), Some(save)) => risk(
+            )),
+            (Some("no"), Some(save)) => Some(risk(
                 format!("appendonly=no, save={save}"),
                 "RDB snapshots only: the records written since the last snapshot are lost if \
                  Redis crashes, and retries of those operations execute them again",
                 false,
+            )),
+            _ => None,
+        }
+    }
+
+    /// An append-only file not fsynced on every write: the last writes lost on a crash.
+    fn fsync_risk(&self) -> Option<DurabilityRisk> {
+        if self.setting("appendonly") != Some("yes") {
+            return None;
+        }
+        match self.setting("appendfsync") {
+            Some("everysec") => Some(risk(
+                "appendfsync=everysec".to_owned(),
+                "Redis writes its append-only file to disk once a second: a crash or power \
+                 loss may lose up to the last second of completions, whose retries then \
+                 execute again",
+                false,
+            )),
+            Some("no") => Some(risk(
+                "appendfsync=no".to_owned(),
+                "the operating system decides when the append-only file reaches the disk \
+                 (typically within 30 seconds): a crash or power loss may lose the \
+                 completions written since, whose retries then execute again",
+                false,
+            )),
+            _ => None,
+        }
+    }
+
+    /// A primary with replicas: the last writes lost on failover.
+    fn replication_risk(&self) -> Option<DurabilityRisk> {
+        let replicas = self
+            .setting("connected_slaves")
+            .and_then(|count| count.parse::<u64>().ok());
+        let (Some("master"), Some(replicas @ 1..)) = (self.setting("role"), replicas) else {
+            return None;
+        };
+        Some(risk(
+            format!("role=master, connected_slaves={replicas}"),
+            "replication is asynchronous: a replica promoted on failover may miss the \
+             latest completions and leases, so a retry may execute again or a duplicate run \
+             at the same time (min-replicas-to-write narrows the window)",
+            false,
+        ))
+    }
+
+    /// Settings that could not be read: the operator must check them.
+    fn unreadable_risk(&self) -> Option<DurabilityRisk> {
+        if self.unreadable.is_empty() {
+            return None;
+        }
+        let reason = self.reason.as_deref().unwrap_or("no reason given");
+        Some(risk(
+            self.unreadable.join(", "),
+            &format!(
+                "could not read the settings ({reason}): check yourself that \
+                 maxmemory-policy is noeviction, and what persistence and replication may \
+                 lose"
             ),
-            _ => {}
-        }
-        if setting("appendonly") == Some("yes") {
-            match setting("appendfsync") {
-                Some("everysec") => risk(
-                    "appendfsync=everysec".to_owned(),
-                    "Redis writes its append-only file to disk once a second: a crash or power \
-                     loss may lose up to the last second of completions, whose retries then \
-                     execute again",
-                    false,
-                ),
-                Some("no") => risk(
-                    "appendfsync=no".to_owned(),
-                    "the operating system decides when the append-only file reaches the disk \
-                     (typically within 30 seconds): a crash or power loss may lose the \
-                     completions written since, whose retries then execute again",
-                    false,
-                ),
-                _ => {}
-            }
-        }
-        let replicas = setting("connected_slaves").and_then(|count| count.parse::<u64>().ok());
-        if let (Some("master"), Some(replicas @ 1..)) = (setting("role"), replicas) {
-            risk(
-                format!("role=master, connected_slaves={replicas}"),
-                "replication is asynchronous: a replica promoted on failover may miss the \
-                 latest completions and leases, so a retry may execute again or a duplicate run \
-                 at the same time (min-replicas-to-write narrows the window)",
-                false,
-            );
-        }
-        if !self.unreadable.is_empty() {
-            let reason = self.reason.as_deref().unwrap_or("no reason given");
-            risk(
-                self.unreadable.join(", "),
-                &format!(
-                    "could not read the settings ({reason}): check yourself that \
-                     maxmemory-policy is noeviction, and what persistence and replication may \
-                     lose"
-                ),
-                false,
-            );
-        }
-        risks
+            false,
+        ))
+    }
+}
+
+fn risk(setting: String, risk: &str, refuse: bool) -> DurabilityRisk {
+    DurabilityRisk {
+        setting,
+        risk: risk.to_owned(),
+        refuse,
     }
 }
 
@@ -181,7 +230,7 @@ impl Node {
 /// denied) gets a risk saying what could not be read; any other error is the store's.
 /// On a cluster, a risk shared by several primaries is reported once, naming them.
 pub(crate) fn risks(readings: Readings) -> Result<Vec<DurabilityRisk>, StoreError> {
-    let mut nodes: BTreeMap<Option<String>, Node> = BTreeMap::new();
+    let mut nodes: BTreeMap<Option<String>, NodeSettings> = BTreeMap::new();
     for (what, replies) in readings {
         for (address, reply) in replies {
             let node = nodes.entry(address).or_default();
@@ -340,7 +389,12 @@ mod tests {
 
         let mut readings = server("noeviction", "yes", "always", "", 0);
         readings[0].1[0].1 = Err(RedisError::from((ErrorKind::Io, "gone")));
-        assert!(risks(readings).is_err());
+        match risks(readings) {
+            Err(StoreError::Unavailable(error)) => {
+                assert!(error.to_string().contains("gone"), "{error}");
+            }
+            other => panic!("a lost connection makes the store unavailable, got {other:?}"),
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::codec::DecodeError;
 
 /// Why [`RedisStore`](crate::RedisStore) could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// A URL is malformed (`redis://[user:password@]host[:port][/db]`, or `rediss://` with
     /// TLS), or no cluster node was given.

@@ -68,6 +68,16 @@
 //! [`durability_risks`](idem_core::Store::durability_risks) reads these settings from the
 //! server (every primary of a cluster) and reports what they risk: an eviction policy other
 //! than `noeviction` is one idem refuses to start on unless told to accept it.
+//!
+//! # Modules
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | `store` | [`RedisStore`]: connecting to one Redis or a cluster, the scripts, the [`Store`](idem_core::Store) implementation |
+//! | `lua/` | the script of each transition (`begin.lua`, `renew.lua`, ...), and `prelude.lua` they share |
+//! | `codec` | how a record is laid out in Redis (its key, its hash's fields) and reading scripts' replies back |
+//! | `durability` | the server settings that may lose records, read from every primary, and what each risks |
+//! | `error` | [`ConnectError`], and how driver errors become [`StoreError`](idem_core::StoreError)s |
 
 mod codec;
 mod durability;

@@ -333,7 +333,7 @@ impl RedisStore {
     }
 
     /// Runs one script under [`OPERATION_TIMEOUT`].
-    async fn run<T: FromRedisValue>(
+    async fn run_script<T: FromRedisValue>(
         &self,
         operation: &'static str,
         invocation: &ScriptInvocation<'_>,
@@ -356,7 +356,9 @@ fn millis(duration: Duration) -> String {
         .to_string()
 }
 
-fn applied(reply: i64) -> TransitionOutcome {
+/// A fenced script's outcome from its reply: 1 if it changed the record, 0 if the token was
+/// stale.
+fn fenced_outcome(reply: i64) -> TransitionOutcome {
     if reply == 1 {
         TransitionOutcome::Applied
     } else {
@@ -379,7 +381,7 @@ impl Store for RedisStore {
             .arg(millis(request.ttl))
             .arg(take_over)
             .arg(self.now_arg());
-        let reply: Value = self.run("begin", &invocation).await?;
+        let reply: Value = self.run_script("begin", &invocation).await?;
         Ok(begin_outcome(reply)?)
     }
 
@@ -395,7 +397,7 @@ impl Store for RedisStore {
             .arg(token.as_u64().to_string())
             .arg(millis(lease))
             .arg(self.now_arg());
-        Ok(applied(self.run("renew", &invocation).await?))
+        Ok(fenced_outcome(self.run_script("renew", &invocation).await?))
     }
 
     async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
@@ -414,7 +416,9 @@ impl Store for RedisStore {
             .arg(has_body)
             .arg(body)
             .arg(self.now_arg());
-        Ok(applied(self.run("complete", &invocation).await?))
+        Ok(fenced_outcome(
+            self.run_script("complete", &invocation).await?,
+        ))
     }
 
     async fn release(
@@ -427,7 +431,9 @@ impl Store for RedisStore {
             .key(self.key(id))
             .arg(token.as_u64().to_string())
             .arg(self.now_arg());
-        Ok(applied(self.run("release", &invocation).await?))
+        Ok(fenced_outcome(
+            self.run_script("release", &invocation).await?,
+        ))
     }
 
     /// A script rather than `HGETALL` and `TIME`: the clock must be the one of the node that
@@ -435,7 +441,7 @@ impl Store for RedisStore {
     async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
         let mut invocation = GET.prepare_invoke();
         invocation.key(self.key(id)).arg(self.now_arg());
-        let reply: Value = self.run("get", &invocation).await?;
+        let reply: Value = self.run_script("get", &invocation).await?;
         Ok(snapshot(reply)?)
     }
 

@@ -192,6 +192,24 @@ pub async fn bounded<T>(
     }
 }
 
+/// Runs one store operation on the engine's behalf, recording its latency and errors (the
+/// `idem_store_*` metrics). Every call the engine, an execution or the renewer makes goes
+/// through it.
+pub(crate) async fn timed<T>(
+    operation: &'static str,
+    future: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let result = future.await;
+    metrics::histogram!("idem_store_operation_duration_seconds", "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+    if let Err(error) = &result {
+        metrics::counter!("idem_store_errors_total", "operation" => operation).increment(1);
+        tracing::warn!(%error, operation, "idempotency store operation failed");
+    }
+    result
+}
+
 /// A backend for idempotency records. Every method is one atomic state transition; a
 /// backend must give each guarantee below to every caller on every instance sharing it.
 ///

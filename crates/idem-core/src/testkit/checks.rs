@@ -629,64 +629,83 @@ pub async fn renew_with_a_stale_or_foreign_token_changes_nothing<S: Store>(
     store: S,
     clock: ManualClock,
 ) {
+    let lapsed_owner = a_foreign_renewal_moves_no_lease(&store, &clock).await;
+    a_finished_or_absent_record_is_not_renewed(&store, &clock, &lapsed_owner).await;
+}
+
+/// A stranger's renewal neither moves a live lease nor revives a lapsed one. Answers the
+/// owner, whose lease has lapsed (not taken over).
+async fn a_foreign_renewal_moves_no_lease<S: Store>(
+    store: &S,
+    clock: &ManualClock,
+) -> BeginRequest {
     let owner = begin_request(fresh_id(), "owned");
     let at = clock.now();
-    begin(&store, owner.clone()).await;
+    begin(store, owner.clone()).await;
     clock.advance(Duration::from_secs(20));
     let stranger = retry(&owner);
     assert_eq!(
-        renew(&store, &stranger, LEASE).await,
+        renew(store, &stranger, LEASE).await,
         TransitionOutcome::StaleLease
     );
     assert_eq!(
-        record(&store, &clock, owner.id).await,
+        record(store, clock, owner.id).await,
         Some(acquired_at(&owner, at)),
         "a foreign renewal moves no lease"
     );
     // ...so the lease lapses when it was going to.
     clock.advance(Duration::from_secs(10));
     assert_eq!(
-        begin(&store, retry(&owner)).await,
+        begin(store, retry(&owner)).await,
         BeginOutcome::OutcomeUnknown
     );
     assert_eq!(
-        renew(&store, &stranger, LEASE).await,
+        renew(store, &stranger, LEASE).await,
         TransitionOutcome::StaleLease
     );
     assert_eq!(
-        begin(&store, retry(&owner)).await,
+        begin(store, retry(&owner)).await,
         BeginOutcome::OutcomeUnknown
     );
+    owner
+}
 
+/// The owner's own token renews nothing once the key is completed (`owner`'s, whose lease
+/// lapsed) or released, nor does any token renew a key never begun.
+async fn a_finished_or_absent_record_is_not_renewed<S: Store>(
+    store: &S,
+    clock: &ManualClock,
+    owner: &BeginRequest,
+) {
     // Completed: the owner's own token renews nothing any more.
     assert_eq!(
-        complete(&store, &owner, sample_response()).await,
+        complete(store, owner, sample_response()).await,
         TransitionOutcome::Applied
     );
-    let completed = record(&store, &clock, owner.id).await;
+    let completed = record(store, clock, owner.id).await;
     assert_eq!(
-        renew(&store, &owner, LEASE).await,
+        renew(store, owner, LEASE).await,
         TransitionOutcome::StaleLease
     );
-    assert_eq!(record(&store, &clock, owner.id).await, completed);
+    assert_eq!(record(store, clock, owner.id).await, completed);
 
     // Released: the record does not come back.
     let released = begin_request(fresh_id(), "released");
-    begin(&store, released.clone()).await;
-    assert_eq!(release(&store, &released).await, TransitionOutcome::Applied);
+    begin(store, released.clone()).await;
+    assert_eq!(release(store, &released).await, TransitionOutcome::Applied);
     assert_eq!(
-        renew(&store, &released, LEASE).await,
+        renew(store, &released, LEASE).await,
         TransitionOutcome::StaleLease
     );
-    assert_eq!(get(&store, released.id).await, None);
+    assert_eq!(get(store, released.id).await, None);
 
     // Never begun.
     let absent = begin_request(fresh_id(), "absent");
     assert_eq!(
-        renew(&store, &absent, LEASE).await,
+        renew(store, &absent, LEASE).await,
         TransitionOutcome::StaleLease
     );
-    assert_eq!(get(&store, absent.id).await, None);
+    assert_eq!(get(store, absent.id).await, None);
 }
 
 /// An in-flight record is kept at least as long as its lease, however it was renewed: a

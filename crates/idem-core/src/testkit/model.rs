@@ -295,24 +295,58 @@ fn duration(units: u64) -> Duration {
 }
 
 async fn run_sequence<S: Store>(store: &S, clock: &ManualClock, operations: &[Operation]) {
-    // A fresh namespace per sequence, so sequences (and other tests) never share records.
-    // The clock carries on from the previous sequence: it only ever moves forward.
-    let salt: u64 = rand::random();
-    let id = |key: u8| RecordId::from_bytes(crate::testkit::checks::salted_id(salt, key));
-    let mut model = Model {
-        now: clock.now().as_millis(),
-        records: HashMap::new(),
-    };
-    // Every token ever handed out per key: "owner" n picks the n-th most recent, so stale
-    // owners are exercised as often as current ones.
-    let mut tokens: HashMap<u8, Vec<LeaseToken>> = HashMap::new();
-
+    let mut run = SequenceRun::new(store, clock);
     for operation in operations {
-        let now = model.now;
+        run.apply(operation).await;
+    }
+}
+
+/// One sequence under way: the store and the model driven side by side.
+struct SequenceRun<'a, S> {
+    store: &'a S,
+    clock: &'a ManualClock,
+    model: Model,
+    /// This sequence's namespace of record ids.
+    salt: u64,
+    /// Every token ever handed out per key: "owner" n picks the n-th most recent, so stale
+    /// owners are exercised as often as current ones.
+    tokens: HashMap<u8, Vec<LeaseToken>>,
+}
+
+impl<'a, S: Store> SequenceRun<'a, S> {
+    fn new(store: &'a S, clock: &'a ManualClock) -> Self {
+        Self {
+            store,
+            clock,
+            // The clock carries on from the previous sequence: it only ever moves forward.
+            model: Model {
+                now: clock.now().as_millis(),
+                records: HashMap::new(),
+            },
+            // A fresh namespace per sequence, so sequences (and other tests) never share
+            // records.
+            salt: rand::random(),
+            tokens: HashMap::new(),
+        }
+    }
+
+    fn id(&self, key: u8) -> RecordId {
+        RecordId::from_bytes(crate::testkit::checks::salted_id(self.salt, key))
+    }
+
+    /// The token "owner" `owner` of `key` holds, if that many were handed out.
+    fn token(&self, key: u8, owner: u8) -> Option<LeaseToken> {
+        pick(&self.tokens, key, owner)
+    }
+
+    /// Applies `operation` to the store and the model, and asserts that they answer alike.
+    async fn apply(&mut self, operation: &Operation) {
+        let now = self.model.now;
+        let context = format!("{operation:?} at {now}");
         match *operation {
             Operation::Advance { by } => {
-                clock.advance(duration(by));
-                model.now += by * UNIT_MS;
+                self.clock.advance(duration(by));
+                self.model.now += by * UNIT_MS;
             }
             Operation::Begin {
                 key,
@@ -321,76 +355,89 @@ async fn run_sequence<S: Store>(store: &S, clock: &ManualClock, operations: &[Op
                 ttl,
                 take_over,
             } => {
-                let token = LeaseToken::random();
-                let got = store
-                    .begin(BeginRequest {
-                        id: id(key),
-                        fingerprint: fingerprint(request),
-                        token,
-                        lease: duration(lease),
-                        ttl: duration(ttl),
-                        on_lapse: if take_over {
-                            OnLapse::TakeOver
-                        } else {
-                            OnLapse::ReportUnknown
-                        },
-                    })
+                self.begin(key, request, lease, ttl, take_over, &context)
                     .await
-                    .expect("store answers");
-                let expected = model.begin(
-                    key,
-                    request,
-                    token,
-                    lease * UNIT_MS,
-                    ttl * UNIT_MS,
-                    take_over,
-                );
-                if expected == BeginOutcome::Acquired {
-                    tokens.entry(key).or_default().push(token);
-                }
-                assert_eq!(got, expected, "{operation:?} at {now}");
             }
             Operation::Renew { key, owner, lease } => {
-                let Some(token) = pick(&tokens, key, owner) else {
-                    continue;
-                };
-                let got = store
-                    .renew(id(key), token, duration(lease))
-                    .await
-                    .expect("store answers");
-                let expected = model.renew(key, token, lease * UNIT_MS);
-                assert_eq!(got, expected, "{operation:?} at {now}");
+                if let Some(token) = self.token(key, owner) {
+                    let got = self.store.renew(self.id(key), token, duration(lease)).await;
+                    let expected = self.model.renew(key, token, lease * UNIT_MS);
+                    assert_eq!(got.expect("store answers"), expected, "{context}");
+                }
             }
             Operation::Complete { key, owner, ttl } => {
-                let Some(token) = pick(&tokens, key, owner) else {
-                    continue;
-                };
-                let stored = response(key, owner, ttl);
-                let got = store
-                    .complete(CompleteRequest {
-                        id: id(key),
-                        token,
-                        response: stored.clone(),
-                        ttl: duration(ttl),
-                    })
-                    .await
-                    .expect("store answers");
-                let expected = model.complete(key, token, stored, ttl * UNIT_MS);
-                assert_eq!(got, expected, "{operation:?} at {now}");
+                if let Some(token) = self.token(key, owner) {
+                    self.complete(key, owner, token, ttl, &context).await;
+                }
             }
             Operation::Release { key, owner } => {
-                let Some(token) = pick(&tokens, key, owner) else {
-                    continue;
-                };
-                let got = store.release(id(key), token).await.expect("store answers");
-                let expected = model.release(key, token);
-                assert_eq!(got, expected, "{operation:?} at {now}");
+                if let Some(token) = self.token(key, owner) {
+                    let got = self.store.release(self.id(key), token).await;
+                    let expected = self.model.release(key, token);
+                    assert_eq!(got.expect("store answers"), expected, "{context}");
+                }
             }
             Operation::Get { key } => {
-                let got = store.get(id(key)).await.expect("store answers");
-                assert_eq!(got, model.get(key), "{operation:?} at {now}");
+                let got = self.store.get(self.id(key)).await.expect("store answers");
+                assert_eq!(got, self.model.get(key), "{context}");
             }
         }
+    }
+
+    async fn begin(
+        &mut self,
+        key: u8,
+        request: u8,
+        lease: u64,
+        ttl: u64,
+        take_over: bool,
+        context: &str,
+    ) {
+        let token = LeaseToken::random();
+        let got = self
+            .store
+            .begin(BeginRequest {
+                id: self.id(key),
+                fingerprint: fingerprint(request),
+                token,
+                lease: duration(lease),
+                ttl: duration(ttl),
+                on_lapse: if take_over {
+                    OnLapse::TakeOver
+                } else {
+                    OnLapse::ReportUnknown
+                },
+            })
+            .await
+            .expect("store answers");
+        let expected = self.model.begin(
+            key,
+            request,
+            token,
+            lease * UNIT_MS,
+            ttl * UNIT_MS,
+            take_over,
+        );
+        if expected == BeginOutcome::Acquired {
+            self.tokens.entry(key).or_default().push(token);
+        }
+        assert_eq!(got, expected, "{context}");
+    }
+
+    async fn complete(&mut self, key: u8, owner: u8, token: LeaseToken, ttl: u64, context: &str) {
+        let stored = response(key, owner, ttl);
+        let got = self
+            .store
+            .complete(CompleteRequest {
+                id: self.id(key),
+                token,
+                response: stored.clone(),
+                ttl: duration(ttl),
+            })
+            .await
+            .expect("store answers");
+        let expected = self.model.complete(key, token, stored, ttl * UNIT_MS);
+        assert_eq!(got, expected, "{context}");
     }
 }
 

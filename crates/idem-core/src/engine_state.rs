@@ -1,0 +1,124 @@
+//! What an [`Engine`](crate::Engine), its [`Execution`](crate::Execution)s and its lease
+//! renewer share: the store and the engine's settings ([`EngineState`]), the registry of the
+//! leases being kept alive ([`LeaseRegistry`]) and what is known of each lease
+//! ([`LeaseState`]).
+//!
+//! These live apart from their three users (`engine`, `execution`, `renewal`) so that each of
+//! them imports this module and none imports another's internals: the imports stay one way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::{LeaseToken, OnLapse, RecordId};
+
+/// One lease in the registry: the record and the token that holds it.
+pub(crate) type LeaseKey = (RecordId, LeaseToken);
+
+/// An engine's store and settings, shared by its clones, its executions and its renewer.
+pub(crate) struct EngineState<S> {
+    pub(crate) store: S,
+    /// How long completed records are kept by default.
+    pub(crate) ttl: Duration,
+    /// How long a lease lasts between renewals.
+    pub(crate) lease: Duration,
+    /// How long a duplicate of an in-flight request waits for it, if at all.
+    pub(crate) wait: Option<Duration>,
+    pub(crate) on_lapse: OnLapse,
+    pub(crate) leases: LeaseRegistry,
+}
+
+/// The leases an engine keeps alive, and the one renewer task that renews them.
+#[derive(Default)]
+pub(crate) struct LeaseRegistry {
+    entries: Mutex<HashMap<LeaseKey, Arc<LeaseState>>>,
+    renewer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LeaseRegistry {
+    /// Starts keeping `key`'s lease alive.
+    pub(crate) fn insert(&self, key: LeaseKey, state: Arc<LeaseState>) {
+        lock(&self.entries).insert(key, state);
+    }
+
+    /// Stops keeping `key`'s lease alive.
+    pub(crate) fn remove(&self, key: &LeaseKey) {
+        lock(&self.entries).remove(key);
+    }
+
+    /// The leases last renewed at least `due_after` before `now`.
+    pub(crate) fn due(
+        &self,
+        now: Instant,
+        due_after: Duration,
+    ) -> Vec<(LeaseKey, Arc<LeaseState>)> {
+        lock(&self.entries)
+            .iter()
+            .filter(|(_, state)| now.duration_since(state.renewed_at()) >= due_after)
+            .map(|(key, state)| (*key, Arc::clone(state)))
+            .collect()
+    }
+
+    /// The renewer task's slot, locked: whoever holds it decides whether to start one.
+    pub(crate) fn renewer(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
+        lock(&self.renewer)
+    }
+}
+
+/// What the renewer and the execution share about one lease.
+#[derive(Debug)]
+pub(crate) struct LeaseState {
+    /// A renewal found the key no longer ours (taken over, resolved, expired).
+    lost: AtomicBool,
+    /// The key was finished: a renewal that then finds it gone is not a loss.
+    settled: AtomicBool,
+    /// When the lease was last renewed (or acquired).
+    renewed_at: Mutex<Instant>,
+}
+
+impl LeaseState {
+    /// A lease acquired (or resumed) just now.
+    pub(crate) fn new() -> Self {
+        Self {
+            lost: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
+            renewed_at: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub(crate) fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_settled(&self) {
+        self.settled.store(true, Ordering::Relaxed);
+    }
+
+    fn renewed_at(&self) -> Instant {
+        *lock(&self.renewed_at)
+    }
+
+    pub(crate) fn mark_renewed(&self, at: Instant) {
+        *lock(&self.renewed_at) = at;
+    }
+}
+
+/// A poisoned lock only means a renewal panicked mid-update of a map or an instant: both are
+/// whole values, safe to keep using.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
