@@ -1,5 +1,8 @@
-//! Error responses: RFC 9457 `application/problem+json` documents, each with a stable
-//! machine-readable `code` member that clients can match on.
+//! Error codes and error responses. [`ProblemCode`] is the one vocabulary of errors: the layer
+//! and the gateway render it as RFC 9457 `application/problem+json` documents with a
+//! snake_case `code` member ([`ProblemCode::code`]); the coordination service (`idem serve`)
+//! renders the same codes in its `{"error":{"code","message"}}` documents, in SCREAMING_CASE
+//! ([`ProblemCode::coordination_code`]).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -9,8 +12,11 @@ use serde_json::{Map, Value, json};
 /// The media type of every error this layer answers with.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Every error the layer can answer with. The `code` strings are a stable API: clients match
-/// on them, so they never change once released.
+/// Every error idem answers with, on every surface. Both renderings of a code (`code` and
+/// `coordination_code`) are a stable API: clients match on them, so they never change once
+/// released. The first group is the layer's and the gateway's; the second the coordination
+/// service's own; the codes of both surfaces (the key, the body limit, the store, unknown
+/// outcomes) are shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProblemCode {
@@ -20,16 +26,17 @@ pub enum ProblemCode {
     /// one is required.
     KeyInvalid,
     /// 422: the key was already used for a different request (method, path, query, content
-    /// type or body differ).
+    /// type or body differ; for the coordination service: operation or payload).
     KeyMismatch,
     /// 409: a request with this key is still being processed; retry after `Retry-After`.
+    /// (The coordination service answers `202 {"status":"processing"}` instead: not an error.)
     RequestInProgress,
     /// 409: an earlier request with this key began executing and its process died (or lost
     /// the store) before it finished: the operation may or may not have happened. Never
     /// executed again on its own: check the resource, then use a new key (or an operator
     /// resolves the key).
     OutcomeUnknown,
-    /// 413: the request body exceeds the layer's limit; nothing was executed.
+    /// 413: the request body exceeds the limit; nothing was executed.
     RequestBodyTooLarge,
     /// 400: the request body could not be read (the client aborted the upload).
     RequestBodyUnreadable,
@@ -45,11 +52,36 @@ pub enum ProblemCode {
     /// broke): the upstream may or may not have executed it. Stored and replayed, so it is
     /// never executed twice; check the outcome upstream, then use a new key.
     UpstreamOutcomeUnknown,
+    /// 400: the body is not JSON (or could not be read).
+    InvalidJson,
+    /// 400: the JSON lacks a field, has a field of the wrong type, or has an unknown field.
+    InvalidRequest,
+    /// 404: no operation of that name is registered.
+    UnknownOperation,
+    /// 400: the lease token is not a token.
+    LeaseTokenInvalid,
+    /// 409: the lease was lost (taken over after it lapsed, completed, or released).
+    LeaseLost,
+    /// 404: no record for this key, or no such endpoint.
+    NotFound,
+    /// 405: the endpoint exists but not with this method.
+    MethodNotAllowed,
+    /// 502: the operation could not be reached; nothing was executed and the key was
+    /// released, so a retry executes.
+    OperationUnreachable,
+    /// 502: the operation answered with an error status; kept for replay.
+    OperationFailed,
+    /// 502: the operation answered something that is not JSON; kept for replay.
+    OperationInvalidResponse,
+    /// 504: the operation did not answer in time; it may have executed. Kept for replay.
+    OperationOutcomeUnknown,
+    /// 500: anything unexpected; details are in the server's log only.
+    Internal,
 }
 
 impl ProblemCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 23] = [
         Self::KeyMissing,
         Self::KeyInvalid,
         Self::KeyMismatch,
@@ -61,9 +93,21 @@ impl ProblemCode {
         Self::ResponseNotStored,
         Self::UpstreamUnreachable,
         Self::UpstreamOutcomeUnknown,
+        Self::InvalidJson,
+        Self::InvalidRequest,
+        Self::UnknownOperation,
+        Self::LeaseTokenInvalid,
+        Self::LeaseLost,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::OperationUnreachable,
+        Self::OperationFailed,
+        Self::OperationInvalidResponse,
+        Self::OperationOutcomeUnknown,
+        Self::Internal,
     ];
 
-    /// The machine-readable `code` member.
+    /// The machine-readable `code` member of a problem+json document (snake_case).
     #[must_use]
     pub const fn code(self) -> &'static str {
         match self {
@@ -78,23 +122,80 @@ impl ProblemCode {
             Self::ResponseNotStored => "response_not_stored",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamOutcomeUnknown => "upstream_outcome_unknown",
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnknownOperation => "unknown_operation",
+            Self::LeaseTokenInvalid => "lease_token_invalid",
+            Self::LeaseLost => "lease_lost",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::OperationUnreachable => "operation_unreachable",
+            Self::OperationFailed => "operation_failed",
+            Self::OperationInvalidResponse => "operation_invalid_response",
+            Self::OperationOutcomeUnknown => "operation_outcome_unknown",
+            Self::Internal => "internal",
         }
     }
 
-    /// The HTTP status answered with.
+    /// The `code` member of the coordination service's `{"error":{"code","message"}}`
+    /// documents (SCREAMING_CASE): [`code`](Self::code) in capitals, except that a body over
+    /// the limit is `PAYLOAD_TOO_LARGE` there, as the service's contract fixed it.
+    #[must_use]
+    pub const fn coordination_code(self) -> &'static str {
+        match self {
+            Self::KeyMissing => "IDEMPOTENCY_KEY_MISSING",
+            Self::KeyInvalid => "IDEMPOTENCY_KEY_INVALID",
+            Self::KeyMismatch => "IDEMPOTENCY_KEY_MISMATCH",
+            Self::RequestInProgress => "REQUEST_IN_PROGRESS",
+            Self::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            Self::RequestBodyTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::RequestBodyUnreadable => "REQUEST_BODY_UNREADABLE",
+            Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::ResponseNotStored => "RESPONSE_NOT_STORED",
+            Self::UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
+            Self::UpstreamOutcomeUnknown => "UPSTREAM_OUTCOME_UNKNOWN",
+            Self::InvalidJson => "INVALID_JSON",
+            Self::InvalidRequest => "INVALID_REQUEST",
+            Self::UnknownOperation => "UNKNOWN_OPERATION",
+            Self::LeaseTokenInvalid => "LEASE_TOKEN_INVALID",
+            Self::LeaseLost => "LEASE_LOST",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::OperationUnreachable => "OPERATION_UNREACHABLE",
+            Self::OperationFailed => "OPERATION_FAILED",
+            Self::OperationInvalidResponse => "OPERATION_INVALID_RESPONSE",
+            Self::OperationOutcomeUnknown => "OPERATION_OUTCOME_UNKNOWN",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status answered with, the same on every surface.
     #[must_use]
     pub const fn status(self) -> StatusCode {
         match self {
-            Self::KeyMissing | Self::KeyInvalid | Self::RequestBodyUnreadable => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::KeyMissing
+            | Self::KeyInvalid
+            | Self::RequestBodyUnreadable
+            | Self::InvalidJson
+            | Self::InvalidRequest
+            | Self::LeaseTokenInvalid => StatusCode::BAD_REQUEST,
+            Self::UnknownOperation | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RequestInProgress | Self::OutcomeUnknown => StatusCode::CONFLICT,
+            Self::RequestInProgress | Self::OutcomeUnknown | Self::LeaseLost => {
+                StatusCode::CONFLICT
+            }
             Self::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ResponseNotStored => StatusCode::GONE,
-            Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
-            Self::UpstreamOutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamUnreachable
+            | Self::OperationUnreachable
+            | Self::OperationFailed
+            | Self::OperationInvalidResponse => StatusCode::BAD_GATEWAY,
+            Self::UpstreamOutcomeUnknown | Self::OperationOutcomeUnknown => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -115,6 +216,18 @@ impl ProblemCode {
             Self::ResponseNotStored => "Response not available for replay",
             Self::UpstreamUnreachable => "Upstream unreachable",
             Self::UpstreamOutcomeUnknown => "Upstream outcome unknown",
+            Self::InvalidJson => "Request body is not JSON",
+            Self::InvalidRequest => "Invalid request document",
+            Self::UnknownOperation => "Unknown operation",
+            Self::LeaseTokenInvalid => "Invalid lease token",
+            Self::LeaseLost => "Lease lost",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::OperationUnreachable => "Operation unreachable",
+            Self::OperationFailed => "Operation failed",
+            Self::OperationInvalidResponse => "Operation answered something that is not JSON",
+            Self::OperationOutcomeUnknown => "Operation outcome unknown",
+            Self::Internal => "Internal error",
         }
     }
 
@@ -174,6 +287,36 @@ mod tests {
             assert_eq!(document["type"], code.type_uri());
             assert_eq!(document["detail"], "what to do");
             assert!(document["title"].is_string());
+        }
+    }
+
+    #[test]
+    fn every_code_is_listed_once_and_renders_uniquely_on_both_surfaces() {
+        let mut codes: Vec<&str> = ProblemCode::ALL.iter().map(|c| c.code()).collect();
+        let mut contract: Vec<&str> = ProblemCode::ALL
+            .iter()
+            .map(|c| c.coordination_code())
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        contract.sort_unstable();
+        contract.dedup();
+        assert_eq!(
+            codes.len(),
+            ProblemCode::ALL.len(),
+            "a code is listed twice"
+        );
+        assert_eq!(contract.len(), ProblemCode::ALL.len());
+    }
+
+    #[test]
+    fn the_coordination_code_is_the_code_in_capitals_but_for_payload_too_large() {
+        for code in ProblemCode::ALL {
+            let expected = match code {
+                ProblemCode::RequestBodyTooLarge => "PAYLOAD_TOO_LARGE".to_owned(),
+                _ => code.code().to_uppercase(),
+            };
+            assert_eq!(code.coordination_code(), expected, "{code:?}");
         }
     }
 }

@@ -1132,14 +1132,20 @@ async fn take_over_re_executes_a_key_whose_owner_vanished() {
         async move { send(&app, post_with_key("/slow", "k", "")).await }
     });
     tokio::time::sleep(Duration::from_millis(250)).await;
-    store.renewals_fail.store(false, Ordering::SeqCst);
+    // Renewals stay cut until the retry took over: a renewal that reached the store first
+    // would revive the lapsed lease (its owner is alive) and the retry would be told 409.
     let second = tokio::spawn({
         let app = app.clone();
         async move { send(&app, post_with_key("/slow", "k", "")).await }
     });
-    while executions.count() < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while executions.count() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the retry took the key over and executed");
+    store.renewals_fail.store(false, Ordering::SeqCst);
     gate.add_permits(2);
     assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
     assert_eq!(second.await.unwrap().0, StatusCode::CREATED);

@@ -187,6 +187,53 @@ async fn every_bad_request_gets_a_structured_error() {
 }
 
 #[tokio::test]
+async fn a_member_of_the_wrong_type_is_named_by_its_path() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let (status, document) = execute(&idem, Some("k"), r#"{"operation":7,"payload":{}}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(document["error"]["code"], "INVALID_REQUEST");
+    let message = document["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`operation`"), "{message}");
+    let wrong_token = client()
+        .put(idem.url("/v1/idempotency/records/k"))
+        .json(&json!({"lease_token": 7, "result": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_token.status(), StatusCode::BAD_REQUEST);
+    let document: Value = wrong_token.json().await.unwrap();
+    assert_eq!(document["error"]["code"], "INVALID_REQUEST");
+    let message = document["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`lease_token`"), "{message}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_payload_too_large_and_nothing_executes() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let padding = "x".repeat(1024 * 1024);
+    let body = format!(r#"{{"operation":"payment.charge","payload":{{"note":"{padding}"}}}}"#);
+    let (status, document) = execute(&idem, Some("big"), &body).await;
+    assert_eq!(
+        (status, document["error"]["code"].as_str().unwrap()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+    );
+    assert_eq!(upstream.calls("/charge"), 0);
+}
+
+#[tokio::test]
+async fn the_operation_receives_the_payload_as_sent() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let payload = r#"{ "currency": "eur", "amount": 1000 }"#;
+    let body = format!(r#"{{"operation":"payment.charge","payload":{payload}}}"#);
+    let (status, document) = execute(&idem, Some("as-sent"), &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["result"]["received"], payload.len());
+}
+
+#[tokio::test]
 async fn failed_and_unknown_outcomes_are_kept_unreachable_ones_released() {
     let upstream = Upstream::start().await;
     let idem = serve(&upstream, &[]);

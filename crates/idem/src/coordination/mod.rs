@@ -9,10 +9,22 @@
 //! - `DELETE /v1/idempotency/records/{key}?lease_token=…`: release the key.
 //! - `GET /v1/idempotency/records/{key}`: a key's status.
 //! - `GET /v1/openapi.json`: this API's OpenAPI 3.1 document.
+//!
+//! # Modules
+//!
+//! - `api`: the JSON documents (requests, and [`Answer`](api::Answer), every answer that is
+//!   not an error) with their OpenAPI schemas; `error`: `ApiError`, an
+//!   [`idem_http::ProblemCode`] rendered as the contract's `{"error":{"code","message"}}`.
+//! - `extract`: the extractors that parse a request once, at the edge; `handlers`: one per
+//!   endpoint, reading as its steps; `respond`: every outcome mapped to its answer.
+//! - `operation`: calling a registered operation.
 
 mod api;
+mod error;
+mod extract;
 mod handlers;
 mod operation;
+mod respond;
 
 use std::sync::Arc;
 
@@ -27,9 +39,6 @@ use crate::server::Server;
 use crate::store::SharedStore;
 
 pub use operation::Operations;
-
-/// The largest request body accepted: payloads are operation inputs, not uploads.
-const MAX_BODY: usize = 1024 * 1024;
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -56,14 +65,11 @@ pub struct AppState {
     ),
     components(schemas(
         api::OperationRequest,
-        api::Completed,
-        api::Processing,
-        api::Acquired,
+        api::Answer,
         api::CompleteRequest,
         api::RenewRequest,
-        api::Renewed,
-        api::ErrorBody,
-        api::ErrorDetail
+        error::ErrorBody,
+        error::ErrorDetail
     ))
 )]
 struct ApiDoc;

@@ -12,6 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use idem_core::OnLapse;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::Operation;
 
@@ -96,12 +97,12 @@ impl Operations {
         self.urls.keys().map(String::as_str)
     }
 
-    /// POSTs `payload` to the operation once.
-    pub async fn call(&self, name: &str, payload: &Value, key: &str) -> CallOutcome {
+    /// POSTs `payload`, as the client sent it, to the operation once.
+    pub async fn call(&self, name: &str, payload: &RawValue, key: &str) -> CallOutcome {
         let Some(uri) = self.urls.get(name) else {
             return CallOutcome::Unreachable(format!("unknown operation {name}"));
         };
-        let body = Bytes::from(payload.to_string());
+        let body = Bytes::copy_from_slice(payload.get().as_bytes());
         let request = Request::post(uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header("idempotency-key", key)
