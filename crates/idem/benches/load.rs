@@ -7,7 +7,9 @@
 //! alone, and store calls per request (read from the proxy's own metrics).
 //!
 //! Stores other than memory and embedded are included when `IDEM_BENCH_POSTGRES_URL` /
-//! `IDEM_BENCH_REDIS_URL` are set (`scripts/bench` sets them).
+//! `IDEM_BENCH_REDIS_URL` are set (`scripts/bench` sets them). With `IDEM_LOAD_BASELINE_BIN`
+//! naming another build of `idem` (the previous release, say), every proxy scenario runs
+//! with that binary too, right before this one, so the two are compared in one run.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -37,8 +39,8 @@ impl Drop for Proxy {
     }
 }
 
-fn start_proxy(upstream: &str, store: &str) -> Proxy {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
+fn start_proxy(binary: &str, upstream: &str, store: &str) -> Proxy {
+    let mut child = Command::new(binary)
         .args([
             "proxy",
             "--listen",
@@ -215,25 +217,35 @@ fn main() {
             "load: {CONCURRENCY} concurrent clients, {seconds} s per scenario, loopback, one run"
         );
         println!(
-            "{:<28} {:>10} {:>10} {:>10} {:>8} {:>12}",
+            "{:<40} {:>10} {:>10} {:>10} {:>8} {:>12}",
             "scenario", "req/s", "p50", "p99", "ratio", "store calls"
         );
         let baseline = load(&upstream, Path::NewKey, seconds).await;
         print_row("upstream alone", &baseline, baseline.per_second, None);
+        let mut binaries = Vec::new();
+        if let Some(previous) = std::env::var("IDEM_LOAD_BASELINE_BIN")
+            .ok()
+            .filter(|path| !path.is_empty())
+        {
+            binaries.push(("(previous) ", previous));
+        }
+        binaries.push(("", env!("CARGO_BIN_EXE_idem").to_owned()));
         for (name, store) in &stores {
             for path in [Path::NewKey, Path::Replay] {
-                let proxy = start_proxy(&upstream, store);
-                let figures = load(&proxy.url, path, seconds).await;
-                let calls = store_calls(&proxy.admin, figures.requests).await;
-                let label = format!(
-                    "proxy {name} {}",
-                    if path == Path::NewKey {
-                        "new key"
-                    } else {
-                        "replay"
-                    }
-                );
-                print_row(&label, &figures, baseline.per_second, Some(calls));
+                for (which, binary) in &binaries {
+                    let proxy = start_proxy(binary, &upstream, store);
+                    let figures = load(&proxy.url, path, seconds).await;
+                    let calls = store_calls(&proxy.admin, figures.requests).await;
+                    let label = format!(
+                        "{which}proxy {name} {}",
+                        if path == Path::NewKey {
+                            "new key"
+                        } else {
+                            "replay"
+                        }
+                    );
+                    print_row(&label, &figures, baseline.per_second, Some(calls));
+                }
             }
         }
     });
@@ -241,7 +253,7 @@ fn main() {
 
 fn print_row(label: &str, figures: &Figures, baseline: f64, calls: Option<f64>) {
     println!(
-        "{label:<28} {:>10.0} {:>8.2}ms {:>8.2}ms {:>7.2}x {:>12}",
+        "{label:<40} {:>10.0} {:>8.2}ms {:>8.2}ms {:>7.2}x {:>12}",
         figures.per_second,
         figures.p50.as_secs_f64() * 1000.0,
         figures.p99.as_secs_f64() * 1000.0,
