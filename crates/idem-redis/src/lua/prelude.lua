@@ -8,9 +8,16 @@
 -- idem_core::Timestamp::plus.
 local U64_MAX = '18446744073709551615'
 
+-- Below 2^53 a Lua number holds a time exactly: compare as numbers (every real time, every
+-- lease). Longer strings are larger; equal lengths past that compare byte by byte.
+local EXACT_DIGITS = 15
+
 local function less(a, b)
   if #a ~= #b then
     return #a < #b
+  end
+  if #a <= EXACT_DIGITS then
+    return tonumber(a) < tonumber(b)
   end
   for i = 1, #a do
     local x, y = string.byte(a, i), string.byte(b, i)
@@ -28,19 +35,24 @@ local function max(a, b)
   return a
 end
 
--- a + b, saturating at U64_MAX.
+-- a + b, saturating at U64_MAX. Every real time plus every real lease or TTL fits in a
+-- double exactly and takes the first branch; only "never expires" (a TTL near u64::MAX)
+-- takes the digit-by-digit one.
 local function plus(a, b)
+  if #a <= EXACT_DIGITS and #b <= EXACT_DIGITS then
+    return string.format('%.0f', tonumber(a) + tonumber(b))
+  end
   local digits, carry = {}, 0
   local i, j = #a, #b
   while i > 0 or j > 0 or carry > 0 do
     local sum = carry
     if i > 0 then sum = sum + string.byte(a, i) - 48 end
     if j > 0 then sum = sum + string.byte(b, j) - 48 end
-    table.insert(digits, 1, sum % 10)
+    digits[#digits + 1] = sum % 10
     carry = math.floor(sum / 10)
     i, j = i - 1, j - 1
   end
-  local total = table.concat(digits)
+  local total = string.reverse(table.concat(digits))
   if less(U64_MAX, total) then
     return U64_MAX
   end
