@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::store::SharedStore;
+use idem_core::DynStore;
 
 /// Histogram buckets, in seconds, for every histogram (today only store latency): from a
 /// memory store's microseconds to a network store's timeout, so `histogram_quantile` works
@@ -37,14 +37,14 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 #[derive(Clone)]
 struct AdminState {
     metrics: PrometheusHandle,
-    engine: Engine<SharedStore>,
+    engine: Engine<DynStore>,
 }
 
 /// Binds the admin address and serves it until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
-    engine: Engine<SharedStore>,
+    engine: Engine<DynStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new()

@@ -138,7 +138,7 @@ impl FileConfig {
 
 /// Settings shared by both commands, resolved and checked: every value is parsed here, once.
 #[derive(Debug, Clone)]
-pub struct Common {
+pub struct ServerSettings {
     pub listen: SocketAddr,
     pub store: StoreLocation,
     pub ttl: Duration,
@@ -154,7 +154,7 @@ pub struct Common {
 /// `idem proxy`'s settings, resolved.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    pub common: Common,
+    pub common: ServerSettings,
     pub upstream: Upstream,
     pub require_key: bool,
     pub upstream_timeout: Duration,
@@ -164,7 +164,7 @@ pub struct Proxy {
 /// `idem serve`'s settings, resolved.
 #[derive(Debug, Clone)]
 pub struct Serve {
-    pub common: Common,
+    pub common: ServerSettings,
     pub operations: BTreeMap<String, Operation>,
     pub operation_timeout: Duration,
 }
@@ -183,7 +183,7 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Refuses settings that would quietly break the guarantee: a zero lease lets every duplicate
 /// take an in-flight key over; a zero TTL forgets every result at once.
-fn check(common: &Common) -> anyhow::Result<()> {
+fn check(common: &ServerSettings) -> anyhow::Result<()> {
     anyhow::ensure!(
         !common.lease.is_zero(),
         "--lease must be longer than 0s: it is how long one execution owns its key"
@@ -198,12 +198,12 @@ fn check(common: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<Common> {
+fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings> {
     let listen = match args.listen.or(file.listen) {
         Some(listen) => listen,
         None => DEFAULT_LISTEN.parse()?,
     };
-    let common = Common {
+    let common = ServerSettings {
         listen,
         store: StoreLocation::parse(
             &args
@@ -313,7 +313,7 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
 
 /// A zero timeout would make every request an unknown outcome. A timeout longer than the
 /// lease is fine: the lease is renewed for as long as the upstream (or operation) runs.
-fn check_timeout(flag: &str, timeout: Duration, _common: &Common) -> anyhow::Result<()> {
+fn check_timeout(flag: &str, timeout: Duration, _common: &ServerSettings) -> anyhow::Result<()> {
     anyhow::ensure!(!timeout.is_zero(), "{flag} must be longer than 0s");
     Ok(())
 }

@@ -1,6 +1,15 @@
 //! The `idem` binary: `idem proxy` puts idempotency in front of any HTTP API; `idem serve`
 //! offers at-most-once execution as a JSON service. Both run on one engine and one store
 //! (the embedded store in `./idem-data` unless `--store` says otherwise).
+//!
+//! - `cli`: every flag; `config`: flags, environment and file resolved once into typed
+//!   settings (`routes`: the proxy's per-route rules; `upstream`: where it forwards;
+//!   `store`: which store `--store` names, and opening it).
+//! - `server`: what both commands share (one engine, the sweeper, the durability check,
+//!   serving with a graceful drain); `signals`: SIGTERM and SIGINT; `admin`: metrics,
+//!   health, readiness and `/records` on the admin listener.
+//! - `proxy`: the gateway; `coordination`: `idem serve`'s JSON API; `records`: looking up and
+//!   resolving one record, for `idem records` and the admin listener.
 
 mod admin;
 mod cli;

@@ -15,7 +15,7 @@ use idem_core::{
 };
 use serde_json::{Value, json};
 
-use crate::store::SharedStore;
+use idem_core::DynStore;
 
 /// Which record: the credential that scoped the request (if any) and the key.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ fn millis(duration: std::time::Duration) -> u64 {
 }
 
 /// Reads a record.
-pub async fn show(engine: &Engine<SharedStore>, record: &RecordRef) -> anyhow::Result<Value> {
+pub async fn show(engine: &Engine<DynStore>, record: &RecordRef) -> anyhow::Result<Value> {
     let id = record.id()?;
     let snapshot = engine.status(id).await?;
     Ok(describe(id, snapshot.as_ref()))
@@ -99,7 +99,7 @@ pub fn response(status: u16, headers: Vec<(String, String)>, body: String) -> St
 /// The key is invalid, the store did not answer, or the key is not resolvable (absent,
 /// completed, or still owned by a live execution): the error says which.
 pub async fn resolve(
-    engine: &Engine<SharedStore>,
+    engine: &Engine<DynStore>,
     record: &RecordRef,
     resolution: Resolution,
     by: &str,

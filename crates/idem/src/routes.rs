@@ -39,7 +39,7 @@ pub struct RouteRule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LapsePolicy {
-    /// Answer 409 `outcome_unknown` and execute nothing (the default).
+    /// StatusBody 409 `outcome_unknown` and execute nothing (the default).
     ReportUnknown,
     /// Execute again: only for routes that are safe to re-run.
     TakeOver,

@@ -10,9 +10,9 @@ use idem_http::{IdempotencyLayerBuilder, ScopeSource};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
-use crate::config::Common;
+use crate::config::ServerSettings;
 use crate::signals::signalled;
-use crate::store::SharedStore;
+use idem_core::DynStore;
 
 /// How often expired records are swept. Expired records already behave as absent; the sweep
 /// only reclaims space, so once a minute is plenty.
@@ -28,15 +28,15 @@ const RELEASE_GRACE: Duration = Duration::from_millis(500);
 
 /// A started server: store open, sweeper and admin listener running.
 pub struct Server {
-    common: Common,
-    engine: Engine<SharedStore>,
+    common: ServerSettings,
+    engine: Engine<DynStore>,
     shutdown: watch::Receiver<bool>,
     _sweeper: SweeperHandle,
 }
 
 impl Server {
     /// Opens the store, starts the sweeper, the admin listener and the signal handler.
-    pub async fn start(common: Common, metrics: PrometheusHandle) -> anyhow::Result<Self> {
+    pub async fn start(common: ServerSettings, metrics: PrometheusHandle) -> anyhow::Result<Self> {
         let store = crate::store::open(&common.store).await?;
         tracing::info!(store = %common.store.describe(), "store open");
         check_durability(&store, common.accept_store_risks).await?;
@@ -72,12 +72,12 @@ impl Server {
     }
 
     /// The engine, with the configured TTL and lease.
-    pub fn engine(&self) -> &Engine<SharedStore> {
+    pub fn engine(&self) -> &Engine<DynStore> {
         &self.engine
     }
 
     /// A layer builder over this server's engine (TTL, lease, wait), with its scope.
-    pub fn layer_builder(&self) -> IdempotencyLayerBuilder<SharedStore> {
+    pub fn layer_builder(&self) -> IdempotencyLayerBuilder<DynStore> {
         IdempotencyLayerBuilder::from_engine(self.engine.clone()).scope(self.scope_source())
     }
 
@@ -119,7 +119,7 @@ impl Server {
 /// Reads what in the store's own settings may make it forget records, logs each risk, and
 /// refuses to start on one that deletes live records on its own (eviction) unless told to
 /// accept it. Settings that cannot be read are logged, not fatal.
-async fn check_durability(store: &SharedStore, accept: bool) -> anyhow::Result<()> {
+async fn check_durability(store: &DynStore, accept: bool) -> anyhow::Result<()> {
     let risks = match store.durability_risks().await {
         Ok(risks) => risks,
         Err(error) => {

@@ -6,9 +6,6 @@ use idem_embedded::EmbeddedStore;
 use idem_postgres::PostgresStore;
 use idem_redis::RedisStore;
 
-/// Any store, chosen at run time.
-pub type SharedStore = DynStore;
-
 /// What `--store` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -74,7 +71,7 @@ impl StoreLocation {
 }
 
 /// Opens (and for databases, connects to and migrates) the store.
-pub async fn open(location: &StoreLocation) -> anyhow::Result<SharedStore> {
+pub async fn open(location: &StoreLocation) -> anyhow::Result<DynStore> {
     Ok(match location {
         StoreLocation::Memory => DynStore::new(MemoryStore::new()),
         StoreLocation::Embedded(path) => {

@@ -47,7 +47,7 @@ pub struct ReleaseQuery {
 /// Every answer that is not an error; its `status` member says which it is.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum Answer {
+pub enum StatusBody {
     /// The execution finished; `result` is what the operation returned (200). Returned to
     /// the first request and replayed, identical, to every retry.
     #[schema(title = "Completed")]

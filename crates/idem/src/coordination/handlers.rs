@@ -8,21 +8,21 @@ use idem_core::{Begin, BeginOptions, Execution, Finish};
 use idem_http::ProblemCode;
 
 use super::AppState;
-use super::api::{Answer, CompleteRequest, OperationRequest, RenewRequest};
+use super::api::{CompleteRequest, OperationRequest, RenewRequest, StatusBody};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, KeyedOperation, LeaseTokenQuery, RecordPath, lease_token};
 use super::operation::Operations;
 use super::respond::{self, Settlement};
-use crate::store::SharedStore;
+use idem_core::DynStore;
 
 /// Execute a registered operation at most once per key.
 #[utoipa::path(post, path = "/v1/idempotency/execute", tag = "execute",
     params(("Idempotency-Key" = String, Header, description = "One logical attempt; reused on every retry")),
     request_body = OperationRequest,
     responses(
-        (status = 200, description = "Executed now, or replayed: `completed`", body = Answer,
+        (status = 200, description = "Executed now, or replayed: `completed`", body = StatusBody,
             example = json!({"status": "completed", "result": {"id": "ch_1"}})),
-        (status = 202, description = "Another request with this key is executing: `processing`", body = Answer,
+        (status = 202, description = "Another request with this key is executing: `processing`", body = StatusBody,
             example = json!({"status": "processing"})),
         (status = 400, description = "Missing or invalid key, malformed JSON, missing fields", body = ErrorBody),
         (status = 404, description = "Unknown operation", body = ErrorBody),
@@ -71,7 +71,7 @@ pub async fn execute(
 async fn run_once(
     operations: Operations,
     request: KeyedOperation,
-    execution: Execution<SharedStore>,
+    execution: Execution<DynStore>,
 ) -> Result<Response, ApiError> {
     let outcome = operations
         .call(&request.operation, &request.payload, request.key.as_str())
@@ -104,11 +104,11 @@ async fn run_once(
     params(("Idempotency-Key" = String, Header, description = "One logical attempt; reused on every retry")),
     request_body = OperationRequest,
     responses(
-        (status = 201, description = "Acquired: execute, then complete or release", body = Answer,
+        (status = 201, description = "Acquired: execute, then complete or release", body = StatusBody,
             example = json!({"status": "acquired", "lease_token": "42", "lease_expires_at": 1_767_225_600_000_u64, "lease_ms": 30000})),
-        (status = 200, description = "Already completed: the stored answer", body = Answer,
+        (status = 200, description = "Already completed: the stored answer", body = StatusBody,
             example = json!({"status": "completed", "result": {"id": "u_1"}})),
-        (status = 202, description = "Another execution holds the key: `processing`", body = Answer,
+        (status = 202, description = "Another execution holds the key: `processing`", body = StatusBody,
             example = json!({"status": "processing"})),
         (status = 400, description = "Missing or invalid key, malformed JSON", body = ErrorBody),
         (status = 409, description = "An earlier execution's owner vanished mid-way: outcome unknown", body = ErrorBody),
@@ -140,7 +140,7 @@ pub async fn begin(
     params(("key" = String, Path, description = "The idempotency key")),
     request_body = CompleteRequest,
     responses(
-        (status = 200, description = "Stored; replayed to every retry: `completed`", body = Answer,
+        (status = 200, description = "Stored; replayed to every retry: `completed`", body = StatusBody,
             example = json!({"status": "completed", "result": {"id": "u_1"}})),
         (status = 400, description = "Invalid key, token or body", body = ErrorBody),
         (status = 409, description = "Lease lost", body = ErrorBody),
@@ -167,7 +167,7 @@ pub async fn complete(
     params(("key" = String, Path, description = "The idempotency key")),
     request_body = RenewRequest,
     responses(
-        (status = 200, description = "Renewed for another lease_ms: `renewed`", body = Answer,
+        (status = 200, description = "Renewed for another lease_ms: `renewed`", body = StatusBody,
             example = json!({"status": "renewed", "lease_ms": 30000})),
         (status = 400, description = "Invalid key, token or body", body = ErrorBody),
         (status = 409, description = "Lease lost", body = ErrorBody),
@@ -213,9 +213,9 @@ pub async fn release(
 #[utoipa::path(get, path = "/v1/idempotency/records/{key}", tag = "records",
     params(("key" = String, Path, description = "The idempotency key")),
     responses(
-        (status = 200, description = "Completed: the stored answer", body = Answer,
+        (status = 200, description = "Completed: the stored answer", body = StatusBody,
             example = json!({"status": "completed", "result": {"id": "u_1"}})),
-        (status = 202, description = "Processing", body = Answer,
+        (status = 202, description = "Processing", body = StatusBody,
             example = json!({"status": "processing"})),
         (status = 404, description = "No record for this key", body = ErrorBody),
         (status = 409, description = "Its execution's owner vanished mid-way: outcome unknown", body = ErrorBody),

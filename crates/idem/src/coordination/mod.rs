@@ -12,7 +12,7 @@
 //!
 //! # Modules
 //!
-//! - `api`: the JSON documents (requests, and [`Answer`](api::Answer), every answer that is
+//! - `api`: the JSON documents (requests, and [`StatusBody`](api::StatusBody), every answer that is
 //!   not an error) with their OpenAPI schemas; `error`: `ApiError`, an
 //!   [`idem_http::ProblemCode`] rendered as the contract's `{"error":{"code","message"}}`.
 //! - `extract`: the extractors that parse a request once, at the edge; `handlers`: one per
@@ -36,14 +36,14 @@ use utoipa::OpenApi;
 
 use crate::config;
 use crate::server::Server;
-use crate::store::SharedStore;
+use idem_core::DynStore;
 
 pub use operation::Operations;
 
 /// What every handler needs.
 #[derive(Clone)]
 pub struct AppState {
-    engine: Engine<SharedStore>,
+    engine: Engine<DynStore>,
     operations: Operations,
     scope: Arc<ScopeSource>,
 }
@@ -65,7 +65,7 @@ pub struct AppState {
     ),
     components(schemas(
         api::OperationRequest,
-        api::Answer,
+        api::StatusBody,
         api::CompleteRequest,
         api::RenewRequest,
         error::ErrorBody,

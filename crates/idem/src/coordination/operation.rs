@@ -21,7 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What became of one call.
 #[derive(Debug)]
-pub enum CallOutcome {
+pub enum OperationReply {
     /// 2xx with a JSON body.
     Succeeded(Value),
     /// Never delivered (connection refused): safe to run again.
@@ -98,9 +98,9 @@ impl Operations {
     }
 
     /// POSTs `payload`, as the client sent it, to the operation once.
-    pub async fn call(&self, name: &str, payload: &RawValue, key: &str) -> CallOutcome {
+    pub async fn call(&self, name: &str, payload: &RawValue, key: &str) -> OperationReply {
         let Some(uri) = self.urls.get(name) else {
-            return CallOutcome::Unreachable(format!("unknown operation {name}"));
+            return OperationReply::Unreachable(format!("unknown operation {name}"));
         };
         let body = Bytes::copy_from_slice(payload.get().as_bytes());
         let request = Request::post(uri.clone())
@@ -110,7 +110,7 @@ impl Operations {
         let request = match request {
             Ok(request) => request,
             Err(error) => {
-                return CallOutcome::Unreachable(format!("cannot build the request: {error}"));
+                return OperationReply::Unreachable(format!("cannot build the request: {error}"));
             }
         };
         let exchange = async {
@@ -124,17 +124,19 @@ impl Operations {
             Ok::<_, hyper_util::client::legacy::Error>((status, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => CallOutcome::OutcomeUnknown(format!("no answer within {:?}", self.timeout)),
-            Ok(Err(error)) if error.is_connect() => CallOutcome::Unreachable(error.to_string()),
-            Ok(Err(error)) => CallOutcome::OutcomeUnknown(error.to_string()),
-            Ok(Ok((_, Err(error)))) => {
-                CallOutcome::OutcomeUnknown(format!("the answer broke off: {error}"))
+            Err(_) => {
+                OperationReply::OutcomeUnknown(format!("no answer within {:?}", self.timeout))
             }
-            Ok(Ok((status, Ok(_)))) if !status.is_success() => CallOutcome::Failed { status },
-            Ok(Ok((_, Ok(body)))) if body.is_empty() => CallOutcome::Succeeded(Value::Null),
+            Ok(Err(error)) if error.is_connect() => OperationReply::Unreachable(error.to_string()),
+            Ok(Err(error)) => OperationReply::OutcomeUnknown(error.to_string()),
+            Ok(Ok((_, Err(error)))) => {
+                OperationReply::OutcomeUnknown(format!("the answer broke off: {error}"))
+            }
+            Ok(Ok((status, Ok(_)))) if !status.is_success() => OperationReply::Failed { status },
+            Ok(Ok((_, Ok(body)))) if body.is_empty() => OperationReply::Succeeded(Value::Null),
             Ok(Ok((_, Ok(body)))) => match serde_json::from_slice(&body) {
-                Ok(value) => CallOutcome::Succeeded(value),
-                Err(_) => CallOutcome::InvalidResponse,
+                Ok(value) => OperationReply::Succeeded(value),
+                Err(_) => OperationReply::InvalidResponse,
             },
         }
     }

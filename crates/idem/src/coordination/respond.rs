@@ -16,9 +16,9 @@ use idem_http::headers::retry_after;
 use idem_http::{DEFAULT_MAX_RETRY_AFTER, ProblemCode};
 use serde_json::Value;
 
-use super::api::Answer;
+use super::api::StatusBody;
 use super::error::{ApiError, JSON};
-use super::operation::CallOutcome;
+use super::operation::OperationReply;
 
 /// The answer to a begin that did not acquire the key: the stored answer, processing, or an
 /// error. Acquiring is each handler's own business (execute runs the operation, begin hands
@@ -35,7 +35,7 @@ pub fn not_acquired<S: Store>(begin: Begin<S>) -> Result<Response, ApiError> {
 
 /// 201: the caller owns the key with `token` for `lease`.
 pub fn acquired(token: LeaseToken, lease: Duration) -> Response {
-    let answer = Answer::Acquired {
+    let answer = StatusBody::Acquired {
         lease_token: token.as_u64().to_string(),
         lease_expires_at: SystemClock.now().plus(lease).as_millis(),
         lease_ms: millis(lease),
@@ -46,7 +46,7 @@ pub fn acquired(token: LeaseToken, lease: Duration) -> Response {
 /// 200 for a renewed lease that lasts `lease` from now; 409 for a lost one.
 pub fn renewed(outcome: TransitionOutcome, lease: Duration) -> Result<Response, ApiError> {
     match outcome {
-        TransitionOutcome::Applied => Ok(Json(Answer::Renewed {
+        TransitionOutcome::Applied => Ok(Json(StatusBody::Renewed {
             lease_ms: millis(lease),
         })
         .into_response()),
@@ -95,25 +95,25 @@ pub enum Settlement {
 
 /// The settlement of an operation call: its result, or the error kept in its place; only an
 /// unreachable operation leaves the key free.
-pub fn settlement(outcome: CallOutcome) -> Settlement {
+pub fn settlement(outcome: OperationReply) -> Settlement {
     let kept = match outcome {
-        CallOutcome::Succeeded(result) => return Settlement::Keep(completed(result)),
-        CallOutcome::Unreachable(reason) => {
+        OperationReply::Succeeded(result) => return Settlement::Keep(completed(result)),
+        OperationReply::Unreachable(reason) => {
             tracing::warn!(reason, "operation unreachable; releasing the key");
             return Settlement::Release(ApiError::new(
                 ProblemCode::OperationUnreachable,
                 "the operation could not be reached; nothing was executed, retry with the same key",
             ));
         }
-        CallOutcome::Failed { status } => ApiError::new(
+        OperationReply::Failed { status } => ApiError::new(
             ProblemCode::OperationFailed,
             format!("the operation answered HTTP {status}; this answer is kept for this key"),
         ),
-        CallOutcome::InvalidResponse => ApiError::new(
+        OperationReply::InvalidResponse => ApiError::new(
             ProblemCode::OperationInvalidResponse,
             "the operation answered a body that is not JSON; this answer is kept for this key",
         ),
-        CallOutcome::OutcomeUnknown(reason) => {
+        OperationReply::OutcomeUnknown(reason) => {
             tracing::warn!(reason, "operation outcome unknown");
             ApiError::new(
                 ProblemCode::OperationOutcomeUnknown,
@@ -126,7 +126,7 @@ pub fn settlement(outcome: CallOutcome) -> Settlement {
 
 /// The completed answer for `result`, as kept for its key.
 pub fn completed(result: Value) -> StoredResponse {
-    let body = serde_json::to_vec(&Answer::Completed { result }).unwrap_or_default();
+    let body = serde_json::to_vec(&StatusBody::Completed { result }).unwrap_or_default();
     StoredResponse {
         status: StatusCode::OK.as_u16(),
         headers: Vec::new(),
@@ -147,7 +147,7 @@ pub fn replay(stored: &StoredResponse) -> Response {
 
 /// 202 with `Retry-After` for a wait of `wait`.
 fn processing(wait: Duration) -> Response {
-    let mut response = (StatusCode::ACCEPTED, Json(Answer::Processing)).into_response();
+    let mut response = (StatusCode::ACCEPTED, Json(StatusBody::Processing)).into_response();
     response.headers_mut().insert(
         header::RETRY_AFTER,
         retry_after(wait, DEFAULT_MAX_RETRY_AFTER),
