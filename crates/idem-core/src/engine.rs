@@ -101,10 +101,11 @@ pub enum Resolved {
     Applied,
     /// Nothing to resolve: the key is absent or completed (the record, if any).
     NotInFlight(Option<RecordSnapshot>),
-    /// The key's owner is alive and renewing its lease: resolving it could run the operation
-    /// twice, so nothing was changed.
+    /// The key's owner may be alive: its lease is live, or lapsed less than a lease ago (an
+    /// owner cut off from the store may still come back and renew). Resolving it could run
+    /// the operation twice, so nothing was changed.
     StillRunning {
-        /// How long its lease has left.
+        /// How long to wait before a resolution may be tried again.
         lease_left: Duration,
     },
 }
@@ -281,7 +282,17 @@ impl<S: Store> Engine<S> {
             ttl: options.ttl,
             on_lapse: options.on_lapse,
         };
-        let outcome = timed("begin", self.state.store.begin(request)).await?;
+        let outcome = match timed("begin", self.state.store.begin(request)).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // The store may have acquired the key before its answer was lost (a timeout,
+                // a broken connection): give it back, fenced by the token nobody else holds,
+                // so that it is not reported as of unknown outcome for a whole TTL although
+                // nothing ran.
+                release_unanswered_begin(Arc::clone(&self.state), id, token);
+                return Err(error);
+            }
+        };
         Ok(match outcome {
             BeginOutcome::Acquired => Begin::Acquired(Execution::start(
                 Arc::clone(&self.state),
@@ -332,8 +343,9 @@ impl<S: Store> Engine<S> {
     }
 
     /// An operator's resolution of a key whose owner vanished: release it or complete it.
-    /// Refused while the owner is alive (its lease live), and fenced by the token read, so a
-    /// resolution never races an execution.
+    /// Refused while the owner may be alive (its lease live, or lapsed less than a lease
+    /// ago). The key is first taken over with a new token, atomically in the store, which
+    /// fences the old owner off: a resolution never races an execution.
     ///
     /// # Errors
     /// The store could not answer; nothing changed.
@@ -345,12 +357,39 @@ impl<S: Store> Engine<S> {
         let Some(snapshot) = self.status(id).await? else {
             return Ok(Resolved::NotInFlight(None));
         };
-        let RecordState::InFlight { token, .. } = snapshot.record.state else {
+        let RecordState::InFlight { fingerprint, .. } = snapshot.record.state else {
             return Ok(Resolved::NotInFlight(Some(snapshot)));
         };
         let lease_left = snapshot.lease_left().unwrap_or_default();
-        if !lease_left.is_zero() {
-            return Ok(Resolved::StillRunning { lease_left });
+        let lapsed_for = snapshot
+            .record
+            .lease_until()
+            .map_or(Duration::ZERO, |until| until.until(snapshot.now));
+        if !lease_left.is_zero() || lapsed_for < self.state.lease {
+            // Live, or lapsed so recently that an owner cut off from the store may still be
+            // running and come back to renew: wait at least a whole lease more.
+            return Ok(Resolved::StillRunning {
+                lease_left: lease_left + (self.state.lease - lapsed_for.min(self.state.lease)),
+            });
+        }
+        // Take the key over with a token of our own: atomic in the store (only if the lease is
+        // still lapsed at that instant), and it fences the old owner off, so that neither its
+        // late renewal nor its late completion can race the resolution.
+        let token = LeaseToken::random();
+        let takeover = BeginRequest {
+            id,
+            fingerprint,
+            token,
+            lease: self.state.lease,
+            ttl: self.state.ttl,
+            on_lapse: OnLapse::TakeOver,
+        };
+        match timed("begin", self.state.store.begin(takeover)).await? {
+            BeginOutcome::Acquired => {}
+            BeginOutcome::InFlight { lease_left } => {
+                return Ok(Resolved::StillRunning { lease_left });
+            }
+            _ => return Ok(Resolved::NotInFlight(self.status(id).await?)),
         }
         let outcome = match resolution {
             Resolution::Release => timed("release", self.state.store.release(id, token)).await?,
@@ -364,20 +403,44 @@ impl<S: Store> Engine<S> {
                 timed("complete", self.state.store.complete(request)).await?
             }
         };
-        match outcome {
-            TransitionOutcome::Applied => Ok(Resolved::Applied),
-            // The record changed between the read and the write (its owner came back and
-            // completed it, say): read it again and report what it is now.
-            TransitionOutcome::StaleLease => Ok(match self.status(id).await? {
-                Some(snapshot) => match snapshot.lease_left() {
-                    Some(lease_left) if !lease_left.is_zero() => {
-                        Resolved::StillRunning { lease_left }
-                    }
-                    _ => Resolved::NotInFlight(Some(snapshot)),
-                },
-                None => Resolved::NotInFlight(None),
-            }),
-        }
+        Ok(match outcome {
+            TransitionOutcome::Applied => Resolved::Applied,
+            // Only another resolution could have taken our fresh token's key over.
+            TransitionOutcome::StaleLease => Resolved::NotInFlight(self.status(id).await?),
+        })
+    }
+
+    /// Completes the key held by `token` with `response`, once: the complete call of a
+    /// two-phase flow. On a store fault the client, who holds the token, tries again.
+    ///
+    /// # Errors
+    /// The store could not answer; maybe nothing changed.
+    pub async fn complete_by_token(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        response: StoredResponse,
+        ttl: Duration,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let request = crate::CompleteRequest {
+            id,
+            token,
+            response,
+            ttl,
+        };
+        timed("complete", self.state.store.complete(request)).await
+    }
+
+    /// Releases the key held by `token`, once: the release call of a two-phase flow.
+    ///
+    /// # Errors
+    /// The store could not answer; maybe nothing changed.
+    pub async fn release_by_token(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+    ) -> Result<TransitionOutcome, StoreError> {
+        timed("release", self.state.store.release(id, token)).await
     }
 
     /// Deletes expired records in batches of `batch` every `interval`, on the current tokio
@@ -420,4 +483,23 @@ impl Drop for SweeperHandle {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Gives back, in the background, a key a begin may have acquired before its answer was lost.
+/// A few tries over about a lease: past that the lease lapses on its own.
+fn release_unanswered_begin<S: Store>(state: Arc<EngineState<S>>, id: RecordId, token: LeaseToken) {
+    crate::background::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        let give_up = tokio::time::Instant::now() + state.lease;
+        loop {
+            match timed("release", state.store.release(id, token)).await {
+                Ok(_) => return,
+                Err(_) if tokio::time::Instant::now() + pause >= give_up => return,
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    });
 }

@@ -7,7 +7,7 @@
 //! them imports this module and none imports another's internals: the imports stay one way.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,8 +16,9 @@ use tokio::time::Instant;
 
 use crate::{LeaseToken, OnLapse, RecordId};
 
-/// One lease in the registry: the record and the token that holds it.
-pub(crate) type LeaseKey = (RecordId, LeaseToken);
+/// One execution in the registry: the record, the token that holds it, and a number of its
+/// own (two executions may hold one token: a two-phase client resuming its lease twice).
+pub(crate) type LeaseKey = (RecordId, LeaseToken, u64);
 
 /// An engine's store and settings, shared by its clones, its executions and its renewer.
 pub(crate) struct EngineState<S> {
@@ -36,13 +37,21 @@ pub(crate) struct EngineState<S> {
 #[derive(Default)]
 pub(crate) struct LeaseRegistry {
     entries: Mutex<HashMap<LeaseKey, Arc<LeaseState>>>,
+    next_serial: AtomicU64,
     renewer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LeaseRegistry {
-    /// Starts keeping `key`'s lease alive.
-    pub(crate) fn insert(&self, key: LeaseKey, state: Arc<LeaseState>) {
+    /// Starts keeping the lease of `token` on `id` alive; answers its key in the registry.
+    pub(crate) fn insert(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        state: Arc<LeaseState>,
+    ) -> LeaseKey {
+        let key = (id, token, self.next_serial.fetch_add(1, Ordering::Relaxed));
         lock(&self.entries).insert(key, state);
+        key
     }
 
     /// Stops keeping `key`'s lease alive.

@@ -17,6 +17,9 @@ use crate::{
 
 /// First pause before a failed completion or release is tried again.
 const SETTLE_RETRY_START: Duration = Duration::from_millis(50);
+/// Longest a completion or release is retried in the background before the key is left to
+/// lapse: outlasts any store failover, and bounds the work a store outage can pile up.
+const MAX_SETTLE: Duration = Duration::from_secs(15 * 60);
 /// Longest pause between two tries: how late a completion lands after the store returns.
 const SETTLE_RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -164,6 +167,15 @@ impl<S: Store> Execution<S> {
         self.finish(Settlement::Release).await
     }
 
+    /// From now on, if this guard is dropped unfinished (the code executing the operation
+    /// panicked, or the runtime is shutting down) it does nothing: the lease lapses and the
+    /// key is reported as of unknown outcome, never released for a second execution. For
+    /// callers whose operation may have had an effect before any point where it can be
+    /// dropped (the HTTP layer running executions to completion).
+    pub fn abandon_if_dropped(&mut self) {
+        self.if_dropped = None;
+    }
+
     /// Stops renewing and hands the key to someone outside this process (a client of a
     /// two-phase API, who renews it and finishes it by its token).
     #[must_use]
@@ -195,11 +207,7 @@ impl<S: Store> Drop for Execution<S> {
         let (Some(owned), Some(settlement)) = (self.owned.take(), self.if_dropped.take()) else {
             return;
         };
-        // Without a runtime (the process is shutting down) the lease lapses on its own and
-        // the key is reported as of unknown outcome.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(owned.settle_in_background(settlement));
-        }
+        crate::background::spawn(owned.settle_in_background(settlement));
     }
 }
 
@@ -222,10 +230,15 @@ impl<S: Store> OwnedKey<S> {
     }
 
     /// Tries `settlement` until the store answers, renewing the lease meanwhile, for at most
-    /// the record's TTL (after which the record is gone anyway).
+    /// [`MAX_SETTLE`] (or the record's TTL, if shorter). Past that the renewals stop, the
+    /// lease lapses and the key is reported as of unknown outcome, for an operator to resolve:
+    /// a key is never pinned in flight by a settlement that cannot land.
     async fn settle_in_background(self, settlement: Settlement) {
         self.renewal.state.mark_settled();
-        let give_up = tokio::time::Instant::now() + self.ttl;
+        let now = tokio::time::Instant::now();
+        let give_up = now
+            .checked_add(self.ttl.min(MAX_SETTLE))
+            .unwrap_or(now + MAX_SETTLE);
         let mut pause = SETTLE_RETRY_START;
         let what = match settlement {
             Settlement::Release => "release",
@@ -244,7 +257,7 @@ impl<S: Store> OwnedKey<S> {
                 }
                 Err(error) if tokio::time::Instant::now() + pause >= give_up => {
                     metrics::counter!("idem_settlements_total", "transition" => what, "result" => "gave_up").increment(1);
-                    tracing::error!(%error, record = %self.id, transition = what, "gave up finishing the key after its whole TTL; the record has expired");
+                    tracing::error!(%error, record = %self.id, transition = what, "gave up finishing the key; its lease will lapse and it will be reported as of unknown outcome until an operator resolves it");
                     break;
                 }
                 Err(_) => {

@@ -56,6 +56,7 @@
 //! # }
 //! ```
 
+pub mod background;
 mod clock;
 mod engine;
 mod engine_state;

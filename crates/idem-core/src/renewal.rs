@@ -36,11 +36,11 @@ impl<S: Store> Registration<S> {
     /// Starts renewing `token`'s lease on `id`, and the engine's renewer if it is not running.
     pub(crate) fn start(engine: &Arc<EngineState<S>>, id: RecordId, token: LeaseToken) -> Self {
         let state = Arc::new(LeaseState::new());
-        engine.leases.insert((id, token), Arc::clone(&state));
+        let key = engine.leases.insert(id, token, Arc::clone(&state));
         ensure_renewer(engine);
         Self {
             engine: Arc::downgrade(engine),
-            key: (id, token),
+            key,
             state,
         }
     }
@@ -83,20 +83,16 @@ async fn renew_while_the_engine_lives<S: Store>(engine: Weak<EngineState<S>>) {
         };
         let due = engine.leases.due(Instant::now(), due_after);
         futures_util::stream::iter(due)
-            .for_each_concurrent(CONCURRENT_RENEWALS, |((id, token), state)| {
+            .for_each_concurrent(CONCURRENT_RENEWALS, |(key, state)| {
                 let engine = Arc::clone(&engine);
-                async move { renew(&engine, id, token, &state).await }
+                async move { renew(&engine, key, &state).await }
             })
             .await;
     }
 }
 
-async fn renew<S: Store>(
-    engine: &EngineState<S>,
-    id: RecordId,
-    token: LeaseToken,
-    state: &LeaseState,
-) {
+async fn renew<S: Store>(engine: &EngineState<S>, key: LeaseKey, state: &LeaseState) {
+    let (id, token, _) = key;
     let started = Instant::now();
     match timed("renew", engine.store.renew(id, token, engine.lease)).await {
         Ok(TransitionOutcome::Applied) => {
@@ -104,7 +100,7 @@ async fn renew<S: Store>(
             metrics::counter!("idem_lease_renewals_total", "result" => "renewed").increment(1);
         }
         Ok(TransitionOutcome::StaleLease) => {
-            engine.leases.remove(&(id, token));
+            engine.leases.remove(&key);
             if !state.settled() {
                 state.mark_lost();
                 metrics::counter!("idem_lease_renewals_total", "result" => "lost").increment(1);

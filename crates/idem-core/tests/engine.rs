@@ -433,10 +433,11 @@ async fn resolve_refuses_a_live_lease_and_applies_on_a_lapsed_one() {
     let Begin::Acquired(execution) = engine.begin(id("k"), request("a")).await.unwrap() else {
         panic!()
     };
+    // Live: the lease left, plus a whole lease of grace after it lapses.
     assert_eq!(
         engine.resolve(id("k"), Resolution::Release).await.unwrap(),
         Resolved::StillRunning {
-            lease_left: Duration::from_secs(30)
+            lease_left: Duration::from_secs(60)
         }
     );
     clock.advance(Duration::from_secs(10));
@@ -446,11 +447,19 @@ async fn resolve_refuses_a_live_lease_and_applies_on_a_lapsed_one() {
             .await
             .unwrap(),
         Resolved::StillRunning {
-            lease_left: Duration::from_secs(20)
+            lease_left: Duration::from_secs(50)
         }
     );
     let _ = execution.detach();
-    clock.advance(Duration::from_secs(20));
+    // Lapsed less than a lease ago: its owner may only be cut off from the store.
+    clock.advance(Duration::from_secs(40));
+    assert_eq!(
+        engine.resolve(id("k"), Resolution::Release).await.unwrap(),
+        Resolved::StillRunning {
+            lease_left: Duration::from_secs(10)
+        }
+    );
+    clock.advance(Duration::from_secs(10));
     assert_eq!(
         engine
             .resolve(id("k"), Resolution::Complete(response("operator")))
@@ -475,6 +484,7 @@ async fn resolve_refuses_a_live_lease_and_applies_on_a_lapsed_one() {
         engine.begin(id("j"), request("a")).await.unwrap(),
         Begin::OutcomeUnknown
     ));
+    clock.advance(Duration::from_secs(30));
     assert_eq!(
         engine.resolve(id("j"), Resolution::Release).await.unwrap(),
         Resolved::Applied
@@ -714,4 +724,97 @@ async fn sweeper_reclaims_expired_records() {
             ..
         })
     ));
+}
+
+/// A resolution takes the key over before it acts, so the owner it replaced can neither
+/// complete nor renew it afterwards, should it come back.
+#[tokio::test]
+async fn a_resolution_fences_the_owner_it_replaced() {
+    let clock = clock();
+    let engine = Engine::builder(MemoryStore::with_clock(clock.clone()))
+        .lease(Duration::from_secs(30))
+        .build();
+    let Begin::Acquired(execution) = engine.begin(id("k"), request("a")).await.unwrap() else {
+        panic!()
+    };
+    let (_, token) = execution.detach();
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        engine.resolve(id("k"), Resolution::Release).await.unwrap(),
+        Resolved::Applied
+    );
+    assert_eq!(
+        engine
+            .complete_by_token(id("k"), token, response("late"), HOUR)
+            .await
+            .unwrap(),
+        TransitionOutcome::StaleLease,
+        "the owner it replaced stores nothing"
+    );
+    assert_eq!(
+        engine.renew(id("k"), token).await.unwrap(),
+        TransitionOutcome::StaleLease
+    );
+    assert!(matches!(
+        engine.begin(id("k"), request("a")).await.unwrap(),
+        Begin::Acquired(_)
+    ));
+}
+
+/// A store that applies every begin and then loses its answer.
+#[derive(Debug, Clone, Default)]
+struct LostBeginAnswers {
+    store: MemoryStore,
+}
+
+impl Store for LostBeginAnswers {
+    async fn begin(
+        &self,
+        request: idem_core::BeginRequest,
+    ) -> Result<idem_core::BeginOutcome, StoreError> {
+        self.store.begin(request).await?;
+        Err(StoreError::unavailable("the answer was lost"))
+    }
+    async fn renew(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<TransitionOutcome, StoreError> {
+        self.store.renew(id, token, lease).await
+    }
+    async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
+        self.store.complete(request).await
+    }
+    async fn release(
+        &self,
+        id: RecordId,
+        token: LeaseToken,
+    ) -> Result<TransitionOutcome, StoreError> {
+        self.store.release(id, token).await
+    }
+    async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
+        self.store.get(id).await
+    }
+    async fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
+        self.store.sweep_expired(limit).await
+    }
+}
+
+/// A begin whose answer was lost (nothing executed) gives its key back in the background,
+/// instead of leaving it in flight to lapse into an unknown outcome.
+#[tokio::test]
+async fn a_begin_whose_answer_was_lost_gives_its_key_back() {
+    let store = LostBeginAnswers::default();
+    let engine = Engine::new(store.clone());
+    assert!(engine.begin(id("k"), request("a")).await.is_err());
+    let mut status = engine.status(id("k")).await.unwrap();
+    for _ in 0..100 {
+        if status.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = engine.status(id("k")).await.unwrap();
+    }
+    assert_eq!(status, None, "released: a retry executes");
 }

@@ -64,11 +64,11 @@ where
         let Some(future) = self.future.take() else {
             return;
         };
-        // Without a runtime (the process is shutting down) the execution stops here; its
-        // `Execution` guard settles the key as it was told to.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(future);
-        }
+        // Counted as background work, which a server shutting down waits for. Without a
+        // runtime the execution stops here, and its key lapses into an unknown outcome.
+        idem_core::background::spawn(async move {
+            let _ = future.await;
+        });
     }
 }
 

@@ -311,13 +311,19 @@ where
     async fn execute(
         mut self,
         request: Request<InnerBody<ReqBody>>,
-        execution: Execution<St>,
+        mut execution: Execution<St>,
     ) -> Result<Response<ResponseBody>, S::Error> {
         let config = Arc::clone(&self.config);
         let on_cancel = self.config.on_cancel;
+        if on_cancel != CancelPolicy::Release {
+            // Run to completion, nothing drops the execution but a panic (or the runtime
+            // stopping), after which the operation may have happened: the key lapses into an
+            // unknown outcome rather than being released for a second execution.
+            execution.abandon_if_dropped();
+        }
         let run = async move {
-            // If the inner service panics, or this future is dropped before a response
-            // exists, `execution` is dropped unfinished and releases the key.
+            // If this future is dropped before a response exists (a cancelled request under
+            // `Release`), `execution` is dropped unfinished and releases the key.
             let response = match self.inner.call(request).await {
                 Ok(response) => response,
                 Err(error) => {

@@ -101,10 +101,11 @@ const CREDENTIAL_HEADER: &str = "x-idem-credential";
 
 fn record_ref(key: String, headers: &HeaderMap) -> crate::records::RecordRef {
     crate::records::RecordRef {
+        // The header's bytes as they are: a non-ASCII credential must hash the same way the
+        // layer hashed it, never fall back to another scope.
         credential: headers
             .get(CREDENTIAL_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned),
+            .map(|value| value.as_bytes().to_vec()),
         key,
     }
 }

@@ -81,6 +81,13 @@ pub struct RecordArgs {
     /// `--scope-header` one); leave out for requests that carried none.
     #[arg(long, env = "IDEM_RECORD_CREDENTIAL", hide_env_values = true)]
     pub credential: Option<String>,
+    /// The instances' `--lease`: a key lapsed less than a lease ago is not resolved (its
+    /// owner may only be cut off from the store) [default: 30s].
+    #[arg(long, env = "IDEM_LEASE", value_name = "DURATION", value_parser = parse_duration)]
+    pub lease: Option<std::time::Duration>,
+    /// How long a completion is replayed [default: 24h].
+    #[arg(long, env = "IDEM_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// Options shared by `proxy` and `serve`.

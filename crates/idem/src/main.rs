@@ -99,10 +99,18 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
         store,
         key,
         credential,
+        lease,
+        ttl,
     } = args;
     let location = store::StoreLocation::parse(&store)?;
-    let engine = idem_core::Engine::new(store::open(&location).await?);
-    let record = records::RecordRef { credential, key };
+    let engine = idem_core::Engine::builder(store::open(&location).await?)
+        .lease(lease.unwrap_or(idem_core::DEFAULT_LEASE))
+        .ttl(ttl.unwrap_or(idem_core::DEFAULT_TTL))
+        .build();
+    let record = records::RecordRef {
+        credential: credential.map(String::into_bytes),
+        key,
+    };
     let answer = match resolution {
         None => records::show(&engine, &record).await?,
         Some(resolution) => records::resolve(&engine, &record, resolution, "idem records").await?,

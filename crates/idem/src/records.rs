@@ -5,8 +5,8 @@
 //! way: give the value of the header that scopes requests (`Authorization`, or
 //! `--scope-header`'s), or nothing for requests that had none. A key whose execution's owner
 //! died is resolved by releasing it (the next retry executes) or completing it with a given
-//! answer (every retry replays it). Resolutions are refused while an owner is alive, and
-//! every one is logged.
+//! answer (every retry replays it). Resolutions are refused while an owner may be alive (its
+//! lease live, or lapsed less than a lease ago), fence the old owner off, and are logged.
 
 use bytes::Bytes;
 use idem_core::{
@@ -21,7 +21,7 @@ use idem_core::DynStore;
 #[derive(Debug, Clone)]
 pub struct RecordRef {
     /// The value of the scoping header, `None` for the anonymous scope.
-    pub credential: Option<String>,
+    pub credential: Option<Vec<u8>>,
     /// The idempotency key as the client sent it.
     pub key: String,
 }
@@ -117,7 +117,7 @@ pub async fn resolve(
             Ok(describe(id, snapshot.as_ref()))
         }
         Resolved::StillRunning { lease_left } => anyhow::bail!(
-            "record {id} is still being executed (its lease is renewed; {} ms left): resolving it could run the operation twice; nothing changed",
+            "record {id} may still be executing (its lease is live, or lapsed less than a lease ago and its owner may come back): resolving it could run the operation twice; nothing changed, try again in {} ms",
             lease_left.as_millis()
         ),
         Resolved::NotInFlight(None) => {

@@ -23,7 +23,8 @@ const SWEEP_BATCH: usize = 500;
 /// How long in-flight requests may take to finish after SIGTERM before the process exits
 /// anyway; the keys of requests still running then lapse with their lease.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time given to background store writes (releases, completions) before the process exits.
+/// The least time given to background work (executions without their client, completions
+/// retried after a store fault) before the process exits, even after a full drain.
 const RELEASE_GRACE: Duration = Duration::from_millis(500);
 
 /// A started server: store open, sweeper and admin listener running.
@@ -104,13 +105,25 @@ impl Server {
             result = &mut task => return Ok(result??),
             () = signalled(shutdown) => {}
         }
-        match tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        match tokio::time::timeout_at(deadline, &mut task).await {
             Ok(result) => result??,
             Err(_) => {
-                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight after the drain timeout; exiting: their keys lapse with their lease");
+                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight after the drain timeout; exiting: their keys lapse into an unknown outcome");
                 task.abort();
-                tokio::time::sleep(RELEASE_GRACE).await;
             }
+        }
+        // Executions whose client hung up, and completions retried after a store fault, run
+        // on after their requests: finish them (within the same drain budget, and at least a
+        // short grace) before the runtime stops, or their keys lapse into unknown outcomes.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(RELEASE_GRACE);
+        if !idem_core::background::wait_idle(left).await {
+            tracing::warn!(
+                still_running = idem_core::background::running(),
+                "background work still running at exit: its keys lapse into an unknown outcome"
+            );
         }
         Ok(())
     }

@@ -154,12 +154,14 @@ pub async fn complete(
     let token = lease_token(&request.lease_token)?;
     let stored = respond::completed(request.result);
     let done = respond::replay(&stored);
-    let execution = state.engine.resume(id, token, state.engine.ttl());
-    respond::finished(
-        execution.complete(stored).await,
-        "storing a completion",
-        done,
-    )
+    // Once, not retried in the background: the client holds the token and retries on 503,
+    // so a store outage cannot pile up work here on behalf of anyone who sends a token.
+    let outcome = state
+        .engine
+        .complete_by_token(id, token, stored, state.engine.ttl())
+        .await
+        .map_err(|error| ApiError::store_unavailable(&error))?;
+    respond::transitioned(outcome, done)
 }
 
 /// Renew: keep the lease while you execute; call it every third of `lease_ms`.
@@ -201,12 +203,12 @@ pub async fn release(
     RecordPath(id): RecordPath,
     LeaseTokenQuery(token): LeaseTokenQuery,
 ) -> Result<Response, ApiError> {
-    let execution = state.engine.resume(id, token, state.engine.ttl());
-    respond::finished(
-        execution.release().await,
-        "releasing a key",
-        StatusCode::NO_CONTENT.into_response(),
-    )
+    let outcome = state
+        .engine
+        .release_by_token(id, token)
+        .await
+        .map_err(|error| ApiError::store_unavailable(&error))?;
+    respond::transitioned(outcome, StatusCode::NO_CONTENT.into_response())
 }
 
 /// Status: whether a key is processing or completed (with its result).

@@ -9,8 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use idem_core::{
-    Begin, Clock, Finish, LeaseToken, RecordSnapshot, RecordState, Store, StoredResponse,
-    SystemClock, TransitionOutcome,
+    Begin, Clock, LeaseToken, RecordSnapshot, RecordState, Store, StoredResponse, SystemClock,
+    TransitionOutcome,
 };
 use idem_http::headers::retry_after;
 use idem_http::{DEFAULT_MAX_RETRY_AFTER, ProblemCode};
@@ -54,17 +54,11 @@ pub fn renewed(outcome: TransitionOutcome, lease: Duration) -> Result<Response, 
     }
 }
 
-/// The answer to a complete or a release: `done`, unless the lease was lost. A store that did
-/// not answer is not an error: the transition is retried in the background (with the lease
-/// renewed) until it lands, so no retry can execute the operation meanwhile.
-pub fn finished(finish: Finish, what: &str, done: Response) -> Result<Response, ApiError> {
-    match finish {
-        Finish::LeaseLost => Err(ApiError::lease_lost()),
-        Finish::Retrying(error) => {
-            tracing::warn!(%error, "{what} failed; retrying in the background");
-            Ok(done)
-        }
-        _ => Ok(done),
+/// The answer to a two-phase complete or release: `done`, unless the lease was lost.
+pub fn transitioned(outcome: TransitionOutcome, done: Response) -> Result<Response, ApiError> {
+    match outcome {
+        TransitionOutcome::Applied => Ok(done),
+        TransitionOutcome::StaleLease => Err(ApiError::lease_lost()),
     }
 }
 
