@@ -389,6 +389,9 @@ impl<'a> Batch<'a> {
         match write {
             Write::Nothing => {}
             Write::Put(record) => {
+                // Whatever moved the expiry (an acquisition; a renewal, or a begin run again
+                // on its own lapsed lease, carrying it along with the lease; a completion), the
+                // index entry moves with it.
                 if let Some(old) = &current {
                     self.expiry
                         .insert(layout::expiry_key(old.expires_at, &id), false);

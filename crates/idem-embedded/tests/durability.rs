@@ -227,3 +227,45 @@ async fn expiry_follows_the_clock_across_a_reopening() {
         assert!(store.get(id(n)).await.expect("get").is_none());
     }
 }
+
+/// A renewal moves the record's entry in the expiry index along with its expiry: a sweep past
+/// the expiry the record was begun with leaves it alone (a TTL past its renewed lease), and one
+/// past its renewed expiry deletes it, leaving no stale index entry behind.
+#[tokio::test]
+async fn renewal_moves_the_expiry_index_entry() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let clock = ManualClock::new(SystemClock.now());
+    let store = EmbeddedStore::builder(directory.path())
+        .clock(clock.clone())
+        .open()
+        .expect("store opens");
+    let token = LeaseToken::random();
+    // Lease 60 s, TTL an hour: expires at 3660 s unless renewed.
+    store.begin(begin_request(10, token)).await.expect("begin");
+    // Renewed every 50 s, past the original expiry.
+    for _ in 0..80 {
+        clock.advance(Duration::from_secs(50));
+        store
+            .renew(id(10), token, Duration::from_secs(60))
+            .await
+            .expect("renew");
+    }
+    // Now at 4000 s, the lease until 4060 s, the record expiring at 7660 s.
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 0);
+    let snapshot = store.get(id(10)).await.expect("get").expect("kept");
+    assert_eq!(snapshot.expires_in(), Duration::from_secs(3660));
+    // The owner stops: the lease lapses, the record is kept an hour more, then swept.
+    clock.advance(Duration::from_secs(3660) - Duration::from_millis(1));
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 0);
+    assert_eq!(
+        store
+            .begin(begin_request(10, LeaseToken::random()))
+            .await
+            .expect("begin"),
+        BeginOutcome::OutcomeUnknown
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 1);
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 0);
+    assert!(store.get(id(10)).await.expect("get").is_none());
+}

@@ -49,40 +49,53 @@ macro_rules! later {
 ///
 /// A record may be acquired when it is expired (`expires_at <= now`), or, with `$7`, in flight
 /// with a lapsed lease (`lease_until <= now`) and the same fingerprint; or when there is none.
-/// A lapsed lease without `$7` is not acquirable: the statement writes nothing and the row it
-/// returns tells the caller the outcome is unknown.
+/// Acquiring writes a lease until `now + $5` and an expiry a TTL after it, `now + $5 + $6`:
+/// a record whose owner died is kept a whole TTL after its lease lapsed. A lapsed lease without
+/// `$7` is not acquirable: the statement writes nothing and the row it returns tells the caller
+/// the outcome is unknown.
+///
+/// A record in flight with the request's own token `$4` (and fingerprint) was acquired by
+/// this very begin, run before (its answer lost): it is acquired again. With its lease lapsed
+/// the statement renews it as `RENEW` would (a lease until `now + $5`, the expiry moved
+/// forward as much) and marks it with `$8`; with its lease live it writes nothing, and the
+/// caller reads the returned row as acquired (`transition::begin` answers `Acquired` and
+/// writes nothing).
 ///
 /// Why this is race-free under READ COMMITTED, with any number of concurrent clients:
 ///
 /// - `snapshot` reads the row as of the statement's snapshot. If that row is live and may not
-///   be acquired (completed, in flight with a live lease, in flight with a lapsed lease and no
-///   takeover asked, or another fingerprint), the answer (replay, in flight, outcome unknown,
-///   mismatch) is the state at that instant, which lies within the call: the `INSERT` selects
-///   no row, nothing is written and no lock is taken. Replays, the hot path of retries, stay
-///   read-only, and so does an outcome-unknown answer.
+///   be acquired (completed, in flight with a live lease, in flight with a lapsed lease held
+///   by another token and no takeover asked, or another fingerprint), the answer (replay, in
+///   flight or, for the request's own token, acquired; outcome unknown, mismatch) is the state
+///   at that instant, which lies within the call: the `INSERT` selects no row, nothing is
+///   written and no lock is taken. Replays, the hot path of retries, stay read-only, and so
+///   does an outcome-unknown answer.
 /// - Otherwise (no row, or one that may be acquired) the `INSERT … ON CONFLICT` decides on the
 ///   latest committed version, not on the snapshot: the unique index makes concurrent inserts
 ///   of one id wait for each other, and on a conflict `DO UPDATE` locks the newest version of
 ///   the row (retrying if it was updated or deleted meanwhile) and evaluates its `SET` against
-///   that version. So a row committed by another client after our snapshot is still seen:
-///   racing begins take the row lock one after the other, each deciding on what the previous
-///   one wrote, and once one has acquired the others find its live lease.
+///   that version: a fresh acquisition, the renewal of the request's own lapsed lease, or the
+///   row unchanged, exactly one of the three by the same predicates as `snapshot`. So a row
+///   committed by another client after our snapshot is still seen: racing begins take the row
+///   lock one after the other, each deciding on what the previous one wrote, and once one has
+///   acquired the others find its live lease (or, if they carry its token, their own).
 /// - The clock was read before any lock wait, so a begin that waited decides with an instant
 ///   slightly in the past. That errs on the safe side: being expired or lapsed only becomes
 ///   true as time passes, so a version acquirable at that instant is acquirable when the lock
 ///   is granted (the lock keeps it from changing), and a version not yet lapsed then is
 ///   reported in flight, with a lease left a little longer than it is. A racing begin that
 ///   read a later instant wrote a lease ending after ours started, so we find it live.
-/// - `DO UPDATE` always fires, writing either the new in-flight record or the row unchanged,
-///   because with `DO UPDATE … WHERE false` `RETURNING` yields nothing, and a plain `SELECT`
-///   in the same statement cannot see a row committed after its snapshot. `RETURNING` thus
-///   always reports the row as this statement left it. Rewriting an unchanged row costs a row
-///   version, and only happens to begins that lose a race. Which of the two was written is
-///   told by `acquisition = $8`: PostgreSQL before 18 cannot return the old row, and
-///   comparing tokens would misread a begin that reuses the token it already holds.
+/// - `DO UPDATE` always fires, writing either the new in-flight record, the renewed one or the
+///   row unchanged, because with `DO UPDATE … WHERE false` `RETURNING` yields nothing, and a
+///   plain `SELECT` in the same statement cannot see a row committed after its snapshot.
+///   `RETURNING` thus always reports the row as this statement left it. Rewriting an
+///   unchanged row costs a row version, and only happens to begins that lose a race. Which
+///   was written is told by `acquisition = $8`: PostgreSQL before 18 cannot return the old
+///   row, and comparing tokens would misread a begin that reuses the token it already holds.
 ///
 /// The caller answers a row it did not acquire with `transition::begin` at the returned `now`:
-/// the same predicate on the same instant, so the two cannot disagree.
+/// the same predicate on the same instant, so the two cannot disagree; the reference may only
+/// answer it with a transition that writes nothing.
 pub(crate) const BEGIN: &str = concat!(
     "
 WITH ",
@@ -92,18 +105,16 @@ fresh AS (
     SELECT ",
     later!("$5"),
     " AS lease_until,
-           GREATEST(",
-    later!("$5"),
-    ", ",
-    later!("$6"),
-    ") AS expires_at
+           LEAST(clock.now::numeric + $5::numeric + $6::numeric,
+                 9223372036854775807)::bigint AS expires_at
     FROM clock
 ),
 snapshot AS (
     SELECT state, fingerprint, token, lease_until, expires_at,
            response_status, response_headers, response_body,
            (expires_at <= clock.now
-            OR ($7 AND state = 'in_flight' AND lease_until <= clock.now AND fingerprint = $3))
+            OR (state = 'in_flight' AND lease_until <= clock.now AND fingerprint = $3
+                AND ($7 OR token = $4)))
                AS acquirable
     FROM idem_records, clock
     WHERE id = $2
@@ -125,15 +136,28 @@ upsert AS (
            FROM clock
            WHERE r.expires_at <= clock.now
               OR ($7 AND r.state = 'in_flight' AND r.lease_until <= clock.now
-                  AND r.fingerprint = $3)
+                  AND r.fingerprint = $3 AND r.token <> $4)
+           UNION ALL
+           -- The request's own token with a lapsed lease: renewed, the expiry moved forward
+           -- as much as the lease.
+           SELECT r.fingerprint, r.state, r.token, EXCLUDED.lease_until,
+                  LEAST(r.expires_at::numeric
+                        + GREATEST(EXCLUDED.lease_until::numeric - r.lease_until::numeric, 0),
+                        9223372036854775807)::bigint,
+                  r.response_status, r.response_headers, r.response_body,
+                  EXCLUDED.acquisition, r.created_at
+           FROM clock
+           WHERE r.expires_at > clock.now
+             AND r.state = 'in_flight' AND r.lease_until <= clock.now
+             AND r.fingerprint = $3 AND r.token = $4
            UNION ALL
            SELECT r.fingerprint, r.state, r.token, r.lease_until,
                   r.expires_at, r.response_status, r.response_headers,
                   r.response_body, r.acquisition, r.created_at
            FROM clock
-           WHERE NOT (r.expires_at <= clock.now
-              OR ($7 AND r.state = 'in_flight' AND r.lease_until <= clock.now
-                  AND r.fingerprint = $3)))
+           WHERE r.expires_at > clock.now
+             AND NOT (r.state = 'in_flight' AND r.lease_until <= clock.now
+                      AND r.fingerprint = $3 AND ($7 OR r.token = $4)))
     RETURNING state, fingerprint, token, lease_until, expires_at,
               response_status, response_headers, response_body, acquisition = $8 AS acquired
 )
@@ -148,10 +172,12 @@ WHERE NOT EXISTS (SELECT FROM upsert)"
 /// Renew. `$1` now override, `$2` id, `$3` token, `$4` lease (ms). One row affected: applied;
 /// none: stale lease.
 ///
-/// A lapsed lease that was not taken over still carries its owner's token and is renewed;
-/// one taken over carries another token. `UPDATE` re-checks its `WHERE` on the newest version
-/// of a row that changed after its snapshot, so a concurrent takeover, completion or release
-/// is never overwritten.
+/// The lease moves to `now + $4`, and the expiry forward by as much as the lease moved forward
+/// (never back), so the record is still kept a TTL past its lease without the renewal carrying
+/// the TTL. A lapsed lease that was not taken over still carries its owner's token and is
+/// renewed; one taken over carries another token. `UPDATE` re-checks its `WHERE` on the newest
+/// version of a row that changed after its snapshot, so a concurrent takeover, completion or
+/// release is never overwritten.
 pub(crate) const RENEW: &str = concat!(
     "
 WITH ",
@@ -161,9 +187,11 @@ UPDATE idem_records
 SET lease_until = ",
     later!("$4"),
     ",
-    expires_at = GREATEST(expires_at, ",
+    expires_at = LEAST(expires_at::numeric
+                       + GREATEST(",
     later!("$4"),
-    ")
+    "::numeric - lease_until::numeric, 0),
+                       9223372036854775807)::bigint
 FROM clock
 WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now"
 );

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_core::store::transition;
+use idem_core::store::transition::{self, Write};
 use idem_core::{
     BeginOutcome, BeginRequest, Clock, CompleteRequest, DurabilityRisk, LeaseToken, OnLapse,
     RecordId, RecordSnapshot, Store, StoreError, TransitionOutcome,
@@ -262,16 +262,17 @@ impl Store for PostgresStore {
             return Ok(BeginOutcome::Acquired);
         }
         // The row this statement left untouched: answer from it with the reference semantics
-        // at the statement's own instant, which must agree that it could not be acquired.
+        // at the statement's own instant, which must agree that there was nothing to write
+        // (the answer may still be `Acquired`: the request's own token with a live lease).
         let record = record_from_row(&row)?;
         let now = now_from_row(&row)?;
-        match transition::begin(Some(&record), &request, now).0 {
-            BeginOutcome::Acquired => Err(StoreError::Corrupted(
+        match transition::begin(Some(&record), &request, now) {
+            (outcome, Write::Nothing) => Ok(outcome),
+            _ => Err(StoreError::Corrupted(
                 "idem_records row is acquirable by the reference semantics but the begin \
                  statement did not acquire it"
                     .into(),
             )),
-            outcome => Ok(outcome),
         }
     }
 

@@ -422,8 +422,78 @@ async fn renewing_keeps_a_record_in_flight_past_its_first_lease() {
     );
 }
 
+/// Begins run again with the owner's own token (replies lost, the driver re-ran them) race
+/// with takeovers of its lapsed lease: exactly one token ends up acquiring, every begin that
+/// carries it is answered `Acquired`, and the record holds it with a whole lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn begins_run_again_with_their_own_token_race_takeovers_safely() {
+    let clock = manual_clock();
+    let store = Arc::new(store_with_clock(&clock).await);
+    let first = request(
+        fresh_id(),
+        "own token",
+        Duration::from_secs(30),
+        OnLapse::ReportUnknown,
+    );
+    assert_eq!(
+        store.begin(first.clone()).await.expect("begin"),
+        BeginOutcome::Acquired
+    );
+    // Run again while the lease is live: acquired, nothing written.
+    assert_eq!(
+        store.begin(first.clone()).await.expect("begin"),
+        BeginOutcome::Acquired
+    );
+    clock.advance(Duration::from_secs(31));
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|n| {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            let racer = if n % 2 == 0 {
+                first.clone()
+            } else {
+                request(
+                    first.id,
+                    "own token",
+                    Duration::from_secs(30),
+                    OnLapse::TakeOver,
+                )
+            };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                (
+                    racer.token,
+                    store.begin(racer).await.expect("begin answers"),
+                )
+            })
+        })
+        .collect();
+    let mut winners = std::collections::HashSet::new();
+    for racer in racers {
+        match racer.await.expect("task") {
+            (token, BeginOutcome::Acquired) => {
+                winners.insert(token);
+            }
+            (_, BeginOutcome::InFlight { .. }) => {}
+            (_, other) => panic!("unexpected outcome in a race: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one token acquires: {winners:?}");
+    let winner = *winners.iter().next().expect("a winner");
+    assert_eq!(in_flight_token(&store, first.id).await, winner);
+    let snapshot = store.get(first.id).await.expect("get").expect("live");
+    assert_eq!(snapshot.lease_left(), Some(Duration::from_secs(30)));
+    assert_eq!(
+        snapshot.expires_in(),
+        Duration::from_secs(30) + first.ttl,
+        "kept a TTL past the lease"
+    );
+}
+
+/// A renewal moves the expiry forward by as much as the lease: the record is still kept a TTL
+/// past its renewed lease.
 #[tokio::test]
-async fn renewing_extends_the_expiry_to_cover_the_lease() {
+async fn renewing_carries_the_expiry_a_ttl_past_the_lease() {
     let clock = manual_clock();
     let store = store_with_clock(&clock).await;
     let first = BeginRequest {
@@ -455,7 +525,7 @@ async fn renewing_extends_the_expiry_to_cover_the_lease() {
         "the test clock is the store's now"
     );
     assert_eq!(snapshot.lease_left(), Some(Duration::from_secs(60)));
-    assert_eq!(snapshot.expires_in(), Duration::from_secs(60));
+    assert_eq!(snapshot.expires_in(), Duration::from_secs(70));
 }
 
 #[tokio::test]

@@ -119,7 +119,8 @@ async fn a_record_is_one_hash_that_redis_expires_after_a_grace_period() {
         .expect("TYPE");
     assert_eq!(kind, "hash");
     let physical = pttl(&mut redis, &key).await;
-    let expected = first.ttl + EXPIRY_GRACE;
+    // Kept a TTL past the lease, then the grace.
+    let expected = first.lease + first.ttl + EXPIRY_GRACE;
     assert!(
         physical > expected - SLACK && physical <= expected,
         "PTTL {physical:?}, expected about {expected:?}"
@@ -310,10 +311,13 @@ async fn renewals_keep_a_record_in_flight_past_its_first_lease() {
         matches!(outcome, BeginOutcome::InFlight { lease_left } if lease_left > Duration::ZERO),
         "expected InFlight, got {outcome:?}"
     );
-    // The physical expiry followed the lease.
+    // The physical expiry followed the lease: a TTL past it, then the grace.
     let mut redis = raw_connection(&url()).await;
     let physical = pttl(&mut redis, &store.key(first.id)).await;
-    assert!(physical > EXPIRY_GRACE, "PTTL {physical:?}");
+    assert!(
+        physical > first.ttl + EXPIRY_GRACE && physical <= 2 * SHORT_LEASE + EXPIRY_GRACE,
+        "PTTL {physical:?}"
+    );
 
     let completed = CompleteRequest {
         id: first.id,
@@ -325,6 +329,50 @@ async fn renewals_keep_a_record_in_flight_past_its_first_lease() {
         store.complete(completed).await.expect("complete"),
         TransitionOutcome::Applied
     );
+}
+
+/// A begin run again with its own token after its lease lapsed (on Redis's clock) is acquired
+/// again and renews the lease, carrying the physical expiry along with the logical one.
+#[tokio::test]
+async fn a_begin_run_again_with_its_own_token_renews_a_lapsed_lease() {
+    let store = store_with_prefix(&unique_prefix("rerun")).await;
+    let first = BeginRequest {
+        lease: SHORT_LEASE,
+        ttl: Duration::from_secs(60),
+        ..request("rerun")
+    };
+    assert_eq!(
+        store.begin(first.clone()).await.expect("begin"),
+        BeginOutcome::Acquired
+    );
+    assert_eq!(
+        store.begin(first.clone()).await.expect("begin"),
+        BeginOutcome::Acquired,
+        "run again under a live lease"
+    );
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(200)).await;
+    assert_eq!(
+        store.begin(first.clone()).await.expect("begin"),
+        BeginOutcome::Acquired,
+        "run again once the lease lapsed"
+    );
+    let duplicate = BeginRequest {
+        token: LeaseToken::random(),
+        ..first.clone()
+    };
+    let outcome = store.begin(duplicate).await.expect("begin");
+    assert!(
+        matches!(outcome, BeginOutcome::InFlight { lease_left } if lease_left > Duration::ZERO),
+        "expected InFlight, got {outcome:?}"
+    );
+    let mut redis = raw_connection(&url()).await;
+    let physical = pttl(&mut redis, &store.key(first.id)).await;
+    let expected = SHORT_LEASE + first.ttl + EXPIRY_GRACE;
+    assert!(
+        physical > expected - SLACK && physical <= expected,
+        "PTTL {physical:?}, expected about {expected:?}"
+    );
+    store.release(first.id, first.token).await.expect("release");
 }
 
 #[tokio::test]

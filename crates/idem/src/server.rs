@@ -23,6 +23,9 @@ const SWEEP_BATCH: usize = 500;
 /// How long in-flight requests may take to finish after SIGTERM before the process exits
 /// anyway; the keys of requests still running then lapse with their lease.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest lease that outlives a renewal slowed down to a network store's operation
+/// timeout (5 s) three times over: shorter ones work, but a slow store can lapse live leases.
+const MIN_SAFE_LEASE: Duration = Duration::from_secs(15);
 /// The least time given to background work (executions without their client, completions
 /// retried after a store fault) before the process exits, even after a full drain.
 const RELEASE_GRACE: Duration = Duration::from_millis(500);
@@ -41,6 +44,9 @@ impl Server {
         let store = crate::store::open(&common.store).await?;
         tracing::info!(store = %common.store.describe(), "store open");
         check_durability(&store, common.accept_store_risks).await?;
+        if common.lease < MIN_SAFE_LEASE {
+            tracing::warn!(lease = ?common.lease, "--lease is shorter than {MIN_SAFE_LEASE:?}: a renewal slowed down to the store's operation timeout (5 s) could let the lease of a live execution lapse, and its retries would be told the outcome is unknown");
+        }
         let mut engine = Engine::builder(store.clone())
             .ttl(common.ttl)
             .lease(common.lease);

@@ -12,6 +12,11 @@
 //!                      absent
 //! ```
 //!
+//! An in-flight record expires a whole TTL after its lease lapses (a renewal moves its expiry
+//! along with its lease), never with the lease: until then a lapsed lease answers
+//! `OutcomeUnknown`, so a crashed execution is never run again just because its record
+//! expired. A completed record expires a TTL after its completion.
+//!
 //! Each method is one atomic step, so a backend can implement it in one round trip
 //! (`INSERT … ON CONFLICT … RETURNING`, a Lua script, one write transaction).
 //!
@@ -66,8 +71,10 @@ pub struct BeginRequest {
     pub token: LeaseToken,
     /// How long the lease lasts from the store's now, unless renewed.
     pub lease: Duration,
-    /// How long the record is kept from the store's now (at least as long as the lease). A
-    /// completion sets its own TTL.
+    /// How long an in-flight record is kept past its lease: it expires a whole TTL after its
+    /// lease lapses (renewals carry that gap along), so a crashed owner's key answers
+    /// [`BeginOutcome::OutcomeUnknown`] for a TTL rather than expiring with the lease. A
+    /// completion sets its own TTL, from its now.
     pub ttl: Duration,
     /// What to do with a record whose lease lapsed.
     pub on_lapse: OnLapse,
@@ -216,25 +223,32 @@ pub(crate) async fn timed<T>(
 /// Every "now" below is the store's own clock (see the module documentation).
 pub trait Store: Send + Sync + 'static {
     /// Atomically decides who owns `request.id`:
-    /// - absent or expired: store an in-flight record with `request.token`, a lease of
-    ///   `request.lease` and a TTL of `request.ttl` (at least the lease), and answer
-    ///   [`BeginOutcome::Acquired`];
+    /// - absent or expired: store an in-flight record with `request.token`, a lease until
+    ///   `now + request.lease` and an expiry a TTL after that lease (`lease_until +
+    ///   request.ttl`, saturating), and answer [`BeginOutcome::Acquired`];
     /// - in flight or completed with another fingerprint: [`BeginOutcome::Mismatch`];
     /// - completed, same fingerprint: [`BeginOutcome::Replay`];
+    /// - in flight with `request.token` itself (this very begin ran before and its answer was
+    ///   lost, say a driver ran it again after an I/O error): [`BeginOutcome::Acquired`],
+    ///   changing nothing while the lease is live; a lapsed one is renewed to a whole lease
+    ///   from now, as [`renew`](Store::renew) would;
     /// - in flight with a live lease, same fingerprint: [`BeginOutcome::InFlight`];
     /// - in flight with a lapsed lease, same fingerprint: with [`OnLapse::TakeOver`], acquire
     ///   as for an absent record (the lapsed owner is thereby fenced off); otherwise
     ///   [`BeginOutcome::OutcomeUnknown`], changing nothing.
     ///
-    /// Of any number of concurrent calls for one absent id, exactly one acquires.
+    /// Of any number of concurrent calls for one absent id with distinct tokens, exactly one
+    /// acquires.
     fn begin(
         &self,
         request: BeginRequest,
     ) -> impl Future<Output = Result<BeginOutcome, StoreError>> + Send;
 
     /// If the record is in flight with `token` (lapsed or not, but not taken over or expired),
-    /// atomically moves its lease to `lease` from now (and its expiry to at least that);
-    /// otherwise changes nothing and answers [`TransitionOutcome::StaleLease`].
+    /// atomically moves its lease to `lease` from now, and its expiry forward by as much as
+    /// the lease moved forward (`expires_at + max(0, new lease_until - old lease_until)`,
+    /// saturating), so the record is still kept a TTL past its lease; otherwise changes
+    /// nothing and answers [`TransitionOutcome::StaleLease`].
     fn renew(
         &self,
         id: RecordId,

@@ -22,6 +22,15 @@ pub enum Write {
 }
 
 /// [`Store::begin`](super::Store::begin) applied to the current record at `now`.
+///
+/// An acquisition stores a lease of `request.lease` from now and keeps the record a whole
+/// `request.ttl` past that lease: if the owner dies, its lease lapses and the record is still
+/// there for a TTL, so retries are told the outcome is unknown instead of executing again.
+///
+/// A begin that finds the request's own token in flight (its earlier run acquired the record,
+/// and the reply was lost; a driver may run a script again after an I/O error) is
+/// [`BeginOutcome::Acquired`] again and changes nothing, except that a lapsed lease is
+/// renewed, as [`renew`] would, to a whole lease from now.
 #[must_use]
 pub fn begin(
     current: Option<&Record>,
@@ -36,25 +45,40 @@ pub fn begin(
                 token: request.token,
                 lease_until,
             },
-            expires_at: now.plus(request.ttl).max(lease_until),
+            expires_at: lease_until.plus(request.ttl),
         };
         (BeginOutcome::Acquired, Write::Put(record))
     };
-    match live(current, now).map(|record| &record.state) {
-        None => acquire(),
-        Some(
-            RecordState::InFlight { fingerprint, .. } | RecordState::Completed { fingerprint, .. },
-        ) if *fingerprint != request.fingerprint => (BeginOutcome::Mismatch, Write::Nothing),
-        Some(RecordState::Completed { response, .. }) => {
+    let Some(record) = live(current, now) else {
+        return acquire();
+    };
+    match &record.state {
+        RecordState::InFlight { fingerprint, .. } | RecordState::Completed { fingerprint, .. }
+            if *fingerprint != request.fingerprint =>
+        {
+            (BeginOutcome::Mismatch, Write::Nothing)
+        }
+        RecordState::Completed { response, .. } => {
             (BeginOutcome::Replay(response.clone()), Write::Nothing)
         }
-        Some(RecordState::InFlight { lease_until, .. }) if *lease_until > now => (
+        RecordState::InFlight {
+            token, lease_until, ..
+        } if *token == request.token => {
+            if *lease_until > now {
+                (BeginOutcome::Acquired, Write::Nothing)
+            } else {
+                let renewed =
+                    with_lease(record, request.fingerprint, *token, now.plus(request.lease));
+                (BeginOutcome::Acquired, Write::Put(renewed))
+            }
+        }
+        RecordState::InFlight { lease_until, .. } if *lease_until > now => (
             BeginOutcome::InFlight {
                 lease_left: now.until(*lease_until),
             },
             Write::Nothing,
         ),
-        Some(RecordState::InFlight { .. }) => match request.on_lapse {
+        RecordState::InFlight { .. } => match request.on_lapse {
             OnLapse::TakeOver => acquire(),
             OnLapse::ReportUnknown => (BeginOutcome::OutcomeUnknown, Write::Nothing),
         },
@@ -62,6 +86,10 @@ pub fn begin(
 }
 
 /// [`Store::renew`](super::Store::renew) applied to the current record at `now`.
+///
+/// The lease becomes a whole `lease` from now (longer or shorter than it was), and the
+/// record's expiry moves forward by as much as the lease did (never back), so the TTL the
+/// record was begun with is still kept past the renewed lease without the renewal carrying it.
 #[must_use]
 pub fn renew(
     current: Option<&Record>,
@@ -71,18 +99,32 @@ pub fn renew(
 ) -> (TransitionOutcome, Write) {
     match (owned_in_flight(current, token, now), current) {
         (Some(fingerprint), Some(record)) => {
-            let lease_until = now.plus(lease);
-            let renewed = Record {
-                state: RecordState::InFlight {
-                    fingerprint,
-                    token,
-                    lease_until,
-                },
-                expires_at: record.expires_at.max(lease_until),
-            };
+            let renewed = with_lease(record, fingerprint, token, now.plus(lease));
             (TransitionOutcome::Applied, Write::Put(renewed))
         }
         _ => (TransitionOutcome::StaleLease, Write::Nothing),
+    }
+}
+
+/// The in-flight `record` with its lease moved to `lease_until`, and its expiry moved forward
+/// by as much as the lease moved forward: `expires_at + max(0, lease_until - old lease_until)`,
+/// saturating.
+fn with_lease(
+    record: &Record,
+    fingerprint: Fingerprint,
+    token: LeaseToken,
+    lease_until: Timestamp,
+) -> Record {
+    let moved = record
+        .lease_until()
+        .map_or(Duration::ZERO, |old| old.until(lease_until));
+    Record {
+        state: RecordState::InFlight {
+            fingerprint,
+            token,
+            lease_until,
+        },
+        expires_at: record.expires_at.plus(moved),
     }
 }
 

@@ -30,6 +30,9 @@ const MILLISECOND: Duration = Duration::from_millis(1);
 /// The lease and TTL of the records the sweep checks let expire: short, so a sweep at their
 /// expiry reaches only records expiring at about the real now.
 const SHORT: Duration = Duration::from_millis(10);
+/// How long the records the sweep checks let expire live: an in-flight one a TTL past its
+/// lease, both [`SHORT`].
+const SHORT_LIVED: Duration = Duration::from_millis(20);
 
 #[doc(hidden)]
 #[must_use]
@@ -165,7 +168,7 @@ async fn record<S: Store>(store: &S, clock: &ManualClock, id: RecordId) -> Optio
     Some(snapshot.record)
 }
 
-/// The record `request` leaves when it acquires at `at`.
+/// The record `request` leaves when it acquires at `at`: kept a whole TTL past its lease.
 fn acquired_at(request: &BeginRequest, at: Timestamp) -> Record {
     let lease_until = at.plus(request.lease);
     Record {
@@ -174,12 +177,12 @@ fn acquired_at(request: &BeginRequest, at: Timestamp) -> Record {
             token: request.token,
             lease_until,
         },
-        expires_at: at.plus(request.ttl).max(lease_until),
+        expires_at: lease_until.plus(request.ttl),
     }
 }
 
 /// An absent key is acquired by the first begin, which stores it in flight with its token,
-/// its lease and its TTL from the store's now.
+/// its lease from the store's now, and an expiry a TTL past that lease.
 pub async fn absent_key_is_acquired<S: Store>(store: S, clock: ManualClock) {
     let request = begin_request(fresh_id(), "a");
     let at = clock.now();
@@ -554,7 +557,8 @@ pub async fn renew_extends_a_live_lease<S: Store>(store: S, clock: ManualClock) 
                 token: owner.token,
                 lease_until: renewed_at.plus(LEASE),
             },
-            expires_at: at.plus(TTL),
+            // The expiry moved forward with the lease: still a TTL past it.
+            expires_at: at.plus(LEASE + TTL + Duration::from_secs(20)),
         })
     );
     // Past the original lease (at + 30 s), within the renewed one (at + 50 s).
@@ -708,28 +712,67 @@ async fn a_finished_or_absent_record_is_not_renewed<S: Store>(
     assert_eq!(get(store, absent.id).await, None);
 }
 
-/// An in-flight record is kept at least as long as its lease, however it was renewed: a
-/// record never expires under a live lease, even past the TTL it was begun with.
-pub async fn in_flight_ttl_covers_the_lease_after_renewals<S: Store>(store: S, clock: ManualClock) {
-    // A TTL shorter than the lease: the record is kept for the whole lease.
+/// After `request`'s lease lapsed, with `left` until its record expires: every retry until
+/// then is told the outcome is unknown (never acquires), and the record expires exactly
+/// `left` later, the key then free.
+async fn unknown_until_expiry<S: Store>(
+    store: &S,
+    clock: &ManualClock,
+    request: &BeginRequest,
+    left: Duration,
+) {
+    assert_eq!(
+        begin(store, retry(request)).await,
+        BeginOutcome::OutcomeUnknown,
+        "a lapsed lease is an unknown outcome, not a free key"
+    );
+    clock.advance(left - MILLISECOND);
+    assert_eq!(
+        begin(store, retry(request)).await,
+        BeginOutcome::OutcomeUnknown,
+        "still kept a TTL after the lease lapsed"
+    );
+    let snapshot = get(store, request.id).await.expect("still kept");
+    assert_eq!(snapshot.lease_left(), Some(Duration::ZERO));
+    assert_eq!(snapshot.expires_in(), MILLISECOND);
+    clock.advance(MILLISECOND);
+    assert_eq!(get(store, request.id).await, None);
+    assert_eq!(
+        begin(store, retry(request)).await,
+        BeginOutcome::Acquired,
+        "expired a TTL after the lease lapsed"
+    );
+}
+
+/// An in-flight record is kept a whole TTL after its lease lapses, however short its TTL and
+/// however long it was renewed: the key of an owner that crashed answers
+/// [`BeginOutcome::OutcomeUnknown`], never [`BeginOutcome::Acquired`], until a TTL after the
+/// lapse, when it expires. A renewal moves the expiry forward with the lease, never back.
+pub async fn lapsed_lease_is_kept_a_ttl_after_the_lapse<S: Store>(store: S, clock: ManualClock) {
+    // A TTL shorter than the lease.
     let short_ttl = BeginRequest {
         lease: 2 * MINUTE,
         ttl: MINUTE,
         ..begin_request(fresh_id(), "short ttl")
     };
-    begin(&store, short_ttl.clone()).await;
-    let snapshot = get(&store, short_ttl.id).await.expect("in flight");
-    assert!(
-        snapshot.expires_in() >= 2 * MINUTE,
-        "kept for the lease: {snapshot:?}"
+    let at = clock.now();
+    assert_eq!(
+        begin(&store, short_ttl.clone()).await,
+        BeginOutcome::Acquired
     );
+    assert_eq!(
+        record(&store, &clock, short_ttl.id).await,
+        Some(acquired_at(&short_ttl, at))
+    );
+    clock.advance(2 * MINUTE);
+    unknown_until_expiry(&store, &clock, &short_ttl, MINUTE).await;
 
+    // Renewed every 20 s for five minutes, far past the TTL it was begun with.
     let owner = BeginRequest {
         ttl: MINUTE,
         ..begin_request(fresh_id(), "renewed")
     };
     begin(&store, owner.clone()).await;
-    // Renewed every 20 s for five minutes, far past the TTL it was begun with.
     for _ in 0..15 {
         clock.advance(Duration::from_secs(20));
         assert_eq!(
@@ -740,31 +783,124 @@ pub async fn in_flight_ttl_covers_the_lease_after_renewals<S: Store>(store: S, c
             .await
             .expect("kept under a live lease");
         assert_eq!(snapshot.lease_left(), Some(LEASE));
-        assert!(
-            snapshot.expires_in() >= LEASE,
-            "the record outlives its lease: {snapshot:?}"
+        assert_eq!(
+            snapshot.expires_in(),
+            LEASE + MINUTE,
+            "kept a TTL past the renewed lease"
         );
     }
     assert_eq!(
         begin(&store, retry(&owner)).await,
         BeginOutcome::InFlight { lease_left: LEASE }
     );
-    // A renewal with a lease longer than the record's TTL left extends the record too.
+    // A longer lease carries the expiry along; a shorter one does not bring it back.
     assert_eq!(
         renew(&store, &owner, 10 * MINUTE).await,
         TransitionOutcome::Applied
     );
+    let snapshot = get(&store, owner.id).await.expect("in flight");
+    assert_eq!(snapshot.expires_in(), 11 * MINUTE);
     clock.advance(9 * MINUTE);
     assert_eq!(
         begin(&store, retry(&owner)).await,
         BeginOutcome::InFlight { lease_left: MINUTE }
     );
     assert_eq!(
-        complete(&store, &owner, sample_response()).await,
+        renew(&store, &owner, SECOND).await,
+        TransitionOutcome::Applied
+    );
+    let snapshot = get(&store, owner.id).await.expect("in flight");
+    assert_eq!(snapshot.lease_left(), Some(SECOND));
+    assert_eq!(snapshot.expires_in(), 2 * MINUTE);
+    // The owner crashes: its lease lapses, and the record is kept at least a TTL more.
+    clock.advance(SECOND);
+    unknown_until_expiry(&store, &clock, &owner, 2 * MINUTE - SECOND).await;
+
+    // An owner that completes after its lease lapsed is still heard within that TTL.
+    let late = BeginRequest {
+        lease: 2 * MINUTE,
+        ttl: MINUTE,
+        ..begin_request(fresh_id(), "late")
+    };
+    begin(&store, late.clone()).await;
+    clock.advance(3 * MINUTE - MILLISECOND);
+    assert_eq!(
+        complete(&store, &late, sample_response()).await,
         TransitionOutcome::Applied
     );
     assert_eq!(
-        begin(&store, retry(&owner)).await,
+        begin(&store, retry(&late)).await,
+        BeginOutcome::Replay(sample_response())
+    );
+}
+
+/// A begin run again with its own token (its first reply was lost, and the driver ran it
+/// again) is acquired again: while the lease is live it changes nothing, and once the lease
+/// lapsed it gets a whole lease from now, its expiry carried along, rather than being told the
+/// outcome is unknown. The same token with another request's fingerprint is still a mismatch,
+/// and once completed, the begin replays.
+pub async fn begin_run_again_with_its_own_token_is_acquired<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let request = begin_request(fresh_id(), "run twice");
+    let at = clock.now();
+    for _ in 0..2 {
+        assert_eq!(begin(&store, request.clone()).await, BeginOutcome::Acquired);
+        assert_eq!(
+            record(&store, &clock, request.id).await,
+            Some(acquired_at(&request, at)),
+            "a begin run again changes nothing"
+        );
+    }
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(begin(&store, request.clone()).await, BeginOutcome::Acquired);
+    assert_eq!(
+        begin(&store, retry(&request)).await,
+        BeginOutcome::InFlight {
+            lease_left: Duration::from_secs(10)
+        },
+        "the lease was not moved"
+    );
+    let other_request = BeginRequest {
+        fingerprint: fingerprint("another request"),
+        ..request.clone()
+    };
+    assert_eq!(begin(&store, other_request).await, BeginOutcome::Mismatch);
+
+    // Lapsed: acquired again with a fresh lease, the expiry a TTL past it.
+    clock.advance(LEASE);
+    let again = clock.now();
+    assert_eq!(begin(&store, request.clone()).await, BeginOutcome::Acquired);
+    assert_eq!(
+        record(&store, &clock, request.id).await,
+        Some(acquired_at(&request, again))
+    );
+    assert_eq!(
+        begin(&store, retry(&request)).await,
+        BeginOutcome::InFlight { lease_left: LEASE }
+    );
+    // Likewise when it may take a lapsed lease over: it keeps its own token.
+    let may_take_over = BeginRequest {
+        on_lapse: OnLapse::TakeOver,
+        ..request.clone()
+    };
+    clock.advance(LEASE + SECOND);
+    let later = clock.now();
+    assert_eq!(
+        begin(&store, may_take_over.clone()).await,
+        BeginOutcome::Acquired
+    );
+    assert_eq!(
+        record(&store, &clock, request.id).await,
+        Some(acquired_at(&request, later))
+    );
+    assert_eq!(
+        complete(&store, &request, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        begin(&store, request.clone()).await,
         BeginOutcome::Replay(sample_response())
     );
 }
@@ -794,7 +930,8 @@ pub async fn completion_is_final<S: Store>(store: S, clock: ManualClock) {
 }
 
 /// A record past its expiry behaves as absent: it reads as absent, any request acquires it,
-/// and its old owner is fenced off.
+/// and its old owner is fenced off. A completed record expires a TTL after its completion, an
+/// abandoned in-flight one a TTL after its lease lapsed.
 pub async fn expired_record_behaves_as_absent<S: Store>(store: S, clock: ManualClock) {
     let first = begin_request(fresh_id(), "old");
     begin(&store, first.clone()).await;
@@ -802,7 +939,7 @@ pub async fn expired_record_behaves_as_absent<S: Store>(store: S, clock: ManualC
         complete(&store, &first, sample_response()).await,
         TransitionOutcome::Applied
     );
-    // An in-flight record whose whole record expires with it.
+    // An in-flight record whose owner is gone: its lease lapses, and a TTL later it expires.
     let abandoned = begin_request(fresh_id(), "gone");
     begin(&store, abandoned.clone()).await;
 
@@ -817,6 +954,14 @@ pub async fn expired_record_behaves_as_absent<S: Store>(store: S, clock: ManualC
     assert!(get(&store, abandoned.id).await.is_some());
     clock.advance(MILLISECOND);
     assert_eq!(get(&store, first.id).await, None);
+    assert_eq!(
+        begin(&store, retry(&abandoned)).await,
+        BeginOutcome::OutcomeUnknown,
+        "a TTL after it began, but not yet a TTL after its lease lapsed"
+    );
+    clock.advance(LEASE - MILLISECOND);
+    assert!(get(&store, abandoned.id).await.is_some());
+    clock.advance(MILLISECOND);
     assert_eq!(get(&store, abandoned.id).await, None);
 
     assert_eq!(
@@ -858,7 +1003,7 @@ pub async fn status_reports_each_state<S: Store>(store: S, clock: ManualClock) {
                 token: request.token,
                 lease_until: at.plus(LEASE),
             },
-            expires_at: at.plus(TTL),
+            expires_at: at.plus(LEASE + TTL),
         })
     );
     clock.advance(SECOND);
@@ -887,19 +1032,19 @@ pub async fn snapshot_reads_the_store_clock<S: Store>(store: S, clock: ManualClo
     let snapshot = get(&store, request.id).await.expect("in flight");
     assert_eq!(snapshot.now, clock.now());
     assert_eq!(snapshot.lease_left(), Some(LEASE));
-    assert_eq!(snapshot.expires_in(), TTL);
+    assert_eq!(snapshot.expires_in(), LEASE + TTL);
 
     clock.advance(Duration::from_secs(12));
     let snapshot = get(&store, request.id).await.expect("in flight");
     assert_eq!(snapshot.now, clock.now());
     assert_eq!(snapshot.lease_left(), Some(Duration::from_secs(18)));
-    assert_eq!(snapshot.expires_in(), TTL - Duration::from_secs(12));
+    assert_eq!(snapshot.expires_in(), LEASE + TTL - Duration::from_secs(12));
 
     clock.advance(Duration::from_secs(20));
     let snapshot = get(&store, request.id).await.expect("lapsed, still kept");
     assert_eq!(snapshot.now, clock.now());
     assert_eq!(snapshot.lease_left(), Some(Duration::ZERO));
-    assert_eq!(snapshot.expires_in(), TTL - Duration::from_secs(32));
+    assert_eq!(snapshot.expires_in(), LEASE + TTL - Duration::from_secs(32));
 
     assert_eq!(
         complete_for(&store, &request, sample_response(), MINUTE).await,
@@ -943,7 +1088,7 @@ pub async fn records_are_isolated_by_id<S: Store>(store: S, clock: ManualClock) 
 }
 
 /// The records the sweep checks let expire: in flight and completed, with a lease and TTL of
-/// [`SHORT`].
+/// [`SHORT`]: all of them expired [`SHORT_LIVED`] later.
 async fn short_lived_records<S: Store>(store: &S) -> Vec<BeginRequest> {
     let mut short_lived = Vec::new();
     for n in 0..5 {
@@ -978,7 +1123,7 @@ pub async fn sweep_deletes_only_expired_records<S: Store>(store: S, clock: Manua
     );
 
     // Nothing has expired yet: whatever a sweep deletes is some other test's garbage.
-    clock.advance(SHORT);
+    clock.advance(SHORT_LIVED);
     let first_batch = store.sweep_expired(2).await.expect("sweep");
     assert!(
         first_batch <= 2,
@@ -1013,7 +1158,7 @@ pub async fn sweep_deletes_only_expired_records<S: Store>(store: S, clock: Manua
     assert_eq!(
         begin(&store, retry(&in_flight)).await,
         BeginOutcome::InFlight {
-            lease_left: LEASE - SHORT
+            lease_left: LEASE - SHORT_LIVED
         },
         "live records survive"
     );
@@ -1034,7 +1179,7 @@ pub async fn expired_records_behave_as_absent_without_a_sweep<S: Store>(
     let short_lived = short_lived_records(&store).await;
     let long = begin_request(fresh_id(), "long");
     begin(&store, long.clone()).await;
-    clock.advance(SHORT);
+    clock.advance(SHORT_LIVED);
     assert!(store.sweep_expired(1).await.expect("sweep") <= 1);
     for request in &short_lived {
         assert_eq!(get(&store, request.id).await, None);
@@ -1050,7 +1195,7 @@ pub async fn expired_records_behave_as_absent_without_a_sweep<S: Store>(
     assert_eq!(
         begin(&store, retry(&long)).await,
         BeginOutcome::InFlight {
-            lease_left: LEASE - SHORT
+            lease_left: LEASE - SHORT_LIVED
         },
         "live records survive"
     );

@@ -37,6 +37,16 @@ enum Operation {
         ttl: u64,
         take_over: bool,
     },
+    /// A begin run again with a token already handed out for the key (its first reply was
+    /// lost and a driver re-ran it), for the request the token was issued to or the other.
+    Rebegin {
+        key: u8,
+        owner: u8,
+        same_request: bool,
+        lease: u64,
+        ttl: u64,
+        take_over: bool,
+    },
     Renew {
         key: u8,
         owner: u8,
@@ -65,6 +75,9 @@ fn operation() -> impl Strategy<Value = Operation> {
     prop_oneof![
         3 => (0..3u8, 0..2u8, 1..50u64, 1..200u64, any::<bool>()).prop_map(
             |(key, request, lease, ttl, take_over)| Operation::Begin { key, request, lease, ttl, take_over }
+        ),
+        1 => (0..3u8, 0..3u8, prop::bool::weighted(0.8), 1..50u64, 1..200u64, any::<bool>()).prop_map(
+            |(key, owner, same_request, lease, ttl, take_over)| Operation::Rebegin { key, owner, same_request, lease, ttl, take_over }
         ),
         2 => (0..3u8, 0..3u8, 1..50u64).prop_map(|(key, owner, lease)| Operation::Renew { key, owner, lease }),
         2 => (0..3u8, 0..3u8, 1..200u64).prop_map(|(key, owner, ttl)| Operation::Complete { key, owner, ttl }),
@@ -118,15 +131,15 @@ impl Model {
             .filter(|record| self.now < record.expires_at())
     }
 
-    /// The key's record, if it is in flight (lapsed or not) with `token`.
-    fn owned(&self, key: u8, token: LeaseToken) -> Option<(u8, u64)> {
+    /// The key's request, lease and expiry, if it is in flight (lapsed or not) with `token`.
+    fn owned(&self, key: u8, token: LeaseToken) -> Option<(u8, u64, u64)> {
         match self.live(key) {
             Some(ModelRecord::Running {
                 request,
                 token: held,
+                lease_until,
                 expires_at,
-                ..
-            }) if *held == token => Some((*request, *expires_at)),
+            }) if *held == token => Some((*request, *lease_until, *expires_at)),
             _ => None,
         }
     }
@@ -146,6 +159,27 @@ impl Model {
             Some(ModelRecord::Done { response, .. }) => {
                 return BeginOutcome::Replay(response.clone());
             }
+            // Its own token: this begin already acquired the key. A live lease stays as it
+            // is; a lapsed one gets a whole lease from now, and the expiry keeps its distance.
+            Some(&ModelRecord::Running {
+                token: held,
+                lease_until,
+                expires_at,
+                ..
+            }) if held == token => {
+                if lease_until <= now {
+                    self.records.insert(
+                        key,
+                        ModelRecord::Running {
+                            request,
+                            token,
+                            lease_until: now + lease,
+                            expires_at: expires_at + (now + lease - lease_until),
+                        },
+                    );
+                }
+                return BeginOutcome::Acquired;
+            }
             Some(ModelRecord::Running { lease_until, .. }) if *lease_until > now => {
                 return BeginOutcome::InFlight {
                     lease_left: Duration::from_millis(lease_until - now),
@@ -163,24 +197,27 @@ impl Model {
                 request,
                 token,
                 lease_until: now + lease,
-                expires_at: (now + ttl).max(now + lease),
+                // Kept a whole TTL after the lease lapses.
+                expires_at: now + lease + ttl,
             },
         );
         BeginOutcome::Acquired
     }
 
     fn renew(&mut self, key: u8, token: LeaseToken, lease: u64) -> TransitionOutcome {
-        let Some((request, expires_at)) = self.owned(key, token) else {
+        let Some((request, old_lease_until, expires_at)) = self.owned(key, token) else {
             return TransitionOutcome::StaleLease;
         };
         let lease_until = self.now + lease;
+        // The expiry moves forward with the lease (never back), keeping the TTL past it.
+        let moved = lease_until.saturating_sub(old_lease_until);
         self.records.insert(
             key,
             ModelRecord::Running {
                 request,
                 token,
                 lease_until,
-                expires_at: expires_at.max(lease_until),
+                expires_at: expires_at + moved,
             },
         );
         TransitionOutcome::Applied
@@ -193,7 +230,7 @@ impl Model {
         response: StoredResponse,
         ttl: u64,
     ) -> TransitionOutcome {
-        let Some((request, _)) = self.owned(key, token) else {
+        let Some((request, ..)) = self.owned(key, token) else {
             return TransitionOutcome::StaleLease;
         };
         self.records.insert(
@@ -308,9 +345,19 @@ struct SequenceRun<'a, S> {
     model: Model,
     /// This sequence's namespace of record ids.
     salt: u64,
-    /// Every token ever handed out per key: "owner" n picks the n-th most recent, so stale
-    /// owners are exercised as often as current ones.
-    tokens: HashMap<u8, Vec<LeaseToken>>,
+    /// Every token ever handed out per key, with the request it was issued to: "owner" n
+    /// picks the n-th most recent, so stale owners are exercised as often as current ones.
+    tokens: HashMap<u8, Vec<(LeaseToken, u8)>>,
+}
+
+/// One begin, in the units of the generated operations.
+struct Attempt {
+    key: u8,
+    request: u8,
+    token: LeaseToken,
+    lease: u64,
+    ttl: u64,
+    take_over: bool,
 }
 
 impl<'a, S: Store> SequenceRun<'a, S> {
@@ -336,7 +383,7 @@ impl<'a, S: Store> SequenceRun<'a, S> {
 
     /// The token "owner" `owner` of `key` holds, if that many were handed out.
     fn token(&self, key: u8, owner: u8) -> Option<LeaseToken> {
-        pick(&self.tokens, key, owner)
+        pick(&self.tokens, key, owner).map(|(token, _)| token)
     }
 
     /// Applies `operation` to the store and the model, and asserts that they answer alike.
@@ -355,8 +402,39 @@ impl<'a, S: Store> SequenceRun<'a, S> {
                 ttl,
                 take_over,
             } => {
-                self.begin(key, request, lease, ttl, take_over, &context)
-                    .await
+                let attempt = Attempt {
+                    key,
+                    request,
+                    token: LeaseToken::random(),
+                    lease,
+                    ttl,
+                    take_over,
+                };
+                self.begin(&attempt, &context).await;
+            }
+            Operation::Rebegin {
+                key,
+                owner,
+                same_request,
+                lease,
+                ttl,
+                take_over,
+            } => {
+                if let Some((token, issued_to)) = pick(&self.tokens, key, owner) {
+                    let attempt = Attempt {
+                        key,
+                        request: if same_request {
+                            issued_to
+                        } else {
+                            1 - issued_to
+                        },
+                        token,
+                        lease,
+                        ttl,
+                        take_over,
+                    };
+                    self.begin(&attempt, &context).await;
+                }
             }
             Operation::Renew { key, owner, lease } => {
                 if let Some(token) = self.token(key, owner) {
@@ -384,16 +462,15 @@ impl<'a, S: Store> SequenceRun<'a, S> {
         }
     }
 
-    async fn begin(
-        &mut self,
-        key: u8,
-        request: u8,
-        lease: u64,
-        ttl: u64,
-        take_over: bool,
-        context: &str,
-    ) {
-        let token = LeaseToken::random();
+    async fn begin(&mut self, attempt: &Attempt, context: &str) {
+        let &Attempt {
+            key,
+            request,
+            token,
+            lease,
+            ttl,
+            take_over,
+        } = attempt;
         let got = self
             .store
             .begin(BeginRequest {
@@ -419,7 +496,7 @@ impl<'a, S: Store> SequenceRun<'a, S> {
             take_over,
         );
         if expected == BeginOutcome::Acquired {
-            self.tokens.entry(key).or_default().push(token);
+            self.tokens.entry(key).or_default().push((token, request));
         }
         assert_eq!(got, expected, "{context}");
     }
@@ -441,7 +518,11 @@ impl<'a, S: Store> SequenceRun<'a, S> {
     }
 }
 
-fn pick(tokens: &HashMap<u8, Vec<LeaseToken>>, key: u8, owner: u8) -> Option<LeaseToken> {
+fn pick(
+    tokens: &HashMap<u8, Vec<(LeaseToken, u8)>>,
+    key: u8,
+    owner: u8,
+) -> Option<(LeaseToken, u8)> {
     let issued = tokens.get(&key)?;
     issued.iter().rev().nth(usize::from(owner)).copied()
 }

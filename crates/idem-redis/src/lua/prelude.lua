@@ -28,11 +28,30 @@ local function less(a, b)
   return false
 end
 
-local function max(a, b)
-  if less(a, b) then
-    return b
+-- a - b, or '0' when b is not less than a (a difference of times is never negative).
+local function minus(a, b)
+  if not less(b, a) then
+    return '0'
   end
-  return a
+  if #a <= EXACT_DIGITS then
+    -- b < a, so b is exact too.
+    return string.format('%.0f', tonumber(a) - tonumber(b))
+  end
+  local digits, borrow = {}, 0
+  local i, j = #a, #b
+  while i > 0 do
+    local digit = string.byte(a, i) - 48 - borrow
+    if j > 0 then digit = digit - (string.byte(b, j) - 48) end
+    if digit < 0 then
+      digit, borrow = digit + 10, 1
+    else
+      borrow = 0
+    end
+    digits[#digits + 1] = digit
+    i, j = i - 1, j - 1
+  end
+  local difference = string.gsub(string.reverse(table.concat(digits)), '^0+', '')
+  return difference
 end
 
 -- a + b, saturating at U64_MAX. Every real time plus every real lease or TTL fits in a
