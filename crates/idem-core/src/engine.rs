@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine_state::{EngineState, LeaseRegistry};
-use crate::execution::Execution;
+use crate::execution::{Execution, MAX_SETTLE};
 use crate::store::timed;
 use crate::{
     BeginOutcome, BeginRequest, Fingerprint, LeaseToken, OnLapse, RecordId, RecordSnapshot,
@@ -23,6 +23,10 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// for this long: short enough that a crashed execution is reported promptly, long enough to
 /// ride out a store failover.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The least time a key whose owner died is reported as of unknown outcome, whatever the
+/// replay TTL: long enough for a client's retries to see it and an operator to resolve it.
+pub const MIN_UNKNOWN_OUTCOME_KEPT: Duration = Duration::from_secs(60 * 60);
 
 /// First pause between two looks at an in-flight record while waiting for it.
 const WAIT_POLL_START: Duration = Duration::from_millis(5);
@@ -113,6 +117,7 @@ pub enum Resolved {
 /// Builds an [`Engine`] with non-default settings.
 #[derive(Debug)]
 pub struct EngineBuilder<S> {
+    resolve_after: Option<Duration>,
     store: S,
     ttl: Duration,
     lease: Duration,
@@ -153,6 +158,15 @@ impl<S: Store> EngineBuilder<S> {
         self
     }
 
+    /// How long after a key's lease lapsed [`Engine::resolve`] may act on it (default: a lease
+    /// plus the 15 minutes an owner cut off from the store keeps retrying its completion).
+    /// Shorter risks resolving a key whose owner is alive and about to store its result.
+    #[must_use]
+    pub fn resolve_after(mut self, grace: Duration) -> Self {
+        self.resolve_after = Some(grace);
+        self
+    }
+
     /// The engine.
     #[must_use]
     pub fn build(self) -> Engine<S> {
@@ -163,6 +177,9 @@ impl<S: Store> EngineBuilder<S> {
                 lease: self.lease,
                 wait: self.wait,
                 on_lapse: self.on_lapse,
+                resolve_after: self
+                    .resolve_after
+                    .unwrap_or_else(|| self.lease.saturating_add(MAX_SETTLE)),
                 leases: LeaseRegistry::default(),
             }),
         }
@@ -180,6 +197,7 @@ impl<S: Store> Engine<S> {
     #[must_use]
     pub fn builder(store: S) -> EngineBuilder<S> {
         EngineBuilder {
+            resolve_after: None,
             store,
             ttl: DEFAULT_TTL,
             lease: DEFAULT_LEASE,
@@ -279,7 +297,9 @@ impl<S: Store> Engine<S> {
             fingerprint,
             token,
             lease: self.state.lease,
-            ttl: options.ttl,
+            // How long an in-flight record outlives a lapsed lease: a short replay TTL (a
+            // route's minute) must not let a crashed execution expire into a second one.
+            ttl: options.ttl.max(MIN_UNKNOWN_OUTCOME_KEPT),
             on_lapse: options.on_lapse,
         };
         let outcome = match timed("begin", self.state.store.begin(request)).await {
@@ -365,11 +385,12 @@ impl<S: Store> Engine<S> {
             .record
             .lease_until()
             .map_or(Duration::ZERO, |until| until.until(snapshot.now));
-        if !lease_left.is_zero() || lapsed_for < self.state.lease {
+        let grace = self.state.resolve_after;
+        if !lease_left.is_zero() || lapsed_for < grace {
             // Live, or lapsed so recently that an owner cut off from the store may still be
-            // running and come back to renew: wait at least a whole lease more.
+            // running, or retrying its completion, and come back: wait out the grace.
             return Ok(Resolved::StillRunning {
-                lease_left: lease_left + (self.state.lease - lapsed_for.min(self.state.lease)),
+                lease_left: lease_left.saturating_add(grace - lapsed_for.min(grace)),
             });
         }
         // Take the key over with a token of our own: atomic in the store (only if the lease is
@@ -485,21 +506,37 @@ impl Drop for SweeperHandle {
     }
 }
 
+/// How long a begin whose answer was lost may still land in the store after its caller gave
+/// up on it (a statement the database finishes anyway, a script a cluster client re-sends):
+/// past a network store's operation timeout, with a margin.
+const UNANSWERED_BEGIN_WATCH: Duration = Duration::from_secs(15);
+
 /// Gives back, in the background, a key a begin may have acquired before its answer was lost.
-/// A few tries over about a lease: past that the lease lapses on its own.
+/// The begin may also land later than its caller's timeout, so the record is watched for a
+/// while and released whenever it holds the token: nothing ran under that token, and nobody
+/// else holds it.
 fn release_unanswered_begin<S: Store>(state: Arc<EngineState<S>>, id: RecordId, token: LeaseToken) {
     crate::background::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let watch = UNANSWERED_BEGIN_WATCH.max(state.lease);
         let mut pause = Duration::from_millis(100);
-        let give_up = tokio::time::Instant::now() + state.lease;
-        loop {
-            match timed("release", state.store.release(id, token)).await {
-                Ok(_) => return,
-                Err(_) if tokio::time::Instant::now() + pause >= give_up => return,
-                Err(_) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
+        while started.elapsed() < watch {
+            let holds_our_token = match timed("get", state.store.get(id)).await {
+                Ok(Some(snapshot)) => matches!(
+                    snapshot.record.state,
+                    RecordState::InFlight { token: held, .. } if held == token
+                ),
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if holds_our_token
+                && let Ok(TransitionOutcome::Applied) =
+                    timed("release", state.store.release(id, token)).await
+            {
+                return;
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     });
 }

@@ -30,6 +30,8 @@ pub(crate) struct EngineState<S> {
     /// How long a duplicate of an in-flight request waits for it, if at all.
     pub(crate) wait: Option<Duration>,
     pub(crate) on_lapse: OnLapse,
+    /// How long after its lease lapsed a key may be resolved by an operator.
+    pub(crate) resolve_after: Duration,
     pub(crate) leases: LeaseRegistry,
 }
 

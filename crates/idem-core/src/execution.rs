@@ -19,7 +19,7 @@ use crate::{
 const SETTLE_RETRY_START: Duration = Duration::from_millis(50);
 /// Longest a completion or release is retried in the background before the key is left to
 /// lapse: outlasts any store failover, and bounds the work a store outage can pile up.
-const MAX_SETTLE: Duration = Duration::from_secs(15 * 60);
+pub(crate) const MAX_SETTLE: Duration = Duration::from_secs(15 * 60);
 /// Longest pause between two tries: how late a completion lands after the store returns.
 const SETTLE_RETRY_MAX: Duration = Duration::from_secs(2);
 

@@ -73,8 +73,8 @@ pub mod testkit;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    Begin, BeginOptions, DEFAULT_LEASE, DEFAULT_TTL, Engine, EngineBuilder, Resolution, Resolved,
-    SweeperHandle,
+    Begin, BeginOptions, DEFAULT_LEASE, DEFAULT_TTL, Engine, EngineBuilder,
+    MIN_UNKNOWN_OUTCOME_KEPT, Resolution, Resolved, SweeperHandle,
 };
 pub use execution::{Execution, Finish};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};

@@ -421,6 +421,8 @@ async fn resolve_refuses_a_live_lease_and_applies_on_a_lapsed_one() {
     let clock = clock();
     let engine = Engine::builder(MemoryStore::with_clock(clock.clone()))
         .lease(Duration::from_secs(30))
+        // A grace of one lease (the default adds the 15 minutes a settlement may retry).
+        .resolve_after(Duration::from_secs(30))
         .build();
     assert_eq!(
         engine
@@ -733,6 +735,8 @@ async fn a_resolution_fences_the_owner_it_replaced() {
     let clock = clock();
     let engine = Engine::builder(MemoryStore::with_clock(clock.clone()))
         .lease(Duration::from_secs(30))
+        // A grace of one lease (the default adds the 15 minutes a settlement may retry).
+        .resolve_after(Duration::from_secs(30))
         .build();
     let Begin::Acquired(execution) = engine.begin(id("k"), request("a")).await.unwrap() else {
         panic!()
@@ -817,4 +821,66 @@ async fn a_begin_whose_answer_was_lost_gives_its_key_back() {
         status = engine.status(id("k")).await.unwrap();
     }
     assert_eq!(status, None, "released: a retry executes");
+}
+
+/// By default a key is resolvable only once an owner cut off from the store has stopped
+/// retrying its completion: a lease after the lapse plus the 15 minutes a settlement lasts.
+#[tokio::test]
+async fn by_default_a_resolution_waits_out_an_owner_that_may_still_complete() {
+    let clock = clock();
+    let engine = Engine::builder(MemoryStore::with_clock(clock.clone()))
+        .lease(Duration::from_secs(30))
+        .build();
+    let Begin::Acquired(execution) = engine.begin(id("k"), request("a")).await.unwrap() else {
+        panic!()
+    };
+    let _ = execution.detach();
+    clock.advance(Duration::from_secs(30 + 31));
+    assert!(matches!(
+        engine.resolve(id("k"), Resolution::Release).await.unwrap(),
+        Resolved::StillRunning { .. }
+    ));
+    clock.advance(Duration::from_secs(15 * 60));
+    assert_eq!(
+        engine.resolve(id("k"), Resolution::Release).await.unwrap(),
+        Resolved::Applied
+    );
+}
+
+/// A replay TTL shorter than the lease does not let a crashed execution's record expire
+/// into a second execution: it is reported as of unknown outcome for at least an hour.
+#[tokio::test]
+async fn a_short_replay_ttl_still_reports_a_crash_as_unknown() {
+    let clock = clock();
+    let engine = Engine::builder(MemoryStore::with_clock(clock.clone()))
+        .lease(Duration::from_secs(30))
+        .build();
+    let options = BeginOptions {
+        ttl: Duration::from_secs(1),
+        ..engine.options()
+    };
+    let Begin::Acquired(execution) = engine
+        .begin_with(id("k"), request("a"), options)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let _ = execution.detach();
+    clock.advance(Duration::from_secs(45));
+    assert!(matches!(
+        engine
+            .begin_with(id("k"), request("a"), options)
+            .await
+            .unwrap(),
+        Begin::OutcomeUnknown
+    ));
+    clock.advance(idem_core::MIN_UNKNOWN_OUTCOME_KEPT);
+    assert!(matches!(
+        engine
+            .begin_with(id("k"), request("a"), options)
+            .await
+            .unwrap(),
+        Begin::Acquired(_)
+    ));
 }

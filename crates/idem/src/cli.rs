@@ -85,6 +85,11 @@ pub struct RecordArgs {
     /// owner may only be cut off from the store) [default: 30s].
     #[arg(long, env = "IDEM_LEASE", value_name = "DURATION", value_parser = parse_duration)]
     pub lease: Option<std::time::Duration>,
+    /// How long after a key's lease lapsed it may be resolved [default: the lease plus 15
+    /// minutes, during which an owner cut off from the store keeps retrying its completion].
+    /// Shorter only when you know the owner is gone (its process stopped).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: Option<std::time::Duration>,
     /// How long a completion is replayed [default: 24h].
     #[arg(long, env = "IDEM_TTL", value_name = "DURATION", value_parser = parse_duration)]
     pub ttl: Option<std::time::Duration>,

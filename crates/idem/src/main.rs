@@ -100,13 +100,17 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
         key,
         credential,
         lease,
+        grace,
         ttl,
     } = args;
     let location = store::StoreLocation::parse(&store)?;
-    let engine = idem_core::Engine::builder(store::open(&location).await?)
+    let mut engine = idem_core::Engine::builder(store::open(&location).await?)
         .lease(lease.unwrap_or(idem_core::DEFAULT_LEASE))
-        .ttl(ttl.unwrap_or(idem_core::DEFAULT_TTL))
-        .build();
+        .ttl(ttl.unwrap_or(idem_core::DEFAULT_TTL));
+    if let Some(grace) = grace {
+        engine = engine.resolve_after(grace);
+    }
+    let engine = engine.build();
     let record = records::RecordRef {
         credential: credential.map(String::into_bytes),
         key,

@@ -23,7 +23,7 @@ fn postgres_url() -> String {
 fn records(action: &str, key: &str, credential: &str, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idem"))
         .args(["records", action, "--store", &postgres_url(), "--key", key])
-        .args(["--credential", credential, "--lease", "1s"])
+        .args(["--credential", credential, "--lease", "1s", "--grace", "1s"])
         .args(extra)
         .output()
         .expect("idem records runs")

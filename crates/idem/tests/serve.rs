@@ -353,6 +353,23 @@ async fn begin_complete_release_and_status() {
     let replay = begin("signup-1").await.unwrap();
     assert_eq!(replay.status(), StatusCode::OK);
     assert_eq!(replay.json::<Value>().await.unwrap(), expected);
+    // A completion retried after a lost answer finds its own result stored: a success; a
+    // different result under the same token is refused.
+    let retried = client
+        .put(idem.url("/v1/idempotency/records/signup-1"))
+        .json(&json!({"lease_token": token, "result": {"user_id": "u_1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_eq!(retried.json::<Value>().await.unwrap(), expected);
+    let other = client
+        .put(idem.url("/v1/idempotency/records/signup-1"))
+        .json(&json!({"lease_token": token, "result": {"user_id": "u_2"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::CONFLICT);
     let status = client
         .get(idem.url("/v1/idempotency/records/signup-1"))
         .send()
@@ -378,7 +395,11 @@ async fn begin_complete_release_and_status() {
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        again.status(),
+        StatusCode::NO_CONTENT,
+        "a release retried after a lost answer finds the key free: a success"
+    );
     assert_eq!(
         begin("signup-2").await.unwrap().status(),
         StatusCode::CREATED

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use idem_core::{Begin, BeginOptions, Execution, Finish};
+use idem_core::{Begin, BeginOptions, Execution, Finish, RecordState, TransitionOutcome};
 use idem_http::ProblemCode;
 
 use super::AppState;
@@ -158,9 +158,16 @@ pub async fn complete(
     // so a store outage cannot pile up work here on behalf of anyone who sends a token.
     let outcome = state
         .engine
-        .complete_by_token(id, token, stored, state.engine.ttl())
+        .complete_by_token(id, token, stored.clone(), state.engine.ttl())
         .await
         .map_err(|error| ApiError::store_unavailable(&error))?;
+    // A retry of a completion whose answer was lost finds its own result stored: a success.
+    if outcome == TransitionOutcome::StaleLease
+        && let Ok(Some(snapshot)) = state.engine.status(id).await
+        && matches!(&snapshot.record.state, RecordState::Completed { response, .. } if *response == stored)
+    {
+        return Ok(done);
+    }
     respond::transitioned(outcome, done)
 }
 
@@ -208,6 +215,12 @@ pub async fn release(
         .release_by_token(id, token)
         .await
         .map_err(|error| ApiError::store_unavailable(&error))?;
+    // A retry of a release whose answer was lost finds the key free: a success.
+    if outcome == TransitionOutcome::StaleLease
+        && let Ok(None) = state.engine.status(id).await
+    {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     respond::transitioned(outcome, StatusCode::NO_CONTENT.into_response())
 }
 
