@@ -318,20 +318,26 @@ async fn a_vanished_owner_leaves_an_unknown_outcome() {
     );
 }
 
-/// A store that fails the first `failures` completions, and forwards everything else.
+/// A store that fails the first `failures` completions, and, with `lose_begin_answers`,
+/// applies every begin then loses its answer; it forwards everything else.
 #[derive(Debug, Clone)]
-struct FlakyCompletions {
+struct FaultyStore {
     store: MemoryStore,
     failures: usize,
     completions: Arc<AtomicUsize>,
+    lose_begin_answers: bool,
 }
 
-impl Store for FlakyCompletions {
+impl Store for FaultyStore {
     async fn begin(
         &self,
         request: idem_core::BeginRequest,
     ) -> Result<idem_core::BeginOutcome, StoreError> {
-        self.store.begin(request).await
+        let outcome = self.store.begin(request).await?;
+        if self.lose_begin_answers {
+            return Err(StoreError::unavailable("the answer was lost"));
+        }
+        Ok(outcome)
     }
     async fn renew(
         &self,
@@ -368,7 +374,8 @@ impl Store for FlakyCompletions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_completion_lands_in_the_background() {
     let completions = Arc::new(AtomicUsize::new(0));
-    let store = FlakyCompletions {
+    let store = FaultyStore {
+        lose_begin_answers: false,
         store: MemoryStore::new(),
         // Retried after 0, 50, 100, 200 and 400 ms: several leases.
         failures: 5,
@@ -765,51 +772,16 @@ async fn a_resolution_fences_the_owner_it_replaced() {
     ));
 }
 
-/// A store that applies every begin and then loses its answer.
-#[derive(Debug, Clone, Default)]
-struct LostBeginAnswers {
-    store: MemoryStore,
-}
-
-impl Store for LostBeginAnswers {
-    async fn begin(
-        &self,
-        request: idem_core::BeginRequest,
-    ) -> Result<idem_core::BeginOutcome, StoreError> {
-        self.store.begin(request).await?;
-        Err(StoreError::unavailable("the answer was lost"))
-    }
-    async fn renew(
-        &self,
-        id: RecordId,
-        token: LeaseToken,
-        lease: Duration,
-    ) -> Result<TransitionOutcome, StoreError> {
-        self.store.renew(id, token, lease).await
-    }
-    async fn complete(&self, request: CompleteRequest) -> Result<TransitionOutcome, StoreError> {
-        self.store.complete(request).await
-    }
-    async fn release(
-        &self,
-        id: RecordId,
-        token: LeaseToken,
-    ) -> Result<TransitionOutcome, StoreError> {
-        self.store.release(id, token).await
-    }
-    async fn get(&self, id: RecordId) -> Result<Option<RecordSnapshot>, StoreError> {
-        self.store.get(id).await
-    }
-    async fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
-        self.store.sweep_expired(limit).await
-    }
-}
-
 /// A begin whose answer was lost (nothing executed) gives its key back in the background,
 /// instead of leaving it in flight to lapse into an unknown outcome.
 #[tokio::test]
 async fn a_begin_whose_answer_was_lost_gives_its_key_back() {
-    let store = LostBeginAnswers::default();
+    let store = FaultyStore {
+        store: MemoryStore::new(),
+        failures: 0,
+        completions: Arc::new(AtomicUsize::new(0)),
+        lose_begin_answers: true,
+    };
     let engine = Engine::new(store.clone());
     assert!(engine.begin(id("k"), request("a")).await.is_err());
     let mut status = engine.status(id("k")).await.unwrap();
