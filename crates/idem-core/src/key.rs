@@ -42,6 +42,13 @@ pub enum KeyError {
          use letters, digits and punctuation only (a UUID v4 is recommended)"
     )]
     InvalidCharacter(usize),
+    /// A bare (unquoted) key with a character an RFC 8941 token cannot hold: a comma, say,
+    /// which is what two `Idempotency-Key` fields merged by an intermediary look like.
+    #[error(
+        "the bare idempotency key has {1:?} at position {0}, which a bare key may not hold \
+         (letters, digits and !#$%&'*+-.^_`|~:/ only); send it quoted (\"...\") instead"
+    )]
+    NotAToken(usize, char),
     /// A quoted sf-string that is not terminated, or has text after its closing quote.
     #[error("the idempotency key is a malformed quoted string; send \"key\" or a bare key")]
     MalformedQuotedString,
@@ -92,12 +99,22 @@ impl fmt::Display for IdempotencyKey {
     }
 }
 
-/// A bare token: every byte visible ASCII (0x21..=0x7E).
+/// A bare key: the characters of an RFC 8941 sf-token (RFC 9110 `tchar`, `:` and `/`), in
+/// any position (a bare UUID may start with a digit). Anything else (a comma, a space, a
+/// semicolon) must be quoted, so that two merged fields (`a, b`) are never taken for one key.
 fn parse_bare(value: &[u8]) -> Result<String, KeyError> {
     if let Some(position) = value.iter().position(|b| !b.is_ascii_graphic()) {
         return Err(KeyError::InvalidCharacter(position));
     }
+    if let Some(position) = value.iter().position(|&b| !is_token_char(b)) {
+        return Err(KeyError::NotAToken(position, char::from(value[position])));
+    }
     Ok(String::from_utf8_lossy(value).into_owned())
+}
+
+/// RFC 9110 `tchar`, plus the `:` and `/` an RFC 8941 sf-token also allows.
+fn is_token_char(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&byte)
 }
 
 /// The inside of an RFC 8941 sf-string after its opening quote: printable ASCII (space
@@ -165,6 +182,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_key_holds_token_characters_only_so_merged_fields_are_refused() {
+        let uuid = "7e0b5145-1d2c-4f0e-9f2a-8c3d9a1b2c3d";
+        assert_eq!(
+            parse(uuid).unwrap(),
+            uuid,
+            "a bare UUID may start with a digit"
+        );
+        assert_eq!(parse("order:42/v1.2").unwrap(), "order:42/v1.2");
+        assert_eq!(parse("a,b"), Err(KeyError::NotAToken(1, ',')));
+        assert_eq!(parse("k;v"), Err(KeyError::NotAToken(1, ';')));
+        assert_eq!(parse("{k}"), Err(KeyError::NotAToken(0, '{')));
+        assert_eq!(
+            parse("\"a,b\"").unwrap(),
+            "a,b",
+            "quoted, any visible ASCII"
+        );
+        let message = parse("a,b").unwrap_err().to_string();
+        assert!(message.contains("send it quoted"), "{message}");
+    }
+
+    #[test]
     fn rejects_malformed_quoted_strings() {
         assert_eq!(parse("\"abc"), Err(KeyError::MalformedQuotedString));
         assert_eq!(parse("\"ab\"c\""), Err(KeyError::MalformedQuotedString));
@@ -182,7 +220,7 @@ mod tests {
             IdempotencyKey::parse(v1.as_bytes(), policy),
             Err(KeyError::NotUuidV4)
         );
-        let braced = format!("{{{v4}}}");
+        let braced = format!("\"{{{v4}}}\"");
         assert_eq!(
             IdempotencyKey::parse(braced.as_bytes(), policy),
             Err(KeyError::NotUuidV4)
