@@ -34,7 +34,8 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (mut parts, body) = response.into_parts();
-    let release = parts.status.is_server_error() && !config.store_server_errors;
+    let release = config.transient_statuses.contains(&parts.status)
+        || (parts.status.is_server_error() && !config.store_server_errors);
     let mut stored = StoredResponse {
         status: parts.status.as_u16(),
         headers: stored_headers(&parts.headers),

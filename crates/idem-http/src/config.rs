@@ -27,6 +27,16 @@ pub const DEFAULT_MAX_STORED_RESPONSE: usize = 1024 * 1024;
 /// lease (the owner finishes early), so clients are told to look again soon.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// Responses that mean "not processed, try later" (RFC 9110: 429 Too Many Requests, 503
+/// Service Unavailable): passed on to the client, and the key released, so that the retry the
+/// client makes after `Retry-After` executes. Other 5xx are stored by default: a 500 or a 502
+/// may come after the handler's effect, and replaying it is the only answer that never runs
+/// the operation twice.
+pub const DEFAULT_TRANSIENT_STATUSES: [http::StatusCode; 2] = [
+    http::StatusCode::TOO_MANY_REQUESTS,
+    http::StatusCode::SERVICE_UNAVAILABLE,
+];
+
 /// How long the layer reads a response body to store it (default 30 s). A body still
 /// streaming after that (server-sent events, a stalled upstream) reaches the client as it
 /// comes, and the key is completed without it: retries are told it cannot be replayed.
@@ -80,6 +90,8 @@ pub(crate) struct Config {
     pub(crate) max_request_body: usize,
     pub(crate) max_stored_response: usize,
     pub(crate) store_server_errors: bool,
+    /// Statuses that mean "not processed, try later": passed on, and the key released.
+    pub(crate) transient_statuses: Vec<http::StatusCode>,
     pub(crate) failure_mode: StoreFailureMode,
     pub(crate) canonical_json: bool,
     pub(crate) max_retry_after: Duration,
@@ -119,6 +131,7 @@ impl Default for Config {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_stored_response: DEFAULT_MAX_STORED_RESPONSE,
             store_server_errors: true,
+            transient_statuses: DEFAULT_TRANSIENT_STATUSES.to_vec(),
             failure_mode: StoreFailureMode::FailClosed,
             canonical_json: false,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,

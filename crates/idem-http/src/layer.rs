@@ -289,6 +289,19 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
         self
     }
 
+    /// The statuses that mean "not processed, try later" (default
+    /// [`DEFAULT_TRANSIENT_STATUSES`](crate::DEFAULT_TRANSIENT_STATUSES): 429 and 503). Such a
+    /// response reaches the client unchanged and the key is released, so the client's retry
+    /// after `Retry-After` executes. Only for statuses your handlers answer before any effect.
+    #[must_use]
+    pub fn transient_statuses(
+        mut self,
+        statuses: impl IntoIterator<Item = http::StatusCode>,
+    ) -> Self {
+        self.config.transient_statuses = statuses.into_iter().collect();
+        self
+    }
+
     /// What to do when the store is unreachable (default fail closed, 503).
     #[must_use]
     pub fn on_store_failure(mut self, mode: StoreFailureMode) -> Self {

@@ -1200,3 +1200,79 @@ async fn a_completion_lost_to_a_store_fault_is_retried_and_never_re_executed() {
     assert_eq!(replay.unwrap(), first, "the completion landed");
     assert_eq!(executions.count(), 1);
 }
+
+/// "Not processed, try later" answers (429, 503 by default) reach the client and free the
+/// key: the retry after `Retry-After` executes. Other errors stay stored.
+#[tokio::test]
+async fn a_rate_limit_is_passed_on_and_the_retry_executes() {
+    let executions = Executions::default();
+    let answers = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/limited",
+            post({
+                let (executions, answers) = (executions.clone(), Arc::clone(&answers));
+                move || async move {
+                    executions.bump();
+                    match answers.fetch_add(1, Ordering::SeqCst) {
+                        0 => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "1")],
+                            "slow down",
+                        ),
+                        1 => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [("retry-after", "1")],
+                            "busy",
+                        ),
+                        _ => (StatusCode::CREATED, [("retry-after", "0")], "created"),
+                    }
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(MemoryStore::new()));
+    let (status, headers, _) = send(&app, post_with_key("/limited", "k", "")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        headers["retry-after"], "1",
+        "passed on as the upstream sent it"
+    );
+    let (status, _, _) = send(&app, post_with_key("/limited", "k", "")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, headers, body) = send(&app, post_with_key("/limited", "k", "")).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::CREATED, b"created".as_ref())
+    );
+    assert_eq!(
+        headers["x-idempotent-replayed"], "false",
+        "the retry executed"
+    );
+    let (_, headers, _) = send(&app, post_with_key("/limited", "k", "")).await;
+    assert_eq!(headers["x-idempotent-replayed"], "true");
+    assert_eq!(executions.count(), 3);
+
+    // With no transient statuses, a 429 is an answer like any other: stored and replayed.
+    let executions = Executions::default();
+    let app = Router::new()
+        .route(
+            "/limited",
+            post({
+                let executions = executions.clone();
+                move || async move {
+                    executions.bump();
+                    (StatusCode::TOO_MANY_REQUESTS, "slow down")
+                }
+            }),
+        )
+        .layer(
+            IdempotencyLayer::builder(MemoryStore::new())
+                .transient_statuses([])
+                .build(),
+        );
+    send(&app, post_with_key("/limited", "k", "")).await;
+    let (status, headers, _) = send(&app, post_with_key("/limited", "k", "")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["x-idempotent-replayed"], "true");
+    assert_eq!(executions.count(), 1);
+}
