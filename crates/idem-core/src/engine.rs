@@ -413,15 +413,10 @@ impl<S: Store> Engine<S> {
             _ => return Ok(Resolved::NotInFlight(self.status(id).await?)),
         }
         let outcome = match resolution {
-            Resolution::Release => timed("release", self.state.store.release(id, token)).await?,
+            Resolution::Release => self.release_by_token(id, token).await?,
             Resolution::Complete(response) => {
-                let request = crate::CompleteRequest {
-                    id,
-                    token,
-                    response,
-                    ttl: self.state.ttl,
-                };
-                timed("complete", self.state.store.complete(request)).await?
+                self.complete_by_token(id, token, response, self.state.ttl)
+                    .await?
             }
         };
         Ok(match outcome {
