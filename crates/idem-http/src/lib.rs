@@ -40,7 +40,8 @@
 //!   the inner service answered; `replay`: answering from the store; `finish`: running an
 //!   execution to its end without its client.
 //! - [`headers`]: the key header, hop-by-hop headers, `Retry-After` (the gateway reuses them);
-//!   `body`: [`ResponseBody`] and buffering; [`ScopeSource`]: whose key it is.
+//!   `body`: [`ResponseBody`] and buffering; [`ScopeSource`]: whose key it is; [`path`]: the
+//!   one normal form of a request path that fingerprints (and the gateway's rules) use.
 //! - `refusal` and `problem`: every answer that is not the handler's, as problem+json with a
 //!   stable [`ProblemCode`]; `metrics`: `idem_requests_total`.
 
@@ -51,6 +52,7 @@ mod finish;
 pub mod headers;
 mod layer;
 mod metrics;
+pub mod path;
 mod problem;
 mod refusal;
 mod replay;

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
@@ -229,7 +230,7 @@ where
         let fingerprint = Fingerprint::builder()
             .canonical_json(self.config.canonical_json)
             .method(parts.method.as_str())
-            .path_and_query(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()))
+            .path_and_query(&fingerprinted_target(&parts.uri))
             .content_type(
                 parts
                     .headers
@@ -395,5 +396,21 @@ where
                 "the request body could not be read ({error}); nothing was executed, retry with the same key"
             ),
         )),
+    }
+}
+
+/// The path and query a fingerprint covers: the path in its normal form, so that two spellings
+/// of one path are one request; a path without one (an encoded `/`) is taken as sent.
+fn fingerprinted_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
+    let raw = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    match crate::path::normalize(uri.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) | Err(_) => std::borrow::Cow::Borrowed(raw),
+        Ok(std::borrow::Cow::Owned(mut normal)) => {
+            if let Some(query) = uri.query() {
+                normal.push('?');
+                normal.push_str(query);
+            }
+            std::borrow::Cow::Owned(normal)
+        }
     }
 }

@@ -139,33 +139,49 @@ impl FileConfig {
 /// Settings shared by both commands, resolved and checked: every value is parsed here, once.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// The public address.
     pub listen: SocketAddr,
+    /// Where records live.
     pub store: StoreLocation,
+    /// How long completed responses are replayed.
     pub ttl: Duration,
+    /// How long one execution owns its key between renewals.
     pub lease: Duration,
+    /// How long a duplicate waits for an in-flight result; `None`: 409 at once.
     pub wait: Option<Duration>,
     /// The header whose value scopes keys; `None`: `Authorization`.
     pub scope_header: Option<HeaderName>,
+    /// The admin listener's address, if any.
     pub admin_listen: Option<SocketAddr>,
+    /// How logs are written.
     pub log_format: LogFormat,
+    /// Start on a store whose settings may delete live records.
     pub accept_store_risks: bool,
 }
 
 /// `idem proxy`'s settings, resolved.
 #[derive(Debug, Clone)]
 pub struct Proxy {
+    /// What both commands share.
     pub common: ServerSettings,
+    /// Where requests are forwarded.
     pub upstream: Upstream,
+    /// Whether every mutation must carry a key when no route rule says.
     pub require_key: bool,
+    /// How long the upstream may take to answer before the outcome is unknown.
     pub upstream_timeout: Duration,
+    /// The per-route rules.
     pub routes: RouteTable,
 }
 
 /// `idem serve`'s settings, resolved.
 #[derive(Debug, Clone)]
 pub struct Serve {
+    /// What both commands share.
     pub common: ServerSettings,
+    /// The registered operations, by name.
     pub operations: BTreeMap<String, Operation>,
+    /// How long an operation may take to answer before its outcome is unknown.
     pub operation_timeout: Duration,
 }
 

@@ -1,0 +1,147 @@
+//! The `idem` binary's code, as a library so that fuzz targets and tests reach its parsers: `idem proxy` puts idempotency in front of any HTTP API; `idem serve`
+//! offers at-most-once execution as a JSON service. Both run on one engine and one store
+//! (the embedded store in `./idem-data` unless `--store` says otherwise).
+//!
+//! - `cli`: every flag; `config`: flags, environment and file resolved once into typed
+//!   settings (`routes`: the proxy's per-route rules; `upstream`: where it forwards;
+//!   `store`: which store `--store` names, and opening it).
+//! - `server`: what both commands share (one engine, the sweeper, the durability check,
+//!   serving with a graceful drain); `signals`: SIGTERM and SIGINT; `admin`: metrics,
+//!   health, readiness and `/records` on the admin listener.
+//! - `proxy`: the gateway; `coordination`: `idem serve`'s JSON API; `records`: looking up and
+//!   resolving one record, for `idem records` and the admin listener.
+
+pub mod cli;
+pub mod config;
+pub mod routes;
+
+mod admin;
+mod coordination;
+mod proxy;
+mod records;
+mod server;
+mod signals;
+mod store;
+mod upstream;
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, LogFormat, RecordArgs, RecordsAction};
+
+/// Runs one parsed command line to its end.
+///
+/// # Errors
+/// Settings that do not hold, a store that cannot be opened, a listener that cannot bind.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Proxy(args) => {
+            let config = config::proxy(args)?;
+            init_logs(config.common.log_format);
+            let metrics = admin::install_recorder()?;
+            let server = server::Server::start(config.common.clone(), metrics).await?;
+            proxy::run(config, server).await
+        }
+        Command::Serve(args) => {
+            let config = config::serve(args)?;
+            init_logs(config.common.log_format);
+            let metrics = admin::install_recorder()?;
+            let server = server::Server::start(config.common.clone(), metrics).await?;
+            coordination::run(config, server).await
+        }
+        Command::Migrate { store } => {
+            init_logs(LogFormat::Human);
+            let location = store::StoreLocation::parse(&store)?;
+            store::migrate(&location).await?;
+            println!("idem migrate: {} is up to date", location.describe());
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", coordination::openapi_json());
+            Ok(())
+        }
+        Command::Records { action } => {
+            init_logs(LogFormat::Human);
+            records_command(action).await
+        }
+    }
+}
+
+/// `idem records …`: one store call, the record as JSON on stdout.
+async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
+    let (args, resolution) = match action {
+        RecordsAction::Show(args) => (args, None),
+        RecordsAction::Release(args) => (args, Some(idem_core::Resolution::Release)),
+        RecordsAction::Complete {
+            record,
+            status,
+            headers,
+            body,
+        } => {
+            let headers = headers
+                .iter()
+                .map(|header| {
+                    header
+                        .split_once(':')
+                        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("--header {header:?}: expected NAME: VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(
+                http::StatusCode::from_u16(status).is_ok(),
+                "--status {status} is not an HTTP status"
+            );
+            let response = records::response(status, headers, body);
+            (record, Some(idem_core::Resolution::Complete(response)))
+        }
+    };
+    let RecordArgs {
+        store,
+        key,
+        credential,
+        lease,
+        grace,
+        ttl,
+    } = args;
+    let location = store::StoreLocation::parse(&store)?;
+    let mut engine = idem_core::Engine::builder(store::open(&location).await?)
+        .lease(lease.unwrap_or(idem_core::DEFAULT_LEASE))
+        .ttl(ttl.unwrap_or(idem_core::DEFAULT_TTL));
+    if let Some(grace) = grace {
+        engine = engine.resolve_after(grace);
+    }
+    let engine = engine.build();
+    let record = records::RecordRef {
+        credential: credential.map(String::into_bytes),
+        key,
+    };
+    let answer = match resolution {
+        None => records::show(&engine, &record).await?,
+        Some(resolution) => records::resolve(&engine, &record, resolution, "idem records").await?,
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+/// Logs go to stderr, `RUST_LOG` filters them (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Tells whoever started us where we listen, on stdout: scripts and tests read this line to
+/// find a port chosen with `--listen 127.0.0.1:0`.
+fn announce(what: &str, address: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "idem {what} listening on http://{address}");
+    let _ = stdout.flush();
+    tracing::info!(%address, "{what} listening");
+}
