@@ -245,6 +245,28 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing: a number is hashed as serde_json writes it back, so that spelling
+    /// must read back as the same number, or the canonical form of a body and the body
+    /// itself would be two requests.
+    #[test]
+    fn canonical_json_is_its_own_canonical_form_for_numbers_too() {
+        for body in [
+            "[18446744073701844674407370955161]",
+            "[1.8446744073701845e31]",
+            "[0.1]",
+        ] {
+            let value: serde_json::Value = serde_json::from_str(body).unwrap();
+            let mut canonical = Vec::new();
+            write_canonical_json(&value, &mut canonical);
+            let canonical = String::from_utf8(canonical).unwrap();
+            assert_eq!(
+                request(true, &canonical),
+                request(true, body),
+                "{body} and its canonical form {canonical}"
+            );
+        }
+    }
+
     #[test]
     fn canonical_json_falls_back_to_raw_bytes() {
         // Not JSON: hashed as the raw body, exactly as with canonical JSON off...

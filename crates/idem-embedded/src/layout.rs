@@ -56,9 +56,7 @@ impl Keyspaces {
         else {
             return Ok(None);
         };
-        Record::decode(&bytes)
-            .map(Some)
-            .map_err(ReadError::Corrupted)
+        decode_record(&bytes).map(Some)
     }
 
     /// The expiry index keys at or before `now`, oldest first, as the index holds them.
@@ -94,6 +92,12 @@ impl From<ReadError> for StoreError {
             ReadError::Corrupted(error) => StoreError::Corrupted(Box::new(error)),
         }
     }
+}
+
+/// A record from the bytes the records keyspace holds for it: bytes on disk may be anything
+/// (a torn sector, a newer build's format), so this refuses what it cannot read.
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, ReadError> {
+    Record::decode(bytes).map_err(ReadError::Corrupted)
 }
 
 /// The key of a record in the records keyspace.

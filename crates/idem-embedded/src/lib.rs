@@ -19,6 +19,7 @@
 //! | `store` | [`EmbeddedStore`]: opening it, the [`Store`](idem_core::Store) implementation, the read-only fast path of replays |
 //! | `writer` | the single writer thread: its queue, the group commit, deciding each transition at the store's clock |
 //! | `layout` | the files on disk: the database directory, its keyspaces, how records and the expiry index are keyed |
+//! | `fuzzing` | (feature `fuzzing`) the record decoder, for the fuzz targets in `crates/idem-fuzz` |
 //!
 //! `store` hands every transition to `writer`; both read and write the database through
 //! `layout`, which knows neither.
@@ -40,6 +41,9 @@
 //! # }
 //! ```
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 mod store;
 mod writer;

@@ -34,6 +34,7 @@
 //! | `row` | idem's types as columns and back: timestamps, tokens, headers, a row into a record |
 //! | `durability` | the server settings that may lose commits, and what each risks |
 //! | `error` | [`ConnectError`], and how driver errors become [`StoreError`](idem_core::StoreError)s |
+//! | `fuzzing` | (feature `fuzzing`) the row decoder, for the fuzz targets in `crates/idem-fuzz` |
 //!
 //! The schema itself is in `migrations/`, embedded at build time.
 //!
@@ -59,6 +60,9 @@
 
 mod durability;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod row;
 mod sql;
 mod store;

@@ -76,34 +76,71 @@ fn token_from_sql(value: i64) -> LeaseToken {
     LeaseToken::from_u64(u64::from_be_bytes(value.to_be_bytes()))
 }
 
+/// The columns of `idem_records` that make up a record, as the driver decoded them: what
+/// [`record_from_columns`] reads, apart from the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordColumns {
+    /// `state`: `in_flight` or `completed`.
+    pub state: String,
+    /// `fingerprint`: 32 bytes.
+    pub fingerprint: Vec<u8>,
+    /// `token`: the owner's token, bit-cast.
+    pub token: i64,
+    /// `lease_until`: milliseconds.
+    pub lease_until: i64,
+    /// `expires_at`: milliseconds.
+    pub expires_at: i64,
+    /// `response_status`: set once completed.
+    pub response_status: Option<i32>,
+    /// `response_headers`: a format byte, then postcard; set once completed.
+    pub response_headers: Option<Vec<u8>>,
+    /// `response_body`: `NULL` for a body too large to store.
+    pub response_body: Option<Vec<u8>>,
+}
+
 /// The record in a row holding the columns `state, fingerprint, token, lease_until,
 /// expires_at, response_status, response_headers, response_body`.
 pub(crate) fn record_from_row(row: &PgRow) -> Result<Record, RowError> {
-    let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
-    let fingerprint = <[u8; 32]>::try_from(fingerprint.as_slice())
+    record_from_columns(RecordColumns {
+        state: row.try_get("state")?,
+        fingerprint: row.try_get("fingerprint")?,
+        // `token` and `lease_until` are `NOT NULL` in every state.
+        token: row.try_get("token")?,
+        lease_until: row.try_get("lease_until")?,
+        expires_at: row.try_get("expires_at")?,
+        response_status: row.try_get("response_status")?,
+        response_headers: row.try_get("response_headers")?,
+        response_body: row.try_get("response_body")?,
+    })
+}
+
+/// The record in a row's columns: the decoding that needs no driver, kept apart from
+/// [`record_from_row`] so that it can be tested (and fuzzed) without a database.
+pub(crate) fn record_from_columns(columns: RecordColumns) -> Result<Record, RowError> {
+    let fingerprint = <[u8; 32]>::try_from(columns.fingerprint.as_slice())
         .map(Fingerprint::from_bytes)
         .map_err(|_| unexpected("fingerprint", "not 32 bytes"))?;
-    let expires_at = timestamp_from_sql("expires_at", row.try_get("expires_at")?)?;
-    let state: String = row.try_get("state")?;
-    let state = match state.as_str() {
+    let expires_at = timestamp_from_sql("expires_at", columns.expires_at)?;
+    let state = match columns.state.as_str() {
         IN_FLIGHT => RecordState::InFlight {
             fingerprint,
-            token: token_from_sql(row.try_get("token")?),
-            lease_until: timestamp_from_sql("lease_until", row.try_get("lease_until")?)?,
+            token: token_from_sql(columns.token),
+            lease_until: timestamp_from_sql("lease_until", columns.lease_until)?,
         },
         COMPLETED => {
-            let status: Option<i32> = row.try_get("response_status")?;
-            let status = status.ok_or_else(|| unexpected("response_status", "missing"))?;
-            let headers: Option<Vec<u8>> = row.try_get("response_headers")?;
-            let headers = headers.ok_or_else(|| unexpected("response_headers", "missing"))?;
-            let body: Option<Vec<u8>> = row.try_get("response_body")?;
+            let status = columns
+                .response_status
+                .ok_or_else(|| unexpected("response_status", "missing"))?;
+            let headers = columns
+                .response_headers
+                .ok_or_else(|| unexpected("response_headers", "missing"))?;
             RecordState::Completed {
                 fingerprint,
                 response: StoredResponse {
                     status: u16::try_from(status)
                         .map_err(|_| unexpected("response_status", status))?,
                     headers: decode_headers(&headers)?,
-                    body: body.map(Bytes::from),
+                    body: columns.response_body.map(Bytes::from),
                 },
             }
         }

@@ -78,10 +78,14 @@
 //! | `codec` | how a record is laid out in Redis (its key, its hash's fields) and reading scripts' replies back |
 //! | `durability` | the server settings that may lose records, read from every primary, and what each risks |
 //! | `error` | [`ConnectError`], and how driver errors become [`StoreError`](idem_core::StoreError)s |
+//! | `fuzzing` | (feature `fuzzing`) the reply decoders, for the fuzz targets in `crates/idem-fuzz` |
 
 mod codec;
 mod durability;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod store;
 
 pub use error::ConnectError;

@@ -1,12 +1,18 @@
 //! Per-route rules for `idem proxy`: which requests require a key, which skip idempotency,
 //! which have their own TTL, and which may be re-run after their instance crashed. The first rule that matches a request applies.
+//!
+//! Rules and requests are matched in the normal form of their paths
+//! ([`idem_http::path::normalize`]), so that no spelling of a path (`/%70ayments`,
+//! `/x/../payments`, `//payments`) escapes a rule written for `/payments`.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use anyhow::Context;
 use http::Method;
 use http::request::Parts;
 use idem_core::OnLapse;
+use idem_http::path::normalize;
 use serde::Deserialize;
 
 use crate::cli::parse_duration;
@@ -88,7 +94,9 @@ impl RouteRule {
             "route {:?}: the path must start with '/'",
             self.path
         );
-        let parts: Vec<&str> = self.path.trim_start_matches('/').split('/').collect();
+        let path = normalize(&self.path)
+            .map_err(|error| anyhow::anyhow!("route {:?}: {error}", self.path))?;
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let mut segments = Vec::with_capacity(parts.len());
         for (index, part) in parts.iter().enumerate() {
             segments.push(match *part {
@@ -121,15 +129,12 @@ impl RouteRule {
 }
 
 impl Route {
-    fn matches(&self, parts: &Parts) -> bool {
-        if self
-            .method
-            .as_ref()
-            .is_some_and(|method| method != parts.method)
-        {
+    /// Whether the rule applies to a request for `path` (in its normal form) with `method`.
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        if self.method.as_ref().is_some_and(|own| own != method) {
             return false;
         }
-        let mut path = parts.uri.path().trim_start_matches('/').split('/');
+        let mut path = path.trim_start_matches('/').split('/');
         for segment in &self.segments {
             match (segment, path.next()) {
                 (Segment::Rest, _) => return true,
@@ -160,7 +165,12 @@ impl RouteTable {
     }
 
     fn matching(&self, parts: &Parts) -> Option<&Route> {
-        self.routes.iter().find(|route| route.matches(parts))
+        // A path with no normal form (an encoded `/`) is matched as sent: it is the HTTP
+        // layer's to refuse, and its fingerprint takes it as sent too.
+        let path = normalize(parts.uri.path()).unwrap_or(Cow::Borrowed(parts.uri.path()));
+        self.routes
+            .iter()
+            .find(|route| route.matches(&parts.method, &path))
     }
 
     /// Whether the request must carry a key; `default` when no rule says.
@@ -255,6 +265,46 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing: rules matched the path as sent, so `/%70ayments` or `/x/../payments`
+    /// skipped a rule written for `/payments`.
+    #[test]
+    fn every_spelling_of_a_path_matches_the_rule_for_its_normal_form() {
+        let rules = table(
+            r#"
+            [[routes]]
+            path = "/payments/*"
+            require_key = true
+            [[routes]]
+            path = "/"
+            skip = true
+            "#,
+        );
+        for spelling in [
+            "/payments/p1",
+            "/%70ayments/p1",
+            "/x/../payments/p1",
+            "//payments//p1",
+            "/payments/./p1?x=1",
+        ] {
+            assert!(
+                rules.requires_key(&parts("POST", spelling), false),
+                "{spelling}"
+            );
+        }
+        assert!(rules.skips(&parts("POST", "/.")));
+        let spelt = table(
+            r#"
+            [[routes]]
+            path = "//%70ayments/./*"
+            require_key = true
+            "#,
+        );
+        assert!(
+            spelt.requires_key(&parts("POST", "/payments/p1"), false),
+            "rules are normalised too"
+        );
+    }
+
     #[test]
     fn bad_rules_are_refused_at_start_up() {
         for (rule, reason) in [
@@ -263,6 +313,7 @@ mod tests {
             ("path = \"/a\"\nttl = \"soon\"", "ttl"),
             ("path = \"/a\"\nmethod = \"PO ST\"", "invalid method"),
             ("path = \"/a\"\nttl = \"0s\"", "ttl must be longer than 0s"),
+            (r#"path = "/a%2fb""#, "encoded '/'"),
         ] {
             let parsed: RouteRule = toml::from_str(rule).unwrap();
             let error = parsed.compile().unwrap_err().to_string();

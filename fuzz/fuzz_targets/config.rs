@@ -1,0 +1,4 @@
+//! `config`: see `idem_fuzz::config` for what it fuzzes and the invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| idem_fuzz::config(data));

@@ -1,0 +1,4 @@
+//! `embedded_record`: see `idem_fuzz::embedded_record` for what it fuzzes and the invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| idem_fuzz::embedded_record(data));

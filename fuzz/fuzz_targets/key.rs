@@ -1,0 +1,4 @@
+//! `key`: see `idem_fuzz::key` for what it fuzzes and the invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| idem_fuzz::key(data));

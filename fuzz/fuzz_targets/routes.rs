@@ -1,0 +1,4 @@
+//! `routes`: see `idem_fuzz::routes` for what it fuzzes and the invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| idem_fuzz::routes(data));
