@@ -79,7 +79,7 @@ pub use engine::{
 pub use execution::{Execution, Finish};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};
 pub use key::{IdempotencyKey, KeyError, KeyPolicy, MAX_KEY_LEN};
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_MEMORY_MAX_BYTES, DEFAULT_MEMORY_MAX_RECORDS, MemoryStore};
 pub use record::{
     LeaseToken, Record, RecordDecodeError, RecordState, StoredResponse, Timestamp, decode_headers,
     encode_headers,

@@ -38,7 +38,7 @@ where
         || (parts.status.is_server_error() && !config.store_server_errors);
     let mut stored = StoredResponse {
         status: parts.status.as_u16(),
-        headers: stored_headers(&parts.headers),
+        headers: stored_headers(&parts.headers, &config.replayed_headers),
         body: None,
     };
     if !release {

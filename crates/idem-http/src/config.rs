@@ -10,7 +10,7 @@ use http::request::Parts;
 use http::{HeaderName, Method};
 use idem_core::{KeyPolicy, OnLapse};
 
-use crate::headers::{IDEMPOTENCY_KEY, X_IDEMPOTENT_REPLAYED};
+use crate::headers::{IDEMPOTENCY_KEY, ReplayedHeaders, X_IDEMPOTENT_REPLAYED};
 use crate::scope::ScopeSource;
 
 /// The request body the layer reads at most to fingerprint a request: 10 MiB, the most the
@@ -41,6 +41,11 @@ pub const DEFAULT_TRANSIENT_STATUSES: [http::StatusCode; 2] = [
 /// streaming after that (server-sent events, a stalled upstream) reaches the client as it
 /// comes, and the key is completed without it: retries are told it cannot be replayed.
 pub const DEFAULT_BODY_BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a keyed request's body may take to arrive in full (default 30 s): a client that
+/// trickles its body would otherwise hold a task and a buffer for as long as it likes. A body
+/// still arriving after that is answered with 408 `request_body_timeout`, nothing executed.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to do when the store cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,7 +92,11 @@ pub(crate) struct Config {
     pub(crate) ttl_for: Option<RequestTtl>,
     pub(crate) key_policy: KeyPolicy,
     pub(crate) scope: ScopeSource,
+    /// Refuse keyed requests that carry no principal, rather than scoping them anonymously.
+    pub(crate) require_principal: bool,
+    pub(crate) replayed_headers: ReplayedHeaders,
     pub(crate) max_request_body: usize,
+    pub(crate) body_read_timeout: Duration,
     pub(crate) max_stored_response: usize,
     pub(crate) store_server_errors: bool,
     /// Statuses that mean "not processed, try later": passed on, and the key released.
@@ -108,6 +117,8 @@ impl fmt::Debug for Config {
             .field("methods", &self.methods)
             .field("key_policy", &self.key_policy)
             .field("scope", &self.scope)
+            .field("require_principal", &self.require_principal)
+            .field("replayed_headers", &self.replayed_headers)
             .field("max_request_body", &self.max_request_body)
             .field("max_stored_response", &self.max_stored_response)
             .field("store_server_errors", &self.store_server_errors)
@@ -128,7 +139,10 @@ impl Default for Config {
             ttl_for: None,
             key_policy: KeyPolicy::Any,
             scope: ScopeSource::Authorization,
+            require_principal: false,
+            replayed_headers: ReplayedHeaders::default(),
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             max_stored_response: DEFAULT_MAX_STORED_RESPONSE,
             store_server_errors: true,
             transient_statuses: DEFAULT_TRANSIENT_STATUSES.to_vec(),

@@ -50,10 +50,56 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Response headers that belong to the caller who got them, not to the result: a replay to
+/// another caller (or to the same caller later) must not carry them, so they are not stored
+/// by default. `Set-Cookie` would hand one caller's session to whoever retries with the same
+/// key; `Authentication-Info` and `Proxy-Authentication-Info` carry per-exchange credentials
+/// (RFC 9110 §11.6.3, §11.7.3).
+pub const NOT_REPLAYED_BY_DEFAULT: [HeaderName; 4] = [
+    header::SET_COOKIE,
+    HeaderName::from_static("set-cookie2"),
+    HeaderName::from_static("authentication-info"),
+    HeaderName::from_static("proxy-authentication-info"),
+];
+
+/// Headers that describe the stored body itself: kept in every mode, since a replayed body
+/// cannot be read without them.
+const REPRESENTATION: [HeaderName; 2] = [header::CONTENT_TYPE, header::CONTENT_ENCODING];
+
+/// Which response headers are stored with a result and replayed. Hop-by-hop headers and
+/// `Content-Length` (recomputed for the replayed body) are never stored; `Content-Type` and
+/// `Content-Encoding` always are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayedHeaders {
+    /// Every end-to-end header except these ([`NOT_REPLAYED_BY_DEFAULT`] by default).
+    AllExcept(Vec<HeaderName>),
+    /// Only these (and the body's `Content-Type` and `Content-Encoding`). `Set-Cookie` is
+    /// replayed only if it is listed here.
+    Only(Vec<HeaderName>),
+}
+
+impl Default for ReplayedHeaders {
+    fn default() -> Self {
+        Self::AllExcept(NOT_REPLAYED_BY_DEFAULT.to_vec())
+    }
+}
+
+impl ReplayedHeaders {
+    /// Whether a header of this name is stored.
+    #[must_use]
+    pub fn stores(&self, name: &HeaderName) -> bool {
+        match self {
+            Self::AllExcept(denied) => !denied.contains(name),
+            Self::Only(allowed) => allowed.contains(name) || REPRESENTATION.contains(name),
+        }
+    }
+}
+
 /// The headers of a response that a replay returns, in order, repeated names kept: the
-/// end-to-end ones, less `Content-Length` (recomputed for the replayed body).
+/// end-to-end ones `replayed` stores, less `Content-Length` (recomputed for the replayed
+/// body).
 #[must_use]
-pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
+pub fn stored_headers(headers: &HeaderMap, replayed: &ReplayedHeaders) -> Vec<(String, Bytes)> {
     let mut kept = headers.clone();
     remove_hop_by_hop(&mut kept);
     kept.remove(header::CONTENT_LENGTH);
@@ -64,7 +110,7 @@ pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
         if let Some(name) = name {
             last_name = Some(name);
         }
-        if let Some(name) = &last_name {
+        if let Some(name) = last_name.as_ref().filter(|name| replayed.stores(name)) {
             stored.push((
                 name.as_str().to_owned(),
                 Bytes::copy_from_slice(value.as_bytes()),
@@ -135,13 +181,56 @@ mod tests {
         );
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-trace-hop", HeaderValue::from_static("1"));
-        headers.append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
-        headers.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
-        let stored = stored_headers(&headers);
+        headers.append("x-request-cost", HeaderValue::from_static("1"));
+        headers.append("x-request-cost", HeaderValue::from_static("2"));
+        let stored = stored_headers(&headers, &ReplayedHeaders::default());
         let names: Vec<&str> = stored.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["content-type", "set-cookie", "set-cookie"]);
+        assert_eq!(names, ["content-type", "x-request-cost", "x-request-cost"]);
         let values: Vec<&[u8]> = stored.iter().map(|(_, value)| value.as_ref()).collect();
-        assert_eq!(values, [b"application/json".as_ref(), b"a=1", b"b=2"]);
+        assert_eq!(values, [b"application/json".as_ref(), b"1", b"2"]);
+    }
+
+    #[test]
+    fn cookies_and_per_exchange_credentials_are_stored_only_when_listed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.append(header::SET_COOKIE, HeaderValue::from_static("session=a"));
+        headers.append(header::SET_COOKIE, HeaderValue::from_static("theme=b"));
+        headers.insert(
+            "authentication-info",
+            HeaderValue::from_static("nextnonce=x"),
+        );
+        headers.insert(header::LOCATION, HeaderValue::from_static("/charges/1"));
+        let names = |replayed: &ReplayedHeaders| -> Vec<String> {
+            stored_headers(&headers, replayed)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
+        };
+        assert_eq!(
+            names(&ReplayedHeaders::default()),
+            ["content-type", "content-encoding", "location"]
+        );
+        assert_eq!(
+            names(&ReplayedHeaders::Only(vec![header::SET_COOKIE])),
+            [
+                "content-type",
+                "content-encoding",
+                "set-cookie",
+                "set-cookie"
+            ]
+        );
+        assert_eq!(
+            names(&ReplayedHeaders::AllExcept(vec![header::LOCATION])),
+            [
+                "content-type",
+                "content-encoding",
+                "set-cookie",
+                "set-cookie",
+                "authentication-info"
+            ]
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use idem_core::{Engine, EngineBuilder, KeyPolicy, OnLapse, Store};
 use tower::Layer;
 
 use crate::config::{CancelPolicy, Config, StoreFailureMode};
+use crate::headers::ReplayedHeaders;
 use crate::scope::ScopeSource;
 use crate::service::IdempotencyService;
 
@@ -192,6 +193,34 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
     #[must_use]
     pub fn body_buffer_timeout(mut self, limit: Duration) -> Self {
         self.config.body_buffer_timeout = limit;
+        self
+    }
+
+    /// How long a keyed request's body may take to arrive in full (default
+    /// [`DEFAULT_BODY_READ_TIMEOUT`](crate::DEFAULT_BODY_READ_TIMEOUT)); later, 408 and
+    /// nothing executed.
+    #[must_use]
+    pub fn body_read_timeout(mut self, limit: Duration) -> Self {
+        self.config.body_read_timeout = limit;
+        self
+    }
+
+    /// Refuses keyed requests that carry no principal (no `Authorization`, no scope header,
+    /// no session cookie: whatever [`scope`](Self::scope) reads) with 400
+    /// `principal_missing`, instead of letting every such request share one anonymous scope,
+    /// where anyone who learns a key could be replayed its result (default false).
+    #[must_use]
+    pub fn require_principal(mut self, required: bool) -> Self {
+        self.config.require_principal = required;
+        self
+    }
+
+    /// Which response headers are stored and replayed (default every end-to-end header but
+    /// [`NOT_REPLAYED_BY_DEFAULT`](crate::headers::NOT_REPLAYED_BY_DEFAULT): `Set-Cookie`
+    /// and per-exchange credentials never reach another request).
+    #[must_use]
+    pub fn replayed_headers(mut self, headers: ReplayedHeaders) -> Self {
+        self.config.replayed_headers = headers;
         self
     }
 

@@ -61,10 +61,11 @@ mod service;
 
 pub use body::ResponseBody;
 pub use config::{
-    CancelPolicy, DEFAULT_BODY_BUFFER_TIMEOUT, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RETRY_AFTER,
-    DEFAULT_MAX_STORED_RESPONSE, DEFAULT_TRANSIENT_STATUSES, StoreFailureMode,
+    CancelPolicy, DEFAULT_BODY_BUFFER_TIMEOUT, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_MAX_RETRY_AFTER, DEFAULT_MAX_STORED_RESPONSE, DEFAULT_TRANSIENT_STATUSES,
+    StoreFailureMode,
 };
-pub use headers::{IDEMPOTENCY_KEY, X_IDEMPOTENT_REPLAYED};
+pub use headers::{IDEMPOTENCY_KEY, ReplayedHeaders, X_IDEMPOTENT_REPLAYED};
 pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use problem::{PROBLEM_JSON, ProblemCode};
 pub use scope::ScopeSource;

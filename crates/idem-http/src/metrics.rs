@@ -14,7 +14,10 @@ pub(crate) enum Disposition {
     KeyInvalid,
     BodyTooLarge,
     BodyUnreadable,
+    BodyTimeout,
+    PrincipalMissing,
     StoreUnavailable,
+    StoreFull,
     FailedOpen,
     NotReplayable,
 }
@@ -32,7 +35,10 @@ impl Disposition {
             Self::KeyInvalid => "key_invalid",
             Self::BodyTooLarge => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
+            Self::BodyTimeout => "body_timeout",
+            Self::PrincipalMissing => "principal_missing",
             Self::StoreUnavailable => "store_unavailable",
+            Self::StoreFull => "store_full",
             Self::FailedOpen => "failed_open",
             Self::NotReplayable => "not_replayable",
         }

@@ -77,11 +77,23 @@ pub enum ProblemCode {
     OperationOutcomeUnknown,
     /// 500: anything unexpected; details are in the server's log only.
     Internal,
+    /// 400: keys are scoped by a principal (a credential header or a session cookie) and
+    /// this keyed request carries none; nothing was executed.
+    PrincipalMissing,
+    /// 408: the request body did not arrive within the body read timeout; nothing was
+    /// executed, retry with the same key.
+    RequestBodyTimeout,
+    /// 400: the request path has no single meaning (an encoded `/` or `\`, a raw `\`, an
+    /// encoded NUL, a broken percent-encoding); nothing was forwarded.
+    PathAmbiguous,
+    /// 503: the idempotency store holds as many records as it may; nothing was executed,
+    /// retry later with the same key.
+    StoreFull,
 }
 
 impl ProblemCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 27] = [
         Self::KeyMissing,
         Self::KeyInvalid,
         Self::KeyMismatch,
@@ -105,6 +117,10 @@ impl ProblemCode {
         Self::OperationInvalidResponse,
         Self::OperationOutcomeUnknown,
         Self::Internal,
+        Self::PrincipalMissing,
+        Self::RequestBodyTimeout,
+        Self::PathAmbiguous,
+        Self::StoreFull,
     ];
 
     /// The machine-readable `code` member of a problem+json document (snake_case).
@@ -134,6 +150,10 @@ impl ProblemCode {
             Self::OperationInvalidResponse => "operation_invalid_response",
             Self::OperationOutcomeUnknown => "operation_outcome_unknown",
             Self::Internal => "internal",
+            Self::PrincipalMissing => "principal_missing",
+            Self::RequestBodyTimeout => "request_body_timeout",
+            Self::PathAmbiguous => "path_ambiguous",
+            Self::StoreFull => "store_full",
         }
     }
 
@@ -166,6 +186,10 @@ impl ProblemCode {
             Self::OperationInvalidResponse => "OPERATION_INVALID_RESPONSE",
             Self::OperationOutcomeUnknown => "OPERATION_OUTCOME_UNKNOWN",
             Self::Internal => "INTERNAL",
+            Self::PrincipalMissing => "PRINCIPAL_MISSING",
+            Self::RequestBodyTimeout => "REQUEST_BODY_TIMEOUT",
+            Self::PathAmbiguous => "PATH_AMBIGUOUS",
+            Self::StoreFull => "STORE_FULL",
         }
     }
 
@@ -178,7 +202,10 @@ impl ProblemCode {
             | Self::RequestBodyUnreadable
             | Self::InvalidJson
             | Self::InvalidRequest
-            | Self::LeaseTokenInvalid => StatusCode::BAD_REQUEST,
+            | Self::LeaseTokenInvalid
+            | Self::PrincipalMissing
+            | Self::PathAmbiguous => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownOperation | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -186,7 +213,7 @@ impl ProblemCode {
                 StatusCode::CONFLICT
             }
             Self::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::ResponseNotStored => StatusCode::GONE,
             Self::UpstreamUnreachable
             | Self::OperationUnreachable
@@ -228,6 +255,10 @@ impl ProblemCode {
             Self::OperationInvalidResponse => "Operation answered something that is not JSON",
             Self::OperationOutcomeUnknown => "Operation outcome unknown",
             Self::Internal => "Internal error",
+            Self::PrincipalMissing => "Keyed request without a principal",
+            Self::RequestBodyTimeout => "Request body not received in time",
+            Self::PathAmbiguous => "Ambiguous request path",
+            Self::StoreFull => "Idempotency store full",
         }
     }
 

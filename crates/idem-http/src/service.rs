@@ -184,8 +184,23 @@ where
             }
             Err(refusal) => return Ok(refusal.into_response()),
         };
+        if self.config.require_principal && self.config.scope.principal(&parts).is_none() {
+            return Ok(Refusal::new(
+                Disposition::PrincipalMissing,
+                ProblemCode::PrincipalMissing,
+                format!(
+                    "idempotency keys are scoped by their caller, and this request carries no {}; nothing was executed",
+                    self.config.scope.describe()
+                ),
+            )
+            .into_response());
+        }
         // 2. The body, read once, and what identifies the request.
-        let body = match read_body(self.config.max_request_body, &parts, body).await {
+        let read = read_body(self.config.max_request_body, &parts, body);
+        let body = match tokio::time::timeout(self.config.body_read_timeout, read)
+            .await
+            .unwrap_or_else(|_elapsed| Err(body_timeout(self.config.body_read_timeout)))
+        {
             Ok(body) => body,
             Err(refusal) => return Ok(refusal.into_response()),
         };
@@ -289,6 +304,15 @@ where
         error: &StoreError,
     ) -> Result<Response<ResponseBody>, S::Error> {
         match self.config.failure_mode {
+            StoreFailureMode::FailClosed if matches!(error, StoreError::Full(_)) => {
+                tracing::warn!(%error, "idempotency store full; refusing the request");
+                Ok(Refusal::new(
+                    Disposition::StoreFull,
+                    ProblemCode::StoreFull,
+                    "the idempotency store holds as many records as it may; nothing was executed, retry later with the same key",
+                )
+                .into_response())
+            }
             StoreFailureMode::FailClosed => {
                 tracing::error!(%error, "idempotency store unavailable; refusing the request");
                 Ok(Refusal::new(
@@ -366,6 +390,16 @@ where
 
 /// The whole request body, up to `limit` (a free function: the request's future must stay
 /// `Send` whatever the inner service is, so nothing borrows the call across an await).
+fn body_timeout(limit: std::time::Duration) -> Refusal {
+    Refusal::new(
+        Disposition::BodyTimeout,
+        ProblemCode::RequestBodyTimeout,
+        format!(
+            "the request body did not arrive within {limit:?}; nothing was executed, retry with the same key"
+        ),
+    )
+}
+
 async fn read_body<B>(limit: usize, parts: &Parts, body: B) -> Result<Bytes, Refusal>
 where
     B: Body<Data = Bytes>,

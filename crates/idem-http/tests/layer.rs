@@ -53,6 +53,8 @@ fn app<St: Store>(layer: IdempotencyLayer<St>, executions: &Executions) -> Route
                     .header("content-type", "application/json")
                     .header("set-cookie", "session=1")
                     .header("set-cookie", "theme=dark")
+                    .header("link", "</charges/1>; rel=self")
+                    .header("link", "</customers/7>; rel=customer")
                     .header("connection", "x-hop")
                     .header("x-hop", "per-connection")
                     .body(Body::from(format!(
@@ -124,8 +126,16 @@ async fn new_key_executes_once_and_retries_replay_the_first_response() {
         assert_eq!(replay_body, body);
         assert_eq!(replay_headers["x-idempotent-replayed"], "true");
         assert_eq!(replay_headers["content-type"], "application/json");
-        let cookies: Vec<_> = replay_headers.get_all("set-cookie").iter().collect();
-        assert_eq!(cookies, ["session=1", "theme=dark"]);
+        let links: Vec<_> = replay_headers.get_all("link").iter().collect();
+        assert_eq!(
+            links,
+            ["</charges/1>; rel=self", "</customers/7>; rel=customer"],
+            "repeated headers are replayed in order"
+        );
+        assert!(
+            replay_headers.get("set-cookie").is_none(),
+            "cookies belong to the first caller, not to the result"
+        );
         assert!(
             replay_headers.get("x-hop").is_none(),
             "headers named by Connection are per-connection"

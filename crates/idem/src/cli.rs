@@ -122,8 +122,38 @@ pub struct CommonArgs {
     pub wait: Option<std::time::Duration>,
 
     /// Scope keys by this header (an API key, a tenant id) instead of `Authorization`.
-    #[arg(long, env = "IDEM_SCOPE_HEADER", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "IDEM_SCOPE_HEADER",
+        value_name = "NAME",
+        conflicts_with = "scope_cookie"
+    )]
     pub scope_header: Option<String>,
+
+    /// Scope keys by this cookie's value (a session cookie) instead of `Authorization`: two
+    /// sessions sending the same key never see each other's records.
+    #[arg(long, env = "IDEM_SCOPE_COOKIE", value_name = "NAME")]
+    pub scope_cookie: Option<String>,
+
+    /// How long a client has to send a whole request head, from when its connection opens
+    /// or its previous response ends [default: 15s].
+    #[arg(long, env = "IDEM_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub header_read_timeout: Option<std::time::Duration>,
+
+    /// How long an idle keep-alive connection stays open; `0s` closes each connection after
+    /// one request. At most --header-read-timeout, which also counts idle time [default: 15s].
+    #[arg(long, env = "IDEM_KEEP_ALIVE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_alive_timeout: Option<std::time::Duration>,
+
+    /// How many client connections are served at once; more wait to be accepted
+    /// [default: 4096].
+    #[arg(long, env = "IDEM_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub max_connections: Option<usize>,
+
+    /// How long a keyed request's body may take to arrive in full; later, 408 and nothing
+    /// executed [default: 30s].
+    #[arg(long, env = "IDEM_BODY_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub body_read_timeout: Option<std::time::Duration>,
 
     /// Address for `GET /metrics`, `/healthz` and `/readyz`; never the public address
     /// [default: none].
@@ -163,6 +193,44 @@ pub struct ProxyArgs {
     /// (504, kept for replay) [default: 30s]. The lease is renewed meanwhile.
     #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub upstream_timeout: Option<std::time::Duration>,
+
+    /// Refuse keyed mutations that carry no principal (no `Authorization`, or no
+    /// --scope-header / --scope-cookie) with 400 `principal_missing`.
+    #[arg(long, env = "IDEM_REQUIRE_PRINCIPAL")]
+    pub require_principal: bool,
+
+    /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed and extended
+    /// (a load balancer in front of idem), as CIDRs, e.g. `10.0.0.0/8` (repeatable). From
+    /// any other peer those headers are replaced [default: none].
+    #[arg(
+        long = "trusted-proxy",
+        env = "IDEM_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Store and replay only these response headers (and the body's `Content-Type` and
+    /// `Content-Encoding`), repeatable. `Set-Cookie` is replayed only if listed here
+    /// [default: every end-to-end header but `Set-Cookie`, `Set-Cookie2`,
+    /// `Authentication-Info`, `Proxy-Authentication-Info`].
+    #[arg(
+        long = "replay-header",
+        env = "IDEM_REPLAY_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        conflicts_with = "no_replay_headers"
+    )]
+    pub replay_headers: Vec<String>,
+
+    /// Never store or replay this response header, besides the default ones (repeatable).
+    #[arg(
+        long = "no-replay-header",
+        env = "IDEM_NO_REPLAY_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub no_replay_headers: Vec<String>,
 }
 
 /// `idem serve`.
@@ -185,6 +253,11 @@ pub struct ServeArgs {
     /// 30s]. The lease is renewed meanwhile.
     #[arg(long, env = "IDEM_OPERATION_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub operation_timeout: Option<std::time::Duration>,
+
+    /// The largest operation answer read and kept; a larger one is kept as
+    /// `OPERATION_INVALID_RESPONSE`: `512KiB`, `1MiB` [default: 1MiB].
+    #[arg(long, env = "IDEM_MAX_OPERATION_RESPONSE", value_name = "SIZE", value_parser = parse_size)]
+    pub max_operation_response: Option<usize>,
 }
 
 /// How logs are written.
@@ -195,6 +268,14 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line.
     Json,
+}
+
+/// Parses `1048576`, `512KiB`, `1MiB`, `10MB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text
+        .parse()
+        .map_err(|error| format!("{error} (use e.g. 512KiB, 1MiB)"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{text} is too large"))
 }
 
 /// Parses `2s`, `15m`, `24h`, `1h 30m`.

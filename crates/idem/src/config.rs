@@ -6,10 +6,18 @@
 //! store = "./idem-data"          # memory://, postgres://…, redis://…, or a directory
 //! ttl = "24h"
 //! admin_listen = "127.0.0.1:9090"
+//! scope_cookie = "session"       # or scope_header = "x-api-key"; default Authorization
+//! header_read_timeout = "15s"
+//! keep_alive_timeout = "15s"     # "0s": one request per connection
+//! max_connections = 4096
+//! body_read_timeout = "30s"
 //!
 //! [proxy]
 //! upstream = "http://127.0.0.1:3000"
 //! require_key = false
+//! require_principal = false
+//! trusted_proxies = ["10.0.0.0/8"]
+//! no_replay_headers = ["x-session-hint"] # or replay_headers = [...], an allow list
 //!
 //! [[proxy.routes]]               # first match wins
 //! method = "POST"                # or "*"
@@ -21,6 +29,9 @@
 //! [[proxy.routes]]
 //! path = "/webhooks/**"
 //! skip = true                    # forwarded untouched
+//!
+//! [serve]
+//! max_operation_response = "1MiB"
 //!
 //! [serve.operations]
 //! "payment.charge" = "http://127.0.0.1:4000/charge"
@@ -35,12 +46,14 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::cli::{CommonArgs, LogFormat, parse_duration};
+use crate::cli::{CommonArgs, LogFormat, ProxyArgs, parse_duration};
 use crate::routes::{LapsePolicy, RouteRule, RouteTable};
 use crate::store::StoreLocation;
 use crate::upstream::Upstream;
 use http::HeaderName;
 use idem_core::OnLapse;
+use idem_http::ReplayedHeaders;
+use idem_http::headers::NOT_REPLAYED_BY_DEFAULT;
 
 /// Where `idem` listens when told nothing: loopback only, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -48,6 +61,18 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_STORE: &str = "./idem-data";
 /// How long an upstream or operation may take before its outcome is unknown.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has to send a request head: long enough for a slow mobile link, short
+/// enough that a client sending half a head and going silent frees its connection soon.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an idle keep-alive connection stays open (as long as the head may take, which
+/// also counts idle time).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How many connections are served at once: far above what one instance needs, far below
+/// the file descriptors a default Linux process may open under a raised limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The largest operation answer `idem serve` reads and keeps: the layer's stored-response
+/// limit, for the same reason (replays are API results, not downloads).
+pub const DEFAULT_MAX_OPERATION_RESPONSE: usize = idem_http::DEFAULT_MAX_STORED_RESPONSE;
 
 /// The config file, as written.
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +84,11 @@ pub struct FileConfig {
     lease: Option<String>,
     wait: Option<String>,
     scope_header: Option<String>,
+    scope_cookie: Option<String>,
+    header_read_timeout: Option<String>,
+    keep_alive_timeout: Option<String>,
+    max_connections: Option<usize>,
+    body_read_timeout: Option<String>,
     admin_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     accept_store_risks: Option<bool>,
@@ -75,6 +105,10 @@ pub struct ProxyFile {
     upstream: Option<String>,
     require_key: Option<bool>,
     upstream_timeout: Option<String>,
+    require_principal: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    replay_headers: Option<Vec<String>>,
+    no_replay_headers: Option<Vec<String>>,
     #[serde(default)]
     routes: Vec<RouteRule>,
 }
@@ -86,6 +120,7 @@ pub struct ServeFile {
     #[serde(default)]
     operations: BTreeMap<String, OperationFile>,
     operation_timeout: Option<String>,
+    max_operation_response: Option<bytesize::ByteSize>,
 }
 
 /// One `[serve.operations]` entry: its URL, or a table with the URL and a policy.
@@ -149,8 +184,18 @@ pub struct ServerSettings {
     pub lease: Duration,
     /// How long a duplicate waits for an in-flight result; `None`: 409 at once.
     pub wait: Option<Duration>,
-    /// The header whose value scopes keys; `None`: `Authorization`.
+    /// The header whose value scopes keys; `None`: `Authorization` (or the cookie).
     pub scope_header: Option<HeaderName>,
+    /// The cookie whose value scopes keys, when no header does.
+    pub scope_cookie: Option<String>,
+    /// How long a client has to send a request head.
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection stays open; `None`: no keep-alive.
+    pub keep_alive_timeout: Option<Duration>,
+    /// How many connections are served at once.
+    pub max_connections: usize,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: Duration,
     /// The admin listener's address, if any.
     pub admin_listen: Option<SocketAddr>,
     /// How logs are written.
@@ -172,6 +217,12 @@ pub struct Proxy {
     pub upstream_timeout: Duration,
     /// The per-route rules.
     pub routes: RouteTable,
+    /// Whether keyed requests without a principal are refused.
+    pub require_principal: bool,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which response headers are stored and replayed.
+    pub replayed_headers: ReplayedHeaders,
 }
 
 /// `idem serve`'s settings, resolved.
@@ -183,6 +234,8 @@ pub struct Serve {
     pub operations: BTreeMap<String, Operation>,
     /// How long an operation may take to answer before its outcome is unknown.
     pub operation_timeout: Duration,
+    /// The largest operation answer read and kept, in bytes.
+    pub max_operation_response: usize,
 }
 
 fn file_duration(field: &str, value: Option<&String>) -> anyhow::Result<Option<Duration>> {
@@ -211,7 +264,108 @@ fn check(common: &ServerSettings) -> anyhow::Result<()> {
     if let Some(wait) = common.wait {
         anyhow::ensure!(wait <= MAX_WAIT, "--wait must be at most 1h");
     }
+    anyhow::ensure!(
+        !common.header_read_timeout.is_zero(),
+        "--header-read-timeout must be longer than 0s"
+    );
+    anyhow::ensure!(
+        common
+            .keep_alive_timeout
+            .is_none_or(|idle| idle <= common.header_read_timeout),
+        "--keep-alive-timeout cannot exceed --header-read-timeout: the wait for the next request's head counts toward both"
+    );
+    anyhow::ensure!(
+        common.max_connections > 0,
+        "--max-connections must be at least 1"
+    );
+    anyhow::ensure!(
+        !common.body_read_timeout.is_zero(),
+        "--body-read-timeout must be longer than 0s"
+    );
     Ok(())
+}
+
+/// The connection limits of the public listener.
+impl ServerSettings {
+    /// What [`crate::connections`] enforces.
+    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+/// A header name from a flag or the file, or an error naming where it came from.
+fn header_name(flag: &str, name: &str) -> anyhow::Result<HeaderName> {
+    HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| anyhow::anyhow!("{flag} {name:?} is not a valid header name"))
+}
+
+/// `--replay-header` (an allow list) or `--no-replay-header` (added to the default deny
+/// list), from flags or else the file; both at once is refused.
+fn replayed_headers(args: &ProxyArgs, file: &ProxyFile) -> anyhow::Result<ReplayedHeaders> {
+    let only = if args.replay_headers.is_empty() {
+        file.replay_headers.clone().unwrap_or_default()
+    } else {
+        args.replay_headers.clone()
+    };
+    let except = if args.no_replay_headers.is_empty() {
+        file.no_replay_headers.clone().unwrap_or_default()
+    } else {
+        args.no_replay_headers.clone()
+    };
+    match (only.is_empty(), except.is_empty()) {
+        (true, true) => Ok(ReplayedHeaders::default()),
+        (false, true) => Ok(ReplayedHeaders::Only(
+            only.iter()
+                .map(|name| header_name("--replay-header", name))
+                .collect::<anyhow::Result<_>>()?,
+        )),
+        (true, false) => {
+            let mut denied = NOT_REPLAYED_BY_DEFAULT.to_vec();
+            for name in &except {
+                denied.push(header_name("--no-replay-header", name)?);
+            }
+            Ok(ReplayedHeaders::AllExcept(denied))
+        }
+        (false, false) => anyhow::bail!(
+            "--replay-header (an allow list) and --no-replay-header (a deny list) cannot be combined"
+        ),
+    }
+}
+
+/// A cookie name: an RFC 6265 token (visible ASCII but separators), so that it can be found
+/// in a `Cookie` header.
+fn cookie_name(name: &str) -> anyhow::Result<String> {
+    let name = name.trim();
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|byte| { byte.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&byte) }),
+        "--scope-cookie {name:?} is not a cookie name"
+    );
+    Ok(name.to_owned())
+}
+
+/// `--trusted-proxy` CIDRs (a bare address is a /32 or /128).
+fn trusted_proxies(values: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    values
+        .iter()
+        .map(|value| {
+            let value = value.trim();
+            value
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "--trusted-proxy {value:?} is not a CIDR (e.g. 10.0.0.0/8) or an address"
+                    )
+                })
+        })
+        .collect()
 }
 
 fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings> {
@@ -238,13 +392,43 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
         wait: args.wait.or(file_duration("wait", file.wait.as_ref())?),
         scope_header: args
             .scope_header
+            .clone()
             .or_else(|| file.scope_header.clone())
-            .map(|name| {
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    anyhow::anyhow!("--scope-header {name:?} is not a valid header name")
-                })
-            })
+            .map(|name| header_name("--scope-header", &name))
             .transpose()?,
+        scope_cookie: args
+            .scope_cookie
+            .clone()
+            .or_else(|| file.scope_cookie.clone())
+            .map(|name| cookie_name(&name))
+            .transpose()?,
+        header_read_timeout: args
+            .header_read_timeout
+            .or(file_duration(
+                "header_read_timeout",
+                file.header_read_timeout.as_ref(),
+            )?)
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        keep_alive_timeout: Some(
+            args.keep_alive_timeout
+                .or(file_duration(
+                    "keep_alive_timeout",
+                    file.keep_alive_timeout.as_ref(),
+                )?)
+                .unwrap_or(DEFAULT_KEEP_ALIVE_TIMEOUT),
+        )
+        .filter(|idle| !idle.is_zero()),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        body_read_timeout: args
+            .body_read_timeout
+            .or(file_duration(
+                "body_read_timeout",
+                file.body_read_timeout.as_ref(),
+            )?)
+            .unwrap_or(idem_http::DEFAULT_BODY_READ_TIMEOUT),
         admin_listen: args.admin_listen.or(file.admin_listen),
         log_format: args
             .log_format
@@ -252,6 +436,10 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
             .unwrap_or(LogFormat::Human),
         accept_store_risks: args.accept_store_risks || file.accept_store_risks.unwrap_or(false),
     };
+    anyhow::ensure!(
+        common.scope_header.is_none() || common.scope_cookie.is_none(),
+        "scope keys by a header or by a cookie, not both (--scope-header, --scope-cookie)"
+    );
     check(&common)?;
     Ok(common)
 }
@@ -259,6 +447,7 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
 /// Resolves `idem proxy`'s settings.
 pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
     let file = FileConfig::load(args.common.config.as_deref())?;
+    let replayed_headers = replayed_headers(&args, &file.proxy)?;
     let common = common(args.common, &file)?;
     let upstream = Upstream::parse(&args
         .upstream
@@ -276,6 +465,13 @@ pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
             )?)
             .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
         routes: RouteTable::new(&file.proxy.routes)?,
+        require_principal: args.require_principal || file.proxy.require_principal.unwrap_or(false),
+        trusted_proxies: trusted_proxies(if args.trusted_proxies.is_empty() {
+            file.proxy.trusted_proxies.as_deref().unwrap_or_default()
+        } else {
+            &args.trusted_proxies
+        })?,
+        replayed_headers,
     })
     .and_then(|proxy| {
         check_timeout("--upstream-timeout", proxy.upstream_timeout, &proxy.common)?;
@@ -316,6 +512,16 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
                 file.serve.operation_timeout.as_ref(),
             )?)
             .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+        max_operation_response: match args.max_operation_response {
+            Some(size) => size,
+            None => file
+                .serve
+                .max_operation_response
+                .map(|size| usize::try_from(size.as_u64()))
+                .transpose()
+                .context("serve.max_operation_response is too large")?
+                .unwrap_or(DEFAULT_MAX_OPERATION_RESPONSE),
+        },
     })
     .and_then(|serve| {
         check_timeout(
@@ -371,7 +577,13 @@ mod tests {
             "file wins over default"
         );
         assert_eq!(resolved.upstream.to_string(), "http://file");
-        assert_eq!(resolved.common.store, StoreLocation::Memory);
+        assert!(matches!(
+            resolved.common.store,
+            StoreLocation::Memory {
+                max_records: idem_core::DEFAULT_MEMORY_MAX_RECORDS,
+                ..
+            }
+        ));
         assert_eq!(resolved.common.lease, idem_core::DEFAULT_LEASE, "default");
     }
 

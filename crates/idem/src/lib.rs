@@ -16,6 +16,7 @@ pub mod config;
 pub mod routes;
 
 mod admin;
+mod connections;
 mod coordination;
 mod proxy;
 mod records;

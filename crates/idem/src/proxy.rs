@@ -18,13 +18,18 @@ use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use std::borrow::Cow;
+
+use axum::middleware::Next;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use idem_http::headers::remove_hop_by_hop;
 use idem_http::{InnerBody, ProblemCode, ResponseBody};
+use ipnet::IpNet;
 use tower::ServiceBuilder;
 
 use crate::config;
@@ -55,6 +60,8 @@ struct Forwarder {
     client: UpstreamClient,
     upstream: std::sync::Arc<Upstream>,
     timeout: Duration,
+    /// Peers whose forwarding headers are believed and extended.
+    trusted_proxies: std::sync::Arc<[IpNet]>,
 }
 
 impl tower::Service<Request<InnerBody<Body>>> for Forwarder {
@@ -89,6 +96,17 @@ impl Forwarder {
         let original_host = parts.headers.get(header::HOST).cloned();
         parts.uri = self.upstream.target(&parts.uri)?;
         remove_hop_by_hop(&mut parts.headers);
+        let trusted = client_address.is_some_and(|peer| {
+            self.trusted_proxies
+                .iter()
+                .any(|network| network.contains(&peer.ip()))
+        });
+        if !trusted {
+            // A client may write anything in these: only a trusted proxy's word is passed on.
+            for name in FORWARDING_HEADERS {
+                parts.headers.remove(name);
+            }
+        }
         add_forwarding_headers(&mut parts.headers, client_address, original_host.as_ref());
         if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
             parts.headers.insert(header::HOST, host);
@@ -131,6 +149,18 @@ fn outcome_unknown(what: &str) -> Response<ResponseBody> {
         .map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
+/// The headers through which proxies tell the upstream who the client was. Only those set
+/// by a trusted proxy (`--trusted-proxy`) are passed on; from anyone else they are replaced.
+const FORWARDING_HEADERS: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Adds this hop to the forwarding headers: after the earlier hops' when the peer is a trusted
+/// proxy, alone otherwise (the untrusted ones were removed before).
 fn add_forwarding_headers(
     headers: &mut HeaderMap,
     client: Option<SocketAddr>,
@@ -152,7 +182,8 @@ fn add_forwarding_headers(
     };
     let mut forwarded = format!("for={node};proto=http");
     if let Some(host) = host.and_then(|value| value.to_str().ok()) {
-        forwarded.push_str(&format!(";host=\"{host}\""));
+        forwarded.push_str(";host=");
+        forwarded.push_str(&quoted_string(host));
         // A TLS terminator in front of idem already said which host and scheme the client
         // used: keep its word.
         if !headers.contains_key("x-forwarded-host")
@@ -177,6 +208,60 @@ fn add_forwarding_headers(
     }
 }
 
+/// `text` as an RFC 9110 quoted-string (RFC 7239 `Forwarded` values): in quotes, with `"`
+/// and `\\` escaped, so that a `Host` holding `;` or `"` cannot add parameters of its own.
+fn quoted_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for character in text.chars() {
+        if matches!(character, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(character);
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// One path, one meaning: the request's path is put in its normal form before any rule,
+/// fingerprint or the upstream sees it, and a path with no single meaning is refused, so no
+/// spelling of a path escapes a route rule ([`idem_http::path`]).
+async fn one_meaning_per_path(mut request: Request<Body>, next: Next) -> Response<Body> {
+    let path = request.uri().path();
+    // Only origin-form targets have a path to normalise; `*` and authority forms match no
+    // rule (every rule starts with '/') and are forwarded as they came.
+    if path.starts_with('/') {
+        match idem_http::path::normalize(path) {
+            Ok(Cow::Borrowed(_)) => {}
+            Ok(Cow::Owned(normal)) => {
+                let target = match request.uri().query() {
+                    Some(query) => format!("{normal}?{query}"),
+                    None => normal,
+                };
+                let mut uri = request.uri().clone().into_parts();
+                match PathAndQuery::from_maybe_shared(target) {
+                    Ok(target) => uri.path_and_query = Some(target),
+                    Err(error) => return ambiguous_path(&error.to_string()),
+                }
+                match Uri::from_parts(uri) {
+                    Ok(uri) => *request.uri_mut() = uri,
+                    Err(error) => return ambiguous_path(&error.to_string()),
+                }
+            }
+            Err(error) => return ambiguous_path(&error.to_string()),
+        }
+    }
+    next.run(request).await
+}
+
+fn ambiguous_path(reason: &str) -> Response<Body> {
+    ProblemCode::PathAmbiguous
+        .response(&format!(
+            "{reason}; nothing was forwarded. Send the path with its characters as they are (or percent-encode only what must be)"
+        ))
+        .map(Body::new)
+}
+
 async fn unreachable(error: ForwardError) -> impl IntoResponse {
     tracing::warn!(%error, "request not delivered upstream; key released");
     let detail = "the upstream could not be reached, so the request was not delivered and nothing was executed; retry with the same key";
@@ -197,6 +282,7 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         client,
         upstream: std::sync::Arc::clone(&upstream),
         timeout: config.upstream_timeout,
+        trusted_proxies: config.trusted_proxies.into(),
     };
 
     let require_key = config.require_key;
@@ -212,12 +298,15 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         .skip_when(move |parts| skips.skips(parts))
         .ttl_for(move |parts| ttls.ttl(parts))
         .on_lapse_for(move |parts| lapses.on_lapse(parts))
+        .require_principal(config.require_principal)
+        .replayed_headers(config.replayed_headers)
         // Once a request is forwarded it cannot be recalled: a client that hangs up must not
         // free the key while the upstream still executes (the layer's default, kept here
         // explicitly because the gateway depends on it).
         .on_cancel(idem_http::CancelPolicy::RunToCompletion)
         .build();
     let service = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn(one_meaning_per_path))
         .layer(HandleErrorLayer::new(unreachable))
         .layer(layer)
         .service(forwarder);

@@ -1,7 +1,6 @@
 //! What `proxy` and `serve` share: the store, the engine settings, the background sweeper,
 //! the admin listener, and serving with a graceful shutdown.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::config::ServerSettings;
+use crate::connections::Connections;
 use crate::signals::signalled;
 use idem_core::DynStore;
 
@@ -83,41 +83,39 @@ impl Server {
         &self.engine
     }
 
-    /// A layer builder over this server's engine (TTL, lease, wait), with its scope.
+    /// A layer builder over this server's engine (TTL, lease, wait), with its scope and body
+    /// read timeout.
     pub fn layer_builder(&self) -> IdempotencyLayerBuilder<DynStore> {
-        IdempotencyLayerBuilder::from_engine(self.engine.clone()).scope(self.scope_source())
+        IdempotencyLayerBuilder::from_engine(self.engine.clone())
+            .scope(self.scope_source())
+            .body_read_timeout(self.common.body_read_timeout)
     }
 
-    /// Whose key it is: the `--scope-header` value, or `Authorization`.
+    /// Whose key it is: the `--scope-header` or `--scope-cookie` value, or `Authorization`.
     pub fn scope_source(&self) -> ScopeSource {
-        self.common
-            .scope_header
-            .clone()
-            .map_or(ScopeSource::Authorization, ScopeSource::Header)
+        match (&self.common.scope_header, &self.common.scope_cookie) {
+            (Some(header), _) => ScopeSource::Header(header.clone()),
+            (None, Some(cookie)) => ScopeSource::Cookie(cookie.clone()),
+            (None, None) => ScopeSource::Authorization,
+        }
+    }
+
+    /// The settings both commands share.
+    pub fn settings(&self) -> &ServerSettings {
+        &self.common
     }
 
     /// Serves `app` on the public address until a shutdown signal, then drains.
     pub async fn serve(self, name: &str, app: Router) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(self.common.listen).await?;
         crate::announce(name, listener.local_addr()?);
-        let shutdown = self.shutdown.clone();
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signalled(shutdown.clone()));
-        let mut task = tokio::spawn(async move { server.await });
-        tokio::select! {
-            result = &mut task => return Ok(result??),
-            () = signalled(shutdown) => {}
-        }
+        let connections = Connections::new(self.common.connection_limits());
+        connections
+            .serve(listener, app, self.shutdown.clone())
+            .await;
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        match tokio::time::timeout_at(deadline, &mut task).await {
-            Ok(result) => result??,
-            Err(_) => {
-                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight after the drain timeout; exiting: their keys lapse into an unknown outcome");
-                task.abort();
-            }
+        if !connections.drained(deadline).await {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, still_open = connections.open(), "requests still in flight after the drain timeout; exiting: their keys lapse into an unknown outcome");
         }
         // Executions whose client hung up, and completions retried after a store fault, run
         // on after their requests: finish them (within the same drain budget, and at least a

@@ -9,8 +9,13 @@ use idem_redis::RedisStore;
 /// What `--store` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
-    /// `memory://`: records in this process only.
-    Memory,
+    /// `memory://?max_records=N&max_bytes=SIZE`: records in this process only, bounded.
+    Memory {
+        /// The most records held.
+        max_records: usize,
+        /// The most bytes of stored responses held.
+        max_bytes: usize,
+    },
     /// A directory for the embedded store.
     Embedded(String),
     /// `postgres://…` or `postgresql://…`.
@@ -34,7 +39,7 @@ impl StoreLocation {
                 .split_once("://")
                 .map(|(scheme, rest)| (scheme.to_ascii_lowercase(), rest))
             {
-                Some((scheme, _)) if scheme == "memory" => Self::Memory,
+                Some((scheme, rest)) if scheme == "memory" => memory(rest)?,
                 Some((scheme, _)) if scheme == "postgres" || scheme == "postgresql" => {
                     Self::Postgres(text.to_owned())
                 }
@@ -61,7 +66,10 @@ impl StoreLocation {
     /// A description for logs, without credentials.
     pub fn describe(&self) -> String {
         match self {
-            Self::Memory => "memory".into(),
+            Self::Memory {
+                max_records,
+                max_bytes,
+            } => format!("memory (at most {max_records} records, {max_bytes} bytes)"),
             Self::Embedded(path) => format!("embedded at {path}"),
             Self::Postgres(_) => "postgresql".into(),
             Self::Redis(_) => "redis".into(),
@@ -70,10 +78,42 @@ impl StoreLocation {
     }
 }
 
+/// `memory://` and its bounds: `max_records=N`, `max_bytes=SIZE` (`256MiB`).
+fn memory(rest: &str) -> anyhow::Result<StoreLocation> {
+    let mut max_records = idem_core::DEFAULT_MEMORY_MAX_RECORDS;
+    let mut max_bytes = idem_core::DEFAULT_MEMORY_MAX_BYTES;
+    let query = rest.trim_start_matches('/');
+    let query = query.strip_prefix('?').unwrap_or(query);
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "max_records" => {
+                max_records = value.parse().ok().filter(|&n| n > 0).with_context(|| {
+                    format!("memory:// max_records={value:?}: expected a count above 0")
+                })?;
+            }
+            "max_bytes" => {
+                max_bytes = crate::cli::parse_size(value)
+                    .map_err(|error| anyhow::anyhow!("memory:// max_bytes={value:?}: {error}"))?;
+            }
+            other => anyhow::bail!(
+                "memory:// has no setting {other:?}: use max_records=N and max_bytes=SIZE"
+            ),
+        }
+    }
+    Ok(StoreLocation::Memory {
+        max_records,
+        max_bytes,
+    })
+}
+
 /// Opens (and for databases, connects to and migrates) the store.
 pub async fn open(location: &StoreLocation) -> anyhow::Result<DynStore> {
     Ok(match location {
-        StoreLocation::Memory => DynStore::new(MemoryStore::new()),
+        StoreLocation::Memory {
+            max_records,
+            max_bytes,
+        } => DynStore::new(MemoryStore::new().with_limits(*max_records, *max_bytes)),
         StoreLocation::Embedded(path) => {
             DynStore::new(EmbeddedStore::open(path).with_context(|| {
                 format!(
@@ -126,7 +166,17 @@ mod tests {
     fn store_urls() {
         assert_eq!(
             StoreLocation::parse("memory://").unwrap(),
-            StoreLocation::Memory
+            StoreLocation::Memory {
+                max_records: idem_core::DEFAULT_MEMORY_MAX_RECORDS,
+                max_bytes: idem_core::DEFAULT_MEMORY_MAX_BYTES,
+            }
+        );
+        assert_eq!(
+            StoreLocation::parse("memory://?max_records=10&max_bytes=1MiB").unwrap(),
+            StoreLocation::Memory {
+                max_records: 10,
+                max_bytes: 1024 * 1024,
+            }
         );
         assert_eq!(
             StoreLocation::parse("./idem-data").unwrap(),
@@ -152,6 +202,9 @@ mod tests {
             ("mysql://x", "unknown store scheme"),
             ("rediss://h:6380", "not built into this binary"),
             ("", "--store is empty"),
+            ("memory://?max_records=0", "expected a count above 0"),
+            ("memory://?max_bytes=lots", "max_bytes"),
+            ("memory://?size=1", "no setting \"size\""),
         ] {
             let error = StoreLocation::parse(location).unwrap_err().to_string();
             assert!(error.contains(reason), "{location:?}: {error}");

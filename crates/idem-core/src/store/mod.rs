@@ -160,6 +160,10 @@ pub enum StoreError {
     /// The backend answered with data this build cannot read.
     #[error("idempotency store returned unreadable data: {0}")]
     Corrupted(#[source] BoxError),
+    /// The store holds as many records as it is allowed to (the memory store's bound) and
+    /// none has expired: nothing was written. Retrying once records expire may succeed.
+    #[error("idempotency store is full: {0}")]
+    Full(String),
 }
 
 impl StoreError {

@@ -49,7 +49,8 @@ impl FromRequest<AppState> for KeyedOperation {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
         let key = header_key(&parts)?;
-        let OperationRequest { operation, payload } = parse_json(&read_body(body).await?)?;
+        let OperationRequest { operation, payload } =
+            parse_json(&read_body(body, state.body_read_timeout).await?)?;
         if operation.is_empty() {
             return Err(ApiError::new(
                 ProblemCode::InvalidRequest,
@@ -97,11 +98,11 @@ impl FromRequestParts<AppState> for RecordPath {
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
-        parse_json(&read_body(request.into_body()).await?).map(Self)
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        parse_json(&read_body(request.into_body(), state.body_read_timeout).await?).map(Self)
     }
 }
 
@@ -125,12 +126,20 @@ impl<S: Send + Sync> FromRequestParts<S> for LeaseTokenQuery {
 
 /// A lease token as the begin answer gave it: a decimal 64-bit integer.
 pub fn lease_token(text: &str) -> Result<LeaseToken, ApiError> {
-    text.parse::<u64>().map(LeaseToken::from_u64).map_err(|_| {
-        ApiError::new(
-            ProblemCode::LeaseTokenInvalid,
-            "lease_token must be the decimal token from the begin answer",
-        )
-    })
+    // Only the form the begin answer gives: `parse` alone would also take `+42` and `0042`,
+    // so that many strings named one token, and the document's format would not hold.
+    let canonical = text.bytes().all(|byte| byte.is_ascii_digit())
+        && !(text.len() > 1 && text.starts_with('0'));
+    text.parse::<u64>()
+        .ok()
+        .filter(|_| canonical)
+        .map(LeaseToken::from_u64)
+        .ok_or_else(|| {
+            ApiError::new(
+                ProblemCode::LeaseTokenInvalid,
+                "lease_token must be the decimal token from the begin answer",
+            )
+        })
 }
 
 fn header_key(parts: &Parts) -> Result<IdempotencyKey, ApiError> {
@@ -144,8 +153,17 @@ fn header_key(parts: &Parts) -> Result<IdempotencyKey, ApiError> {
     }
 }
 
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY).collect().await {
+/// Reads a body within [`MAX_BODY`] and `timeout`: a client trickling its body holds a task
+/// for no longer than that.
+async fn read_body(body: Body, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect()).await
+    else {
+        return Err(ApiError::new(
+            ProblemCode::RequestBodyTimeout,
+            format!("the body did not arrive within {timeout:?}; nothing was executed"),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::new(
             ProblemCode::RequestBodyTooLarge,

@@ -46,6 +46,7 @@ pub struct AppState {
     engine: Engine<DynStore>,
     operations: Operations,
     scope: Arc<ScopeSource>,
+    body_read_timeout: std::time::Duration,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -130,7 +131,11 @@ async fn count_requests(
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(config: config::Serve, server: Server) -> anyhow::Result<()> {
-    let operations = Operations::new(&config.operations, config.operation_timeout)?;
+    let operations = Operations::new(
+        &config.operations,
+        config.operation_timeout,
+        config.max_operation_response,
+    )?;
     if config.operations.is_empty() {
         tracing::warn!(
             "no operation registered: execute will answer UNKNOWN_OPERATION; the records flow works"
@@ -141,6 +146,7 @@ pub async fn run(config: config::Serve, server: Server) -> anyhow::Result<()> {
         engine: server.engine().clone(),
         operations,
         scope: Arc::new(server.scope_source()),
+        body_read_timeout: server.settings().body_read_timeout,
     };
     server.serve("serve", router(state)).await
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -30,6 +30,11 @@ pub enum OperationReply {
     Failed { status: StatusCode },
     /// Delivered; answered a body that is not JSON.
     InvalidResponse,
+    /// Delivered; answered a body over the size limit, which is not kept.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// Delivered, no complete answer in time (or the connection broke): may have executed.
     OutcomeUnknown(String),
 }
@@ -41,6 +46,7 @@ pub struct Operations {
     take_over: BTreeSet<String>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    max_response: usize,
 }
 
 impl Operations {
@@ -48,6 +54,7 @@ impl Operations {
     pub fn new(
         definitions: &BTreeMap<String, Operation>,
         timeout: Duration,
+        max_response: usize,
     ) -> anyhow::Result<Self> {
         let mut urls = BTreeMap::new();
         let take_over = definitions
@@ -75,6 +82,7 @@ impl Operations {
             take_over,
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
+            max_response,
         })
     }
 
@@ -116,8 +124,9 @@ impl Operations {
         let exchange = async {
             let response = self.client.request(request).await?;
             let status = response.status();
-            let body = response
-                .into_body()
+            // Read no more than the limit: an operation that answers gigabytes must not hold
+            // the service's memory, and an answer that large is not kept anyway.
+            let body = Limited::new(response.into_body(), self.max_response)
                 .collect()
                 .await
                 .map(http_body_util::Collected::to_bytes);
@@ -129,6 +138,9 @@ impl Operations {
             }
             Ok(Err(error)) if error.is_connect() => OperationReply::Unreachable(error.to_string()),
             Ok(Err(error)) => OperationReply::OutcomeUnknown(error.to_string()),
+            Ok(Ok((_, Err(error)))) if error.is::<LengthLimitError>() => OperationReply::TooLarge {
+                limit: self.max_response,
+            },
             Ok(Ok((_, Err(error)))) => {
                 OperationReply::OutcomeUnknown(format!("the answer broke off: {error}"))
             }

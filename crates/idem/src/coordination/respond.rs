@@ -107,6 +107,18 @@ pub fn settlement(outcome: OperationReply) -> Settlement {
             ProblemCode::OperationInvalidResponse,
             "the operation answered a body that is not JSON; this answer is kept for this key",
         ),
+        OperationReply::TooLarge { limit } => {
+            tracing::warn!(
+                limit,
+                "operation answered a body over the limit; kept as invalid"
+            );
+            ApiError::new(
+                ProblemCode::OperationInvalidResponse,
+                format!(
+                    "the operation answered a body over {limit} bytes (--max-operation-response), which is not kept; this answer is kept for this key"
+                ),
+            )
+        }
         OperationReply::OutcomeUnknown(reason) => {
             tracing::warn!(reason, "operation outcome unknown");
             ApiError::new(

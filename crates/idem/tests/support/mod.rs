@@ -125,7 +125,8 @@ pub struct Seen {
 }
 
 /// A test upstream on loopback. `POST /slow` takes 400 ms, `POST /hang` never answers,
-/// `/status/{code}` answers that status, anything else answers 201 with a counter.
+/// `/status/{code}` answers that status, anything else answers 201 with a counter (and
+/// `/sessions…` a `Set-Cookie` with it).
 #[derive(Clone)]
 pub struct Upstream {
     pub address: SocketAddr,
@@ -195,11 +196,20 @@ async fn echo(
         uri.path(),
         body.len()
     );
-    (
+    // `/sessions…` logs the caller in, as a cookie-session API does.
+    let cookie = format!("session=secret-{n}; HttpOnly");
+    let mut response = (
         status,
         [("content-type", "application/json"), ("x-upstream", "yes")],
         body,
     )
+        .into_response();
+    if uri.path().starts_with("/sessions") {
+        if let Ok(value) = http::HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert("set-cookie", value);
+        }
+    }
+    response
 }
 
 async fn slow(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap) -> impl IntoResponse {

@@ -1,0 +1,261 @@
+//! Accepting and serving connections, with the limits that keep slow and greedy clients from
+//! holding the server down:
+//!
+//! - a client has `header_read_timeout` to send a request head, counted from when the
+//!   connection opens or the previous response ends, so half a head and silence is closed;
+//! - an idle keep-alive connection is closed after `keep_alive_timeout`;
+//! - at most `max_connections` are served at once: past that, new connections wait in the
+//!   listen backlog until one closes, and the ones already open are served as usual;
+//! - on shutdown, accepting stops and every connection finishes its request and closes.
+//!
+//! Written on hyper's connection API rather than `axum::serve`, which sets no timer (so
+//! hyper's header read timeout never runs) and bounds nothing.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// The connection limits, resolved from the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// How long a client has to send a whole request head.
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection stays open; `None`: one request per connection.
+    pub keep_alive_timeout: Option<Duration>,
+    /// How many connections are served at once.
+    pub max_connections: usize,
+}
+
+/// How long to wait before accepting again after the process ran out of file descriptors
+/// (or another resource): retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The connections of one listener: a permit each, so that the count is bounded and the
+/// drain can wait for all of them.
+pub struct Connections {
+    permits: Arc<Semaphore>,
+    max: u32,
+    limits: ConnectionLimits,
+}
+
+impl Connections {
+    /// Room for `limits.max_connections` connections.
+    pub fn new(limits: ConnectionLimits) -> Self {
+        // A semaphore counts in u32 for `acquire_many`; more connections than that is not a
+        // limit anyone sets.
+        let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+        Self {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+            limits,
+        }
+    }
+
+    /// Accepts and serves connections until `shutdown` turns true; each connection then
+    /// finishes its request and closes (see [`drained`](Self::drained)).
+    pub async fn serve(&self, listener: TcpListener, app: Router, shutdown: watch::Receiver<bool>) {
+        let mut stop = shutdown.clone();
+        let stopped = async move {
+            // An error means the sender is gone: nobody can ask for a shutdown any more.
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        let mut stopped = pin!(stopped);
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_closed) => return,
+                },
+                () = &mut stopped => return,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        if !is_per_connection(&error) {
+                            tracing::warn!(%error, "cannot accept connections; retrying shortly");
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        }
+                        continue;
+                    }
+                },
+                () = &mut stopped => return,
+            };
+            serve_connection(
+                stream,
+                peer,
+                app.clone(),
+                self.limits,
+                permit,
+                shutdown.clone(),
+            );
+        }
+    }
+
+    /// Whether every connection closed by `deadline`.
+    pub async fn drained(&self, deadline: Instant) -> bool {
+        tokio::time::timeout_at(deadline, self.permits.acquire_many(self.max))
+            .await
+            .is_ok()
+    }
+
+    /// How many connections are open now.
+    pub fn open(&self) -> usize {
+        (self.max as usize).saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// Errors that concern one connection (reset before it was accepted), not the listener.
+fn is_per_connection(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Serves one connection in its own task, which holds `permit` until the connection closes.
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: ConnectionLimits,
+    permit: OwnedSemaphorePermit,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Responses are written whole by hyper; Nagle would only delay the last segment.
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let busy = Busy::new(Arc::clone(&activity));
+            let call = app.clone().oneshot(request.map(Body::new));
+            async move {
+                let response = call.await;
+                drop(busy);
+                response
+            }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(limits.keep_alive_timeout.is_some());
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut connection = pin!(connection);
+        let mut closing = false;
+        loop {
+            let idle_deadline = limits
+                .keep_alive_timeout
+                .map(|limit| activity.idle_deadline(limit));
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection closed with an error");
+                    }
+                    return;
+                }
+                changed = shutdown.wait_for(|stop| *stop), if !closing => {
+                    // Finish the request in progress, then close; a sender gone (`Err`) means
+                    // the server is stopping too.
+                    let _ = changed;
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = sleep_until_some(idle_deadline), if !closing => {
+                    if limits.keep_alive_timeout.is_some_and(|limit| activity.idle_for() >= limit) {
+                        tracing::debug!(%peer, "idle keep-alive connection closed");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When a connection last finished a request, and how many it is serving now.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_done: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_done: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn last_done(&self) -> Instant {
+        *self
+            .last_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long the connection has been idle; zero while it serves a request.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_done().elapsed()
+    }
+
+    /// When the connection will have been idle for `limit`, if nothing happens before.
+    fn idle_deadline(&self, limit: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            Instant::now() + limit
+        } else {
+            self.last_done() + limit
+        }
+    }
+}
+
+/// Marks a connection busy while one request is being answered.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,394 @@
+//! `idem proxy` and `idem serve` against hostile clients: replays that must not reach another
+//! caller, paths spelled to escape a rule, clients that send half a request and stall, and
+//! clients that fill the store or forge forwarding headers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Idem, Upstream, client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn proxy(upstream: &str, extra: &[&str]) -> Idem {
+    let mut args = vec![
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory://",
+        "--upstream",
+        upstream,
+    ];
+    args.extend_from_slice(extra);
+    Idem::start(&args)
+}
+
+fn address(idem: &Idem) -> String {
+    idem.url.trim_start_matches("http://").to_owned()
+}
+
+/// Sends `request` as written (no client library normalises its path) on a new connection
+/// and reads the answer to its end: the status and the body as JSON, when it is JSON.
+async fn raw(idem: &Idem, request: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(address(idem)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn post(path: &str, key: Option<&str>) -> String {
+    let key = key.map_or(String::new(), |key| format!("Idempotency-Key: {key}\r\n"));
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: api.test\r\n{key}Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    )
+}
+
+#[tokio::test]
+async fn a_replay_never_carries_another_callers_cookie() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(&upstream.url(), &[]);
+    let client = client();
+    let login = |cookie: Option<&'static str>| {
+        let mut request = client
+            .post(idem.url("/sessions"))
+            .header("idempotency-key", "login-1")
+            .body("{}");
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    let first = login(Some("tracking=a")).await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.headers()["set-cookie"], "session=secret-1; HttpOnly");
+    // A stranger with the same key and body, and no credentials at all.
+    let stranger = login(None).await.unwrap();
+    assert_eq!(stranger.status(), 201);
+    assert_eq!(stranger.headers()["x-idempotent-replayed"], "true");
+    assert!(
+        stranger.headers().get("set-cookie").is_none(),
+        "the first caller's session must not be replayed"
+    );
+    assert_eq!(upstream.calls("/sessions"), 1);
+}
+
+#[tokio::test]
+async fn set_cookie_is_replayed_only_when_allowed_by_name() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(
+        &upstream.url(),
+        &["--replay-header", "set-cookie,x-upstream"],
+    );
+    let send = || {
+        client()
+            .post(idem.url("/sessions"))
+            .header("idempotency-key", "login-2")
+            .body("{}")
+            .send()
+    };
+    send().await.unwrap();
+    let replay = send().await.unwrap();
+    assert_eq!(replay.headers()["x-idempotent-replayed"], "true");
+    assert_eq!(replay.headers()["set-cookie"], "session=secret-1; HttpOnly");
+    assert_eq!(replay.headers()["x-upstream"], "yes");
+    assert_eq!(replay.headers()["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn a_session_cookie_scopes_keys_and_other_cookies_do_not() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(
+        &upstream.url(),
+        &["--scope-cookie", "session", "--require-principal"],
+    );
+    let client = client();
+    let charge = |cookie: Option<&'static str>| {
+        let mut request = client
+            .post(idem.url("/charges"))
+            .header("idempotency-key", "shared-key")
+            .body("{}");
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    let alice = charge(Some("session=alice")).await.unwrap();
+    assert_eq!(alice.headers()["x-idempotent-replayed"], "false");
+    let bob = charge(Some("session=bob")).await.unwrap();
+    assert_eq!(
+        bob.headers()["x-idempotent-replayed"],
+        "false",
+        "another session never sees alice's record"
+    );
+    let alice_again = charge(Some("theme=dark; session=alice; lang=en"))
+        .await
+        .unwrap();
+    assert_eq!(
+        alice_again.headers()["x-idempotent-replayed"],
+        "true",
+        "unrelated cookies do not change whose key it is"
+    );
+    let nobody = charge(None).await.unwrap();
+    assert_eq!(nobody.status(), 400);
+    let problem: Value = nobody.json().await.unwrap();
+    assert_eq!(problem["code"], "principal_missing");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("session cookie"),
+        "{problem}"
+    );
+    assert_eq!(upstream.calls("/charges"), 2);
+}
+
+#[tokio::test]
+async fn no_spelling_of_a_path_escapes_a_route_rule() {
+    let upstream = Upstream::start().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[[proxy.routes]]\npath = \"/payments/**\"\nrequire_key = true\n",
+    )
+    .unwrap();
+    let idem = proxy(
+        &upstream.url(),
+        &["--config", config.path().to_str().unwrap()],
+    );
+    for spelling in [
+        "/%70ayments/x",
+        "/%70%61yments/x",
+        "//payments/x",
+        "/other/../payments/x",
+        "/./payments/x",
+        "/%2e%2e/payments/x",
+        "/PAYMENTS/../payments/x",
+    ] {
+        let (status, problem) = raw(&idem, &post(spelling, None)).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some("idempotency_key_missing")),
+            "{spelling}"
+        );
+    }
+    for ambiguous in [
+        "/payments%2fx",
+        "/payments%5Cx",
+        "/payments/x%00",
+        "/pay%zzments",
+    ] {
+        let (status, problem) = raw(&idem, &post(ambiguous, Some("k-amb"))).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some("path_ambiguous")),
+            "{ambiguous}"
+        );
+    }
+    assert_eq!(
+        upstream.seen.lock().unwrap().calls.len(),
+        0,
+        "nothing forwarded"
+    );
+
+    // With a key, the upstream is sent the normal form, and every spelling is one request.
+    let (status, body) = raw(&idem, &post("/%70ayments//x", Some("pay-1"))).await;
+    assert_eq!((status, body["path"].as_str()), (201, Some("/payments/x")));
+    let (status, _) = raw(&idem, &post("/payments/./x", Some("pay-1"))).await;
+    assert_eq!(status, 201, "the same request, replayed");
+    assert_eq!(upstream.calls("/payments/x"), 1);
+}
+
+#[tokio::test]
+async fn clients_that_stall_mid_head_are_cut_off_and_block_nobody() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(
+        &upstream.url(),
+        &["--header-read-timeout", "1s", "--keep-alive-timeout", "1s"],
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut stream = TcpStream::connect(address(&idem)).await.unwrap();
+        stream
+            .write_all(b"POST /charges HTTP/1.1\r\nHost: api.test\r\nIdempotency-")
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    let started = Instant::now();
+    let (status, _) = raw(&idem, &post("/charges", Some("normal-1"))).await;
+    assert_eq!(status, 201);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a normal client is served while 200 others stall: {:?}",
+        started.elapsed()
+    );
+    // Each stalled connection is closed once its header read timeout passes.
+    for mut stream in stalled {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("the server closes a stalled connection");
+        assert!(closed.is_err() || !String::from_utf8_lossy(&rest).contains("201"));
+    }
+
+    // An idle keep-alive connection is closed after the keep-alive timeout.
+    let mut idle = TcpStream::connect(address(&idem)).await.unwrap();
+    idle.write_all(b"GET /items HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut answer))
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(read.is_ok());
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 201"));
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_their_turn() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(
+        &upstream.url(),
+        &[
+            "--max-connections",
+            "1",
+            "--header-read-timeout",
+            "1s",
+            "--keep-alive-timeout",
+            "1s",
+        ],
+    );
+    let mut hog = TcpStream::connect(address(&idem)).await.unwrap();
+    hog.write_all(b"POST /charges HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (status, _) = raw(&idem, &post("/charges", Some("queued-1"))).await;
+    assert_eq!(status, 201);
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "served only once the one allowed connection was closed: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_refused_and_the_key_stays_free() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(&upstream.url(), &["--body-read-timeout", "1s"]);
+    let mut stream = TcpStream::connect(address(&idem)).await.unwrap();
+    stream
+        .write_all(b"POST /charges HTTP/1.1\r\nHost: api.test\r\nIdempotency-Key: slow-1\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{\"a\"")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(upstream.calls("/charges"), 0);
+    let response = client()
+        .post(idem.url("/charges"))
+        .header("idempotency-key", "slow-1")
+        .body("{\"a\":12345}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "the retry executes");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
+    let upstream = Upstream::start().await;
+    let forged = |request: reqwest::RequestBuilder| {
+        request
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header("x-real-ip", "203.0.113.9")
+            .header("forwarded", "for=203.0.113.9;proto=https")
+    };
+    let idem = proxy(&upstream.url(), &[]);
+    forged(client().get(idem.url("/whoami")))
+        .send()
+        .await
+        .unwrap();
+    let seen = upstream.last_headers();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], address(&idem));
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert!(seen.get("x-real-ip").is_none());
+    assert_eq!(
+        seen["forwarded"],
+        format!("for=127.0.0.1;proto=http;host=\"{}\"", address(&idem))
+    );
+    drop(idem);
+
+    let idem = proxy(&upstream.url(), &["--trusted-proxy", "127.0.0.0/8"]);
+    forged(client().get(idem.url("/whoami")))
+        .send()
+        .await
+        .unwrap();
+    let seen = upstream.last_headers();
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "evil.example");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(
+        seen["forwarded"],
+        format!(
+            "for=203.0.113.9;proto=https, for=127.0.0.1;proto=http;host=\"{}\"",
+            address(&idem)
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_full_memory_store_answers_503_and_executes_nothing() {
+    let upstream = Upstream::start().await;
+    let idem = Idem::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory://?max_records=2",
+        "--upstream",
+        &upstream.url(),
+    ]);
+    let send = |key: &'static str| {
+        client()
+            .post(idem.url("/charges"))
+            .header("idempotency-key", key)
+            .body("{}")
+            .send()
+    };
+    assert_eq!(send("fill-1").await.unwrap().status(), 201);
+    assert_eq!(send("fill-2").await.unwrap().status(), 201);
+    let full = send("fill-3").await.unwrap();
+    assert_eq!(full.status(), 503);
+    let problem: Value = full.json().await.unwrap();
+    assert_eq!(problem["code"], "store_full");
+    assert_eq!(
+        send("fill-1").await.unwrap().headers()["x-idempotent-replayed"],
+        "true",
+        "held keys still replay"
+    );
+    assert_eq!(upstream.calls("/charges"), 2);
+}
