@@ -113,6 +113,14 @@ impl IdemResponse {
             .as_str()
             .map(str::to_owned)
     }
+
+    /// What idem advises after an error: `same_key` (this client retried already, up to its
+    /// budget), `new_key` (check what happened, then send a new request with a new key) or
+    /// `never` (fix the request); `None` for answers that are not idem's errors.
+    #[must_use]
+    pub fn retry_advice(&self) -> Option<String> {
+        retry_advice(&self.body)
+    }
 }
 
 fn is_replay(headers: &HeaderMap) -> bool {
@@ -270,13 +278,22 @@ struct HttpAnswer {
 }
 
 impl HttpAnswer {
-    /// Whether asking again may bring another answer: a 409 (the first attempt is still
-    /// executing) or a 5xx. A replayed answer is the stored outcome, and a key of unknown
-    /// outcome stays so: retrying only brings either back.
+    /// Whether asking again with the same key may bring another answer. idem's errors say so
+    /// themselves (`"retry": "same_key"`); for an answer without that member (the API's
+    /// own, or an older idem): a 409 (the first attempt is still executing) or a 5xx. A
+    /// replayed answer is the stored outcome, and a key of unknown outcome stays so: retrying
+    /// only brings either back.
     fn worth_retrying(&self) -> bool {
-        !is_replay(&self.headers)
-            && !is_outcome_unknown(self.status, &self.body)
-            && (self.status == StatusCode::CONFLICT || self.status.is_server_error())
+        if is_replay(&self.headers) {
+            return false;
+        }
+        match retry_advice(&self.body).as_deref() {
+            Some(advice) => advice == "same_key",
+            None => {
+                !is_outcome_unknown(self.status, &self.body)
+                    && (self.status == StatusCode::CONFLICT || self.status.is_server_error())
+            }
+        }
     }
 
     fn into_response(self, key: String, attempts: u32) -> IdemResponse {
@@ -301,6 +318,24 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(seconds))
+}
+
+/// The `retry` member of idem's error documents: `same_key`, `new_key` or `never`
+/// (problem+json's top level, or `idem serve`'s `error` object).
+pub(crate) fn retry_advice(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Document {
+        retry: Option<String>,
+        error: Option<Detail>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        retry: Option<String>,
+    }
+    let document: Document = serde_json::from_slice(body).ok()?;
+    document
+        .retry
+        .or_else(|| document.error.and_then(|detail| detail.retry))
 }
 
 /// idem's 409 `outcome_unknown` (layer, proxy) or `OUTCOME_UNKNOWN` (`idem serve`): the first
@@ -340,6 +375,46 @@ mod tests {
         assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(with("-1"), None);
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn idems_retry_member_decides_before_the_status_does() {
+        let answer = |status: u16, body: &'static [u8]| HttpAnswer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body),
+        };
+        assert!(
+            answer(409, br#"{"code":"request_in_progress","retry":"same_key"}"#).worth_retrying()
+        );
+        assert!(
+            answer(
+                400,
+                br#"{"code":"request_body_unreadable","retry":"same_key"}"#
+            )
+            .worth_retrying()
+        );
+        assert!(!answer(503, br#"{"code":"x","retry":"never"}"#).worth_retrying());
+        assert!(!answer(409, br#"{"code":"outcome_unknown","retry":"new_key"}"#).worth_retrying());
+        assert!(
+            answer(
+                503,
+                br#"{"error":{"code":"STORE_UNAVAILABLE","retry":"same_key"}}"#
+            )
+            .worth_retrying()
+        );
+        assert!(
+            !answer(
+                422,
+                br#"{"error":{"code":"IDEMPOTENCY_KEY_MISMATCH","retry":"new_key"}}"#
+            )
+            .worth_retrying()
+        );
+        assert!(
+            answer(502, b"upstream's own page").worth_retrying(),
+            "no advice: by status"
+        );
+        assert!(!answer(404, b"{}").worth_retrying());
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::engine_state::{EngineState, LeaseRegistry};
 use crate::execution::{Execution, MAX_SETTLE};
 use crate::store::timed;
 use crate::{
-    BeginOutcome, BeginRequest, Fingerprint, LeaseToken, OnLapse, RecordId, RecordSnapshot,
-    RecordState, Store, StoreError, StoredResponse, TransitionOutcome,
+    BeginOutcome, BeginRequest, Fingerprint, FingerprintPart, LeaseToken, OnLapse, RecordId,
+    RecordSnapshot, RecordState, Store, StoreError, StoredResponse, TransitionOutcome,
 };
 
 /// How long a completed record is replayed by default: a day, as Stripe and the IETF draft's
@@ -75,7 +75,11 @@ pub enum Begin<S: Store> {
     /// is executed; the client should check the resource, then use a new key.
     OutcomeUnknown,
     /// The key was used for a different request: refuse.
-    Mismatch,
+    Mismatch {
+        /// The parts of the request that differ from the first one's (method, path, headers,
+        /// body); empty when the first request's record could not be read again.
+        differing: Vec<FingerprintPart>,
+    },
 }
 
 /// Per-request settings of [`Engine::begin_with`]; [`Engine::options`] gives the engine's.
@@ -328,8 +332,31 @@ impl<S: Store> Engine<S> {
                 metrics::counter!("idem_outcome_unknown_total").increment(1);
                 Begin::OutcomeUnknown
             }
-            BeginOutcome::Mismatch => Begin::Mismatch,
+            BeginOutcome::Mismatch => Begin::Mismatch {
+                differing: self.differing_parts(id, fingerprint).await,
+            },
         })
+    }
+
+    /// Which parts of `fingerprint` differ from those of the request that holds `id`: one more
+    /// read, on the mismatch path only, so that the refusal can say what changed. Best
+    /// effort: a record gone or unreadable names nothing.
+    async fn differing_parts(
+        &self,
+        id: RecordId,
+        fingerprint: Fingerprint,
+    ) -> Vec<FingerprintPart> {
+        match timed("get", self.state.store.get(id)).await {
+            Ok(Some(snapshot)) => match &snapshot.record.state {
+                RecordState::InFlight {
+                    fingerprint: first, ..
+                }
+                | RecordState::Completed {
+                    fingerprint: first, ..
+                } => first.differing(&fingerprint),
+            },
+            _ => Vec::new(),
+        }
     }
 
     /// Takes back an execution whose lease a client holds by its token (a two-phase flow

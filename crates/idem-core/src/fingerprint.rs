@@ -6,20 +6,68 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// A SHA-256 digest of a request's identifying parts.
+use crate::canonical_json::{Json, JsonError};
+
+/// A digest of a request's identifying parts, in four lanes: the method (or operation), the
+/// target (path and query), the identifying headers, and the body. Each lane is the first 8
+/// bytes of a SHA-256 over its parts, so a mismatch can say which part differed
+/// ([`differing`](Self::differing)) and the digest still fits the 32 bytes every store keeps.
 ///
 /// Build one with [`Fingerprint::builder`]: the same key with a different fingerprint is a
 /// mismatch, never a replay.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fingerprint([u8; 32]);
 
+/// A part of a request that a fingerprint tells apart from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FingerprintPart {
+    /// The HTTP method, or the coordination service's operation name.
+    Method,
+    /// The path and query.
+    Target,
+    /// The content type and the other identifying headers.
+    Headers,
+    /// The body (its canonical form, where canonical JSON is on).
+    Body,
+}
+
+impl FingerprintPart {
+    /// Every part, in lane order.
+    pub const ALL: [Self; 4] = [Self::Method, Self::Target, Self::Headers, Self::Body];
+
+    /// Its name in error documents: `method`, `path`, `header` or `body`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Method => "method",
+            Self::Target => "path",
+            Self::Headers => "header",
+            Self::Body => "body",
+        }
+    }
+
+    const fn lane(self) -> usize {
+        match self {
+            Self::Method => 0,
+            Self::Target => 1,
+            Self::Headers => 2,
+            Self::Body => 3,
+        }
+    }
+}
+
+/// The bytes of one lane in a [`Fingerprint`].
+const LANE: usize = 8;
+
 impl Fingerprint {
     /// Starts a fingerprint; add each identifying part in a fixed order.
     #[must_use]
     pub fn builder() -> FingerprintBuilder {
         FingerprintBuilder {
-            hasher: Sha256::new(),
+            lanes: std::array::from_fn(|_| Sha256::new()),
             canonical_json: false,
+            filter: JsonFilter::default(),
         }
     }
 
@@ -34,6 +82,18 @@ impl Fingerprint {
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The parts in which `other` differs from this fingerprint, in lane order.
+    #[must_use]
+    pub fn differing(&self, other: &Self) -> Vec<FingerprintPart> {
+        FingerprintPart::ALL
+            .into_iter()
+            .filter(|part| {
+                let lane = part.lane() * LANE..(part.lane() + 1) * LANE;
+                self.0[lane.clone()] != other.0[lane]
+            })
+            .collect()
+    }
 }
 
 impl fmt::Debug for Fingerprint {
@@ -42,112 +102,169 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// Which members of a JSON body count, as RFC 6901 JSON pointers (`*` for any member or
+/// element at its level): only `include` (when not empty), less `exclude`. For bodies that
+/// carry a client timestamp or nonce that changes on every retry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonFilter {
+    /// When not empty, only these values count.
+    pub include: Vec<String>,
+    /// These values never count.
+    pub exclude: Vec<String>,
+}
+
+impl JsonFilter {
+    /// Whether the filter keeps everything.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    fn apply(&self, document: Json) -> Json {
+        let mut kept = if self.include.is_empty() {
+            document
+        } else {
+            document.only(&self.include)
+        };
+        for pointer in &self.exclude {
+            kept.remove(pointer);
+        }
+        kept
+    }
+}
+
 /// Accumulates the parts of a fingerprint. Every part is length-prefixed and labelled, so
 /// moving bytes from one part to the next changes the digest.
 #[derive(Clone)]
 pub struct FingerprintBuilder {
-    hasher: Sha256,
+    lanes: [Sha256; 4],
     canonical_json: bool,
+    filter: JsonFilter,
 }
 
 impl FingerprintBuilder {
-    /// Hash JSON bodies in canonical form (object keys sorted, no insignificant whitespace),
-    /// so `{"a":1,"b":2}` and `{ "b": 2, "a": 1 }` are the same request. A body that is not
-    /// valid JSON is hashed as raw bytes.
+    /// Hash JSON bodies in canonical form ([`crate::canonical_json`]: members sorted, no
+    /// insignificant whitespace, numbers by exact value), so `{"a":1,"b":2}` and
+    /// `{ "b": 2, "a": 1.0 }` are the same request. A body that is not JSON is hashed as raw
+    /// bytes.
     #[must_use]
     pub fn canonical_json(mut self, enabled: bool) -> Self {
         self.canonical_json = enabled;
         self
     }
 
-    /// Adds a labelled part: the label keeps parts from standing in for one another.
+    /// Only the parts of a JSON body that `filter` keeps count (canonical JSON only).
     #[must_use]
-    pub fn part(mut self, label: &str, value: &[u8]) -> Self {
-        self.absorb(label.as_bytes());
-        self.absorb(value);
+    pub fn json_filter(mut self, filter: JsonFilter) -> Self {
+        self.filter = filter;
         self
     }
 
-    /// Adds the HTTP method (or any operation name).
+    /// Adds a labelled part to the body lane: for identifying bytes that are not an HTTP
+    /// request's (a job's arguments, a test's name).
+    #[must_use]
+    pub fn part(self, label: &str, value: &[u8]) -> Self {
+        self.part_of(FingerprintPart::Body, label, value)
+    }
+
+    /// Adds a labelled part to the lane of `part`.
+    #[must_use]
+    pub fn part_of(mut self, part: FingerprintPart, label: &str, value: &[u8]) -> Self {
+        let lane = &mut self.lanes[part.lane()];
+        absorb(lane, label.as_bytes());
+        absorb(lane, value);
+        self
+    }
+
+    /// Adds the HTTP method.
     #[must_use]
     pub fn method(self, method: &str) -> Self {
-        self.part("method", method.as_bytes())
+        self.part_of(FingerprintPart::Method, "method", method.as_bytes())
+    }
+
+    /// Adds an operation name (the coordination service's stand-in for a method and path).
+    #[must_use]
+    pub fn operation(self, name: &str) -> Self {
+        self.part_of(FingerprintPart::Method, "operation", name.as_bytes())
     }
 
     /// Adds the path and query string.
     #[must_use]
     pub fn path_and_query(self, path_and_query: &str) -> Self {
-        self.part("path", path_and_query.as_bytes())
+        self.part_of(FingerprintPart::Target, "path", path_and_query.as_bytes())
     }
 
     /// Adds the content type, or its absence.
     #[must_use]
     pub fn content_type(self, content_type: Option<&[u8]>) -> Self {
-        self.part("content-type", content_type.unwrap_or_default())
+        self.part_of(
+            FingerprintPart::Headers,
+            "content-type",
+            content_type.unwrap_or_default(),
+        )
     }
 
-    /// Adds the body, canonicalised first when [`canonical_json`](Self::canonical_json) is on.
+    /// Adds a request header that identifies the request (a tenant header, `Host`): its
+    /// lower-case name, then its values in order, or its absence.
+    #[must_use]
+    pub fn header<'a>(self, name: &str, values: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut this = self.part_of(
+            FingerprintPart::Headers,
+            "header",
+            name.to_ascii_lowercase().as_bytes(),
+        );
+        for value in values {
+            this = this.part_of(FingerprintPart::Headers, "value", value);
+        }
+        this
+    }
+
+    /// Adds the body, canonicalised first when [`canonical_json`](Self::canonical_json) is
+    /// on. A body with no canonical form (not JSON, a member named twice) is hashed raw: use
+    /// [`try_body`](Self::try_body) to refuse the ones whose meaning is ambiguous.
     #[must_use]
     pub fn body(self, body: &[u8]) -> Self {
-        if self.canonical_json
-            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(body)
-        {
-            let mut canonical = Vec::with_capacity(body.len());
-            write_canonical_json(&value, &mut canonical);
-            return self.part("json-body", &canonical);
+        match self.clone().try_body(body) {
+            Ok(done) => done,
+            Err(_) => self.part("body", body),
         }
-        self.part("body", body)
+    }
+
+    /// Adds the body as [`body`](Self::body) does, but refuses a JSON body whose meaning is
+    /// ambiguous (a member named twice) or that is nested too deep, when canonical JSON is
+    /// on. A body that is not JSON at all is hashed raw.
+    ///
+    /// # Errors
+    /// [`JsonError::DuplicateMember`] or [`JsonError::TooDeep`].
+    pub fn try_body(self, body: &[u8]) -> Result<Self, JsonError> {
+        if !self.canonical_json {
+            return Ok(self.part("body", body));
+        }
+        match Json::parse(body) {
+            Ok(document) => {
+                let canonical = self.filter.apply(document).canonical();
+                Ok(self.part("json-body", &canonical))
+            }
+            Err(JsonError::Syntax(_)) => Ok(self.part("body", body)),
+            Err(error) => Err(error),
+        }
     }
 
     /// The finished digest.
     #[must_use]
     pub fn finish(self) -> Fingerprint {
-        Fingerprint(self.hasher.finalize().into())
-    }
-
-    fn absorb(&mut self, bytes: &[u8]) {
-        self.hasher.update((bytes.len() as u64).to_be_bytes());
-        self.hasher.update(bytes);
+        let mut digest = [0; 32];
+        for (lane, hasher) in self.lanes.into_iter().enumerate() {
+            let lane_digest: [u8; 32] = hasher.finalize().into();
+            digest[lane * LANE..(lane + 1) * LANE].copy_from_slice(&lane_digest[..LANE]);
+        }
+        Fingerprint(digest)
     }
 }
 
-/// Writes `value` with object keys sorted and no whitespace. Done by hand rather than by
-/// relying on serde_json's map order, which another crate in the build can switch to insertion
-/// order with the `preserve_order` feature.
-fn write_canonical_json(value: &serde_json::Value, out: &mut Vec<u8>) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (index, (key, item)) in entries.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_scalar(&Value::String(key.clone()), out);
-                out.push(b':');
-                write_canonical_json(item, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_canonical_json(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => write_scalar(scalar, out),
-    }
-}
-
-fn write_scalar(value: &serde_json::Value, out: &mut Vec<u8>) {
-    // Serialising a scalar `Value` into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, value);
+fn absorb(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
 }
 
 #[cfg(test)]
@@ -167,52 +284,41 @@ mod tests {
     /// Stores keep fingerprints for a day or more, and a retry may reach another instance or a
     /// newer build: a request must hash to the same digest everywhere, or every retry across
     /// an upgrade would be refused as a mismatch. The digest is pinned, computed apart from
-    /// this code from the documented encoding: SHA-256 over each label then each value, each
-    /// prefixed by its length as a big-endian u64.
+    /// this code from the documented encoding: per lane, SHA-256 over each label then each
+    /// value, each prefixed by its length as a big-endian u64; the first 8 bytes of the
+    /// method, path, header and body lanes, in that order.
     #[test]
     fn a_request_hashes_to_the_same_digest_in_every_process_and_build() {
         assert_eq!(
             hex::encode(request(false, "{}").as_bytes()),
-            "968bec39f63afd1000e296735fdf4d4ea2ed1546fdda9b10a278f223da41a228"
+            "1fd449ba2f700acb4376b9ae825d7fab62a634716f2554ac548a461b2cad250c"
         );
     }
 
-    /// The named parts are shorthands for labelled parts: the same request written either way
-    /// is the same fingerprint.
     #[test]
-    fn named_parts_and_the_labelled_parts_they_stand_for_match() {
-        let labelled = Fingerprint::builder()
-            .part("method", b"POST")
-            .part("path", b"/charges?x=1")
-            .part("content-type", b"application/json")
-            .part("body", b"{}")
-            .finish();
-        assert_eq!(request(false, "{}"), labelled);
-        let canonical = Fingerprint::builder()
-            .part("method", b"POST")
-            .part("path", b"/charges?x=1")
-            .part("content-type", b"application/json")
-            .part("json-body", br#"{"a":1,"b":2}"#)
-            .finish();
-        assert_eq!(request(true, "{ \"b\": 2, \"a\": 1 }"), canonical);
-    }
-
-    #[test]
-    fn any_part_changes_the_fingerprint() {
+    fn a_mismatch_names_the_parts_that_differ() {
         let base = request(false, "{}");
-        assert_ne!(base, request(false, "{ }"));
-        let other_path = Fingerprint::builder()
-            .method("POST")
+        assert!(base.differing(&base).is_empty());
+        assert_eq!(
+            base.differing(&request(false, "{ }")),
+            [FingerprintPart::Body]
+        );
+        let elsewhere = Fingerprint::builder()
+            .method("PUT")
             .path_and_query("/charges?x=2")
             .content_type(Some(b"application/json"))
             .body(b"{}")
             .finish();
-        assert_ne!(base, other_path);
-        let no_type = Fingerprint::builder()
-            .method("POST")
-            .path_and_query("/charges?x=1")
-            .content_type(None);
-        assert_ne!(base, no_type.body(b"{}").finish());
+        assert_eq!(
+            base.differing(&elsewhere),
+            [FingerprintPart::Method, FingerprintPart::Target]
+        );
+        let tenant =
+            |value: &'static [u8]| Fingerprint::builder().header("X-Tenant", [value]).finish();
+        assert_eq!(
+            tenant(b"a").differing(&tenant(b"b")),
+            [FingerprintPart::Headers]
+        );
     }
 
     #[test]
@@ -226,18 +332,22 @@ mod tests {
             .path_and_query("/x")
             .finish();
         assert_ne!(a, b);
+        let one = Fingerprint::builder().part("a", b"bc").finish();
+        let other = Fingerprint::builder().part("ab", b"c").finish();
+        assert_ne!(one, other);
     }
 
     #[test]
-    fn canonical_json_ignores_key_order_and_whitespace() {
+    fn canonical_json_ignores_key_order_whitespace_and_number_spelling() {
         assert_eq!(
             request(true, r#"{"a":1,"b":[1,2]}"#),
-            request(true, "{ \"b\": [1, 2],\n \"a\": 1 }")
+            request(true, "{ \"b\": [1.0, 2e0],\n \"a\": 1 }")
         );
         assert_ne!(request(true, r#"{"a":1}"#), request(true, r#"{"a":2}"#));
-        assert_eq!(
-            request(true, r#"{"z":{"y":1,"x":"\u0041"}}"#),
-            request(true, r#"{"z":{"x":"A","y":1}}"#)
+        assert_ne!(
+            request(true, r#"{"amount":123456789012345678901234}"#),
+            request(true, r#"{"amount":123456789012345678901235}"#),
+            "numbers are compared exactly, never through f64"
         );
         assert_ne!(
             request(false, r#"{"a":1,"b":2}"#),
@@ -245,26 +355,41 @@ mod tests {
         );
     }
 
-    /// Found by fuzzing: a number is hashed as serde_json writes it back, so that spelling
-    /// must read back as the same number, or the canonical form of a body and the body
-    /// itself would be two requests.
     #[test]
-    fn canonical_json_is_its_own_canonical_form_for_numbers_too() {
-        for body in [
-            "[18446744073701844674407370955161]",
-            "[1.8446744073701845e31]",
-            "[0.1]",
-        ] {
-            let value: serde_json::Value = serde_json::from_str(body).unwrap();
-            let mut canonical = Vec::new();
-            write_canonical_json(&value, &mut canonical);
-            let canonical = String::from_utf8(canonical).unwrap();
-            assert_eq!(
-                request(true, &canonical),
-                request(true, body),
-                "{body} and its canonical form {canonical}"
-            );
-        }
+    fn a_duplicate_member_is_refused_not_guessed() {
+        let builder = Fingerprint::builder().canonical_json(true);
+        assert!(matches!(
+            builder.clone().try_body(br#"{"amount":1,"amount":2}"#),
+            Err(JsonError::DuplicateMember { .. })
+        ));
+        assert!(builder.clone().try_body(b"not json").is_ok());
+        assert!(
+            Fingerprint::builder().try_body(br#"{"a":1,"a":2}"#).is_ok(),
+            "raw mode hashes bytes"
+        );
+    }
+
+    #[test]
+    fn json_filters_ignore_what_changes_on_every_retry() {
+        let filter = JsonFilter {
+            include: Vec::new(),
+            exclude: vec!["/sent_at".into(), "/items/*/nonce".into()],
+        };
+        let hash = |body: &str| {
+            Fingerprint::builder()
+                .canonical_json(true)
+                .json_filter(filter.clone())
+                .body(body.as_bytes())
+                .finish()
+        };
+        assert_eq!(
+            hash(r#"{"amount":5,"sent_at":1,"items":[{"id":1,"nonce":"a"}]}"#),
+            hash(r#"{"amount":5,"sent_at":2,"items":[{"id":1,"nonce":"b"}]}"#)
+        );
+        assert_ne!(
+            hash(r#"{"amount":5,"sent_at":1}"#),
+            hash(r#"{"amount":6,"sent_at":1}"#)
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! |---|---|
 //! | `key` | [`IdempotencyKey`]: parsing the client's header, and the [`KeyPolicy`] it must meet |
 //! | `scope` | [`Scope`] (whose key it is) and the hashed [`RecordId`] a store keeps |
-//! | `fingerprint` | [`Fingerprint`]: what makes two requests the same |
+//! | `fingerprint` | [`Fingerprint`]: what makes two requests the same, lane by lane ([`FingerprintPart`]) |
+//! | [`canonical_json`] | the exact canonical form of a JSON body (RFC 8785 structure, exact numbers, no duplicate members) |
 //! | `record` | what a store keeps per key: [`Record`], [`RecordState`], [`StoredResponse`], [`LeaseToken`], [`Timestamp`], and their byte encodings |
 //! | `clock` | [`Clock`]: where an in-process store reads the time ([`ManualClock`] in tests) |
 //! | [`store`] | the [`Store`] trait, one atomic call per transition, its requests, answers and errors; [`DynStore`] for a store chosen at run time |
@@ -57,6 +58,7 @@
 //! ```
 
 pub mod background;
+pub mod canonical_json;
 mod clock;
 mod engine;
 mod engine_state;
@@ -77,7 +79,7 @@ pub use engine::{
     MIN_UNKNOWN_OUTCOME_KEPT, Resolution, Resolved, SweeperHandle,
 };
 pub use execution::{Execution, Finish};
-pub use fingerprint::{Fingerprint, FingerprintBuilder};
+pub use fingerprint::{Fingerprint, FingerprintBuilder, FingerprintPart, JsonFilter};
 pub use key::{IdempotencyKey, KeyError, KeyPolicy, MAX_KEY_LEN};
 pub use memory::{DEFAULT_MEMORY_MAX_BYTES, DEFAULT_MEMORY_MAX_RECORDS, MemoryStore};
 pub use record::{

@@ -94,7 +94,7 @@ async fn in_flight_reports_the_remaining_lease() {
     }
     assert!(matches!(
         engine.begin(id("k"), request("b")).await.unwrap(),
-        Begin::Mismatch
+        Begin::Mismatch { .. }
     ));
 }
 
@@ -114,7 +114,7 @@ async fn lapsed_lease_is_an_unknown_outcome_and_its_owner_can_still_complete() {
     ));
     assert!(matches!(
         engine.begin(id("k"), request("b")).await.unwrap(),
-        Begin::Mismatch
+        Begin::Mismatch { .. }
     ));
     assert!(matches!(
         first.complete(response("late")).await,

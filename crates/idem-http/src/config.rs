@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderName, Method};
-use idem_core::{KeyPolicy, OnLapse};
+use idem_core::{JsonFilter, KeyPolicy, OnLapse};
 
 use crate::headers::{IDEMPOTENCY_KEY, ReplayedHeaders, X_IDEMPOTENT_REPLAYED};
 use crate::scope::ScopeSource;
@@ -46,6 +46,13 @@ pub const DEFAULT_BODY_BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// trickles its body would otherwise hold a task and a buffer for as long as it likes. A body
 /// still arriving after that is answered with 408 `request_body_timeout`, nothing executed.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The statuses a mismatch may be answered with: 422 (the IETF draft's), 409, 400.
+pub const MISMATCH_STATUSES: [http::StatusCode; 3] = [
+    http::StatusCode::UNPROCESSABLE_ENTITY,
+    http::StatusCode::CONFLICT,
+    http::StatusCode::BAD_REQUEST,
+];
 
 /// What to do when the store cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,6 +110,12 @@ pub(crate) struct Config {
     pub(crate) transient_statuses: Vec<http::StatusCode>,
     pub(crate) failure_mode: StoreFailureMode,
     pub(crate) canonical_json: bool,
+    /// Request headers that are part of what makes two requests the same.
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    /// Which members of a JSON body count (canonical JSON only).
+    pub(crate) json_filter: JsonFilter,
+    /// The status of a mismatch answer: 422 (the IETF draft), 409 or 400.
+    pub(crate) mismatch_status: http::StatusCode,
     pub(crate) max_retry_after: Duration,
     pub(crate) on_cancel: CancelPolicy,
     pub(crate) on_lapse: OnLapse,
@@ -148,6 +161,9 @@ impl Default for Config {
             transient_statuses: DEFAULT_TRANSIENT_STATUSES.to_vec(),
             failure_mode: StoreFailureMode::FailClosed,
             canonical_json: false,
+            fingerprint_headers: Vec::new(),
+            json_filter: JsonFilter::default(),
+            mismatch_status: http::StatusCode::UNPROCESSABLE_ENTITY,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             on_cancel: CancelPolicy::RunToCompletion,
             on_lapse: OnLapse::ReportUnknown,

@@ -7,10 +7,10 @@ use std::time::Duration;
 use http::HeaderName;
 use http::Method;
 use http::request::Parts;
-use idem_core::{Engine, EngineBuilder, KeyPolicy, OnLapse, Store};
+use idem_core::{Engine, EngineBuilder, JsonFilter, KeyPolicy, OnLapse, Store};
 use tower::Layer;
 
-use crate::config::{CancelPolicy, Config, StoreFailureMode};
+use crate::config::{CancelPolicy, Config, MISMATCH_STATUSES, StoreFailureMode};
 use crate::headers::ReplayedHeaders;
 use crate::scope::ScopeSource;
 use crate::service::IdempotencyService;
@@ -343,6 +343,42 @@ impl<St: Store> IdempotencyLayerBuilder<St> {
     #[must_use]
     pub fn canonical_json(mut self, enabled: bool) -> Self {
         self.config.canonical_json = enabled;
+        self
+    }
+
+    /// Request headers that are part of what makes two requests the same (a tenant header,
+    /// `Host`), besides the method, path, query, content type and body (default none). A
+    /// retry whose value differs is a mismatch.
+    #[must_use]
+    pub fn fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config.fingerprint_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Which members of a JSON body count, as JSON pointers: a client timestamp or nonce that
+    /// changes on every retry can be left out (default: the whole body). A filter that is not
+    /// empty turns [`canonical_json`](Self::canonical_json) on: only a parsed body has
+    /// members.
+    #[must_use]
+    pub fn json_filter(mut self, filter: JsonFilter) -> Self {
+        self.config.canonical_json |= !filter.is_empty();
+        self.config.json_filter = filter;
+        self
+    }
+
+    /// The status of the answer to a key reused for a different request: 422 by default, as
+    /// the IETF draft says; 409 (as some API programs specify) or 400 (as Stripe answers).
+    ///
+    /// # Panics
+    /// Any other status: a mismatch is a client error about this key, and a client must be
+    /// able to tell it from success and from a server fault.
+    #[must_use]
+    pub fn mismatch_status(mut self, status: http::StatusCode) -> Self {
+        assert!(
+            MISMATCH_STATUSES.contains(&status),
+            "the mismatch status must be 400, 409 or 422, not {status}"
+        );
+        self.config.mismatch_status = status;
         self
     }
 

@@ -63,11 +63,11 @@ pub use body::ResponseBody;
 pub use config::{
     CancelPolicy, DEFAULT_BODY_BUFFER_TIMEOUT, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_REQUEST_BODY,
     DEFAULT_MAX_RETRY_AFTER, DEFAULT_MAX_STORED_RESPONSE, DEFAULT_TRANSIENT_STATUSES,
-    StoreFailureMode,
+    MISMATCH_STATUSES, StoreFailureMode,
 };
 pub use headers::{IDEMPOTENCY_KEY, ReplayedHeaders, X_IDEMPOTENT_REPLAYED};
 pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
-pub use problem::{PROBLEM_JSON, ProblemCode};
+pub use problem::{DEFAULT_PROBLEM_BASE, PROBLEM_JSON, ProblemCode, RetryAdvice, set_problem_base};
 pub use scope::ScopeSource;
 pub use service::{IdempotencyService, InnerBody};
 

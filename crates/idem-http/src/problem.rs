@@ -12,6 +12,60 @@ use serde_json::{Map, Value, json};
 /// The media type of every error this layer answers with.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Where each problem `type` points unless [`set_problem_base`] says otherwise: the error
+/// reference in the repository, one anchor per code (`…/errors.md#store_unavailable`).
+pub const DEFAULT_PROBLEM_BASE: &str = concat!(
+    env!("CARGO_PKG_REPOSITORY"),
+    "/blob/main/docs/guides/errors.md"
+);
+
+/// The documentation base of this process's problem types. One per process: where clients are
+/// sent to read about an error is a property of the deployment (the docs it hosts), not of a
+/// route.
+static PROBLEM_BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Points every problem `type` (and its `Link: rel="describedby"`) at `base#code` instead of
+/// [`DEFAULT_PROBLEM_BASE`]: the error reference as your deployment publishes it. Takes effect
+/// once, before the first error is answered; later calls are ignored (returns whether this
+/// call set it).
+pub fn set_problem_base(base: impl Into<String>) -> bool {
+    PROBLEM_BASE.set(base.into()).is_ok()
+}
+
+fn problem_base() -> &'static str {
+    PROBLEM_BASE
+        .get()
+        .map_or(DEFAULT_PROBLEM_BASE, String::as_str)
+}
+
+/// What a client program should do after an error, so that it does not have to guess from
+/// the status code: the `retry` member of every error document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryAdvice {
+    /// Send the same request again with the same key, after `Retry-After` when there is one:
+    /// nothing happened yet, or it is still happening (`same_key`).
+    SameKey,
+    /// Never send this key again: it belongs to another request, or to one whose outcome is
+    /// unknown. Check what happened, then send a new request with a new key (`new_key`).
+    NewKey,
+    /// Do not resend this request as it is: fix it first (it is malformed, too large, or its
+    /// result is kept and will not change) (`never`).
+    Never,
+}
+
+impl RetryAdvice {
+    /// The member's value: `same_key`, `new_key` or `never`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SameKey => "same_key",
+            Self::NewKey => "new_key",
+            Self::Never => "never",
+        }
+    }
+}
+
 /// Every error idem answers with, on every surface. Both renderings of a code (`code` and
 /// `coordination_code`) are a stable API: clients match on them, so they never change once
 /// released. The first group is the layer's and the gateway's; the second the coordination
@@ -268,10 +322,45 @@ impl ProblemCode {
         problem(self, detail, Map::new())
     }
 
-    /// The problem `type` URI: a URN, since the codes are defined here and not on a web page.
+    /// The problem `type` URI: the code's entry in the error reference
+    /// ([`set_problem_base`]).
     #[must_use]
     pub fn type_uri(self) -> String {
-        format!("urn:idem:problem:{}", self.code())
+        format!("{}#{}", problem_base(), self.code())
+    }
+
+    /// What the client should do next.
+    #[must_use]
+    pub const fn retry(self) -> RetryAdvice {
+        match self {
+            Self::RequestInProgress
+            | Self::RequestBodyUnreadable
+            | Self::RequestBodyTimeout
+            | Self::StoreUnavailable
+            | Self::StoreFull
+            | Self::UpstreamUnreachable
+            | Self::OperationUnreachable
+            | Self::Internal => RetryAdvice::SameKey,
+            Self::KeyMismatch
+            | Self::OutcomeUnknown
+            | Self::UpstreamOutcomeUnknown
+            | Self::OperationOutcomeUnknown => RetryAdvice::NewKey,
+            Self::KeyMissing
+            | Self::KeyInvalid
+            | Self::RequestBodyTooLarge
+            | Self::ResponseNotStored
+            | Self::InvalidJson
+            | Self::InvalidRequest
+            | Self::UnknownOperation
+            | Self::LeaseTokenInvalid
+            | Self::LeaseLost
+            | Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::OperationFailed
+            | Self::OperationInvalidResponse
+            | Self::PrincipalMissing
+            | Self::PathAmbiguous => RetryAdvice::Never,
+        }
     }
 }
 
@@ -282,21 +371,42 @@ pub(crate) fn problem(
     detail: &str,
     extra: Map<String, Value>,
 ) -> Response<Full<Bytes>> {
+    problem_with_status(code, code.status(), detail, extra)
+}
+
+/// [`problem`] answered with `status` rather than the code's own (a configurable mismatch
+/// status).
+pub(crate) fn problem_with_status(
+    code: ProblemCode,
+    status: StatusCode,
+    detail: &str,
+    extra: Map<String, Value>,
+) -> Response<Full<Bytes>> {
+    let type_uri = code.type_uri();
+    // RFC 9457 §3.1.5: `instance` names this occurrence; a URN, so it cannot be mistaken for
+    // a resource a client could fetch.
+    let instance = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     let mut document = json!({
-        "type": code.type_uri(),
+        "type": type_uri,
         "title": code.title(),
-        "status": code.status().as_u16(),
+        "status": status.as_u16(),
         "code": code.code(),
         "detail": detail,
+        "instance": instance,
+        "retry": code.retry().as_str(),
     });
     if let Value::Object(members) = &mut document {
         members.extend(extra);
     }
+    tracing::debug!(code = code.code(), %instance, "answered with a problem");
     let mut response = Response::new(Full::new(Bytes::from(document.to_string())));
-    *response.status_mut() = code.status();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    // The draft's section on error responses: point at the documentation of the error.
+    if let Ok(link) = HeaderValue::from_str(&format!("<{type_uri}>; rel=\"describedby\"")) {
+        headers.insert(header::LINK, link);
+    }
     response
 }
 
@@ -311,13 +421,28 @@ mod tests {
             let response = problem(code, "what to do", Map::new());
             assert_eq!(response.status(), code.status());
             assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+            assert_eq!(
+                response.headers()[header::LINK],
+                format!("<{}>; rel=\"describedby\"", code.type_uri())
+            );
             let body = response.into_body().collect().await.unwrap().to_bytes();
             let document: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(document["code"], code.code());
             assert_eq!(document["status"], code.status().as_u16());
             assert_eq!(document["type"], code.type_uri());
+            assert!(
+                code.type_uri()
+                    .ends_with(&format!("/docs/guides/errors.md#{}", code.code()))
+            );
             assert_eq!(document["detail"], "what to do");
             assert!(document["title"].is_string());
+            assert!(
+                document["instance"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("urn:uuid:")
+            );
+            assert_eq!(document["retry"], code.retry().as_str());
         }
     }
 

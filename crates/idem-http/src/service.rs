@@ -204,7 +204,10 @@ where
             Ok(body) => body,
             Err(refusal) => return Ok(refusal.into_response()),
         };
-        let identity = self.identify(&parts, &key, &body);
+        let identity = match self.identify(&parts, &key, &body) {
+            Ok(identity) => identity,
+            Err(refusal) => return Ok(refusal.into_response()),
+        };
         let request = Request::from_parts(parts, Either::Left(Full::new(body)));
         // 3. The engine decides; 4. an acquired key runs the inner service and is stored.
         match self
@@ -241,9 +244,18 @@ where
         }
     }
 
-    fn identify(&self, parts: &Parts, key: &IdempotencyKey, body: &[u8]) -> Identity {
-        let fingerprint = Fingerprint::builder()
-            .canonical_json(self.config.canonical_json)
+    /// What the engine is asked about. Refused when the body's meaning is ambiguous: a JSON
+    /// member named twice (parsers disagree on which one counts).
+    fn identify(
+        &self,
+        parts: &Parts,
+        key: &IdempotencyKey,
+        body: &[u8],
+    ) -> Result<Identity, Refusal> {
+        let config = &self.config;
+        let mut builder = Fingerprint::builder()
+            .canonical_json(config.canonical_json)
+            .json_filter(config.json_filter.clone())
             .method(parts.method.as_str())
             .path_and_query(&fingerprinted_target(&parts.uri))
             .content_type(
@@ -251,20 +263,37 @@ where
                     .headers
                     .get(header::CONTENT_TYPE)
                     .map(HeaderValue::as_bytes),
-            )
-            .body(body)
+            );
+        for name in &config.fingerprint_headers {
+            builder = builder.header(
+                name.as_str(),
+                parts
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            );
+        }
+        let fingerprint = builder
+            .try_body(body)
+            .map_err(|error| {
+                Refusal::new(
+                    Disposition::BodyUnreadable,
+                    ProblemCode::InvalidJson,
+                    format!("the JSON body has no single meaning: {error}; nothing was executed"),
+                )
+            })?
             .finish();
-        let config = &self.config;
         let ttl = config.ttl_for.as_ref().and_then(|ttl_for| ttl_for(parts));
         let on_lapse = config.on_lapse_for.as_ref().and_then(|rule| rule(parts));
-        Identity {
+        Ok(Identity {
             id: RecordId::new(&config.scope.scope(parts), key),
             fingerprint,
             options: BeginOptions {
                 ttl: ttl.or(config.ttl).unwrap_or_else(|| self.engine.ttl()),
                 on_lapse: on_lapse.unwrap_or(config.on_lapse),
             },
-        }
+        })
     }
 
     /// Every answer of the engine but "acquired": the key's owner answers, or nobody does.
@@ -282,11 +311,23 @@ where
                 ProblemCode::OutcomeUnknown,
                 "an earlier request with this idempotency key began executing and did not finish (its process stopped): it may or may not have taken effect. It is not executed again: check the resource, then use a new key",
             ),
-            Begin::Mismatch => Refusal::new(
-                Disposition::Mismatch,
-                ProblemCode::KeyMismatch,
-                "this idempotency key was already used for a different request (method, path, query, content type or body differ); use a new key for a new request",
-            ),
+            Begin::Mismatch { differing } => {
+                let names: Vec<&str> = differing.iter().map(|part| part.name()).collect();
+                let what = if names.is_empty() {
+                    "method, path, query, headers or body".to_owned()
+                } else {
+                    names.join(", ")
+                };
+                Refusal::new(
+                    Disposition::Mismatch,
+                    ProblemCode::KeyMismatch,
+                    format!(
+                        "this idempotency key was already used for a different request (its {what} differ); use a new key for a new request"
+                    ),
+                )
+                .member("differs", names)
+                .status(self.config.mismatch_status)
+            }
             // `Begin` may grow; an answer this version does not know executes nothing.
             _ => Refusal::new(
                 Disposition::StoreUnavailable,

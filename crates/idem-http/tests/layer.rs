@@ -1286,3 +1286,175 @@ async fn a_rate_limit_is_passed_on_and_the_retry_executes() {
     assert_eq!(headers["x-idempotent-replayed"], "true");
     assert_eq!(executions.count(), 1);
 }
+
+#[tokio::test]
+async fn numbers_are_compared_exactly_and_duplicate_members_refused() {
+    let executions = Executions::default();
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .canonical_json(true)
+        .build();
+    let app = app(layer, &executions);
+    let (status, _, _) = send(
+        &app,
+        post_with_key(
+            "/charges",
+            "big-n",
+            r#"{"amount":123456789012345678901234}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, body) = send(
+        &app,
+        post_with_key(
+            "/charges",
+            "big-n",
+            r#"{"amount":123456789012345678901235}"#,
+        ),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the last digit changed"
+    );
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["differs"], serde_json::json!(["body"]));
+    assert_eq!(problem["retry"], "new_key");
+    let (status, headers, _) = send(
+        &app,
+        post_with_key(
+            "/charges",
+            "big-n",
+            r#"{ "amount" : 1.23456789012345678901234e23 }"#,
+        ),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the same number, spelled otherwise"
+    );
+    assert_eq!(headers["x-idempotent-replayed"], "true");
+
+    let (status, _, body) = send(
+        &app,
+        post_with_key("/charges", "dup", r#"{"amount":1,"amount":1000}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["code"], "invalid_json");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("\"amount\""),
+        "{problem}"
+    );
+    assert_eq!(executions.count(), 1);
+}
+
+#[tokio::test]
+async fn a_mismatch_says_what_differs_with_the_configured_status() {
+    let executions = Executions::default();
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .fingerprint_headers([http::HeaderName::from_static("x-tenant")])
+        .mismatch_status(StatusCode::CONFLICT)
+        .build();
+    let app = app(layer, &executions);
+    let with_tenant = |tenant: &str, body: &'static str| {
+        Request::post("/charges")
+            .header("idempotency-key", "t-1")
+            .header("x-tenant", tenant)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    send(&app, with_tenant("acme", "{}")).await;
+    let (status, headers, body) = send(&app, with_tenant("globex", "{}")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["code"], "idempotency_key_mismatch");
+    assert_eq!(problem["status"], 409);
+    assert_eq!(problem["differs"], serde_json::json!(["header"]));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("its header differ"),
+        "{problem}"
+    );
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("errors.md#idempotency_key_mismatch")
+    );
+    assert!(
+        problem["instance"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:uuid:")
+    );
+    assert_eq!(
+        headers["link"],
+        format!(
+            "<{}>; rel=\"describedby\"",
+            problem["type"].as_str().unwrap()
+        )
+    );
+    let (status, _, body) = send(&app, with_tenant("globex", "{\"x\":1}")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["differs"], serde_json::json!(["header", "body"]));
+    assert_eq!(executions.count(), 1);
+}
+
+#[tokio::test]
+async fn json_pointers_leave_out_what_changes_on_every_retry() {
+    let executions = Executions::default();
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .json_filter(idem_core::JsonFilter {
+            include: Vec::new(),
+            exclude: vec!["/sent_at".into()],
+        })
+        .build();
+    let app = app(layer, &executions);
+    send(
+        &app,
+        post_with_key("/charges", "f-1", r#"{"amount":5,"sent_at":"10:00:00"}"#),
+    )
+    .await;
+    let (status, headers, _) = send(
+        &app,
+        post_with_key("/charges", "f-1", r#"{"sent_at":"10:00:03","amount":5}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["x-idempotent-replayed"], "true");
+    let (status, _, _) = send(
+        &app,
+        post_with_key("/charges", "f-1", r#"{"amount":6,"sent_at":"10:00:03"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(executions.count(), 1);
+}
+
+#[tokio::test]
+async fn a_keyed_request_without_a_principal_is_refused_when_one_is_required() {
+    let executions = Executions::default();
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .scope(ScopeSource::Cookie("session".into()))
+        .require_principal(true)
+        .build();
+    let app = app(layer, &executions);
+    let (status, _, body) = send(&app, post_with_key("/charges", "p-1", "{}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem_code(&body), "principal_missing");
+    let with_session = Request::post("/charges")
+        .header("idempotency-key", "p-1")
+        .header("cookie", "session=s1")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, _, _) = send(&app, with_session).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(executions.count(), 1);
+}

@@ -160,6 +160,16 @@ pub struct CommonArgs {
     #[arg(long, env = "IDEM_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// The status answered when a key is reused for a different request: 422 (the IETF
+    /// draft's), 409 or 400 [default: 422].
+    #[arg(long, env = "IDEM_MISMATCH_STATUS", value_name = "STATUS")]
+    pub mismatch_status: Option<u16>,
+
+    /// Where each error's `type` points: `<URL>#<code>`, your copy of the error reference
+    /// [default: the repository's docs/guides/errors.md].
+    #[arg(long, env = "IDEM_PROBLEM_BASE_URL", value_name = "URL")]
+    pub problem_base_url: Option<String>,
+
     /// Log format [default: human].
     #[arg(long, env = "IDEM_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -222,6 +232,42 @@ pub struct ProxyArgs {
         conflicts_with = "no_replay_headers"
     )]
     pub replay_headers: Vec<String>,
+
+    /// Fingerprint JSON bodies in canonical form (RFC 8785 member order and whitespace,
+    /// numbers by exact value): key order, whitespace and `1.0` for `1` are the same request.
+    /// A JSON body naming a member twice is then refused with 400.
+    #[arg(long, env = "IDEM_CANONICAL_JSON")]
+    pub canonical_json: bool,
+
+    /// A request header that is part of what makes two requests the same, e.g. a tenant
+    /// header or `host` (repeatable).
+    #[arg(
+        long = "fingerprint-header",
+        env = "IDEM_FINGERPRINT_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub fingerprint_headers: Vec<String>,
+
+    /// A JSON pointer into the body that does not count, e.g. `/sent_at` or `/items/*/nonce`
+    /// (repeatable; turns --canonical-json on).
+    #[arg(
+        long = "fingerprint-exclude",
+        env = "IDEM_FINGERPRINT_EXCLUDE",
+        value_name = "POINTER",
+        value_delimiter = ','
+    )]
+    pub fingerprint_exclude: Vec<String>,
+
+    /// A JSON pointer into the body that counts; when given, nothing else in the body does
+    /// (repeatable; turns --canonical-json on).
+    #[arg(
+        long = "fingerprint-include",
+        env = "IDEM_FINGERPRINT_INCLUDE",
+        value_name = "POINTER",
+        value_delimiter = ','
+    )]
+    pub fingerprint_include: Vec<String>,
 
     /// Never store or replay this response header, besides the default ones (repeatable).
     #[arg(

@@ -4,20 +4,31 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //! store = "./idem-data"          # memory://, postgres://…, redis://…, or a directory
+//! # store = "memory://?max_records=100000&max_bytes=256MiB"   # the memory store's bounds
 //! ttl = "24h"
+//! lease = "30s"
+//! # wait = "2s"                  # a duplicate waits for the result (at most 1h); default 409
 //! admin_listen = "127.0.0.1:9090"
+//! log_format = "json"            # or "human" (the default)
+//! accept_store_risks = false     # true: start on a Redis that may evict records
 //! scope_cookie = "session"       # or scope_header = "x-api-key"; default Authorization
 //! header_read_timeout = "15s"
-//! keep_alive_timeout = "15s"     # "0s": one request per connection
+//! keep_alive_timeout = "15s"     # "0s": one request per connection; at most header_read_timeout
 //! max_connections = 4096
 //! body_read_timeout = "30s"
+//! mismatch_status = 422          # or 409, 400
+//! problem_base_url = "https://docs.example.com/idem/errors"   # error `type`s point here
 //!
 //! [proxy]
 //! upstream = "http://127.0.0.1:3000"
+//! upstream_timeout = "30s"
 //! require_key = false
 //! require_principal = false
 //! trusted_proxies = ["10.0.0.0/8"]
-//! no_replay_headers = ["x-session-hint"] # or replay_headers = [...], an allow list
+//! no_replay_headers = ["x-session-hint"] # or replay_headers = [...], an allow list; not both
+//! canonical_json = true          # key order, whitespace, 1.0 vs 1: the same request
+//! fingerprint_headers = ["x-tenant"]
+//! fingerprint_exclude = ["/sent_at"]     # JSON pointers; or fingerprint_include = [...]
 //!
 //! [[proxy.routes]]               # first match wins
 //! method = "POST"                # or "*"
@@ -31,6 +42,7 @@
 //! skip = true                    # forwarded untouched
 //!
 //! [serve]
+//! operation_timeout = "30s"
 //! max_operation_response = "1MiB"
 //!
 //! [serve.operations]
@@ -51,7 +63,7 @@ use crate::routes::{LapsePolicy, RouteRule, RouteTable};
 use crate::store::StoreLocation;
 use crate::upstream::Upstream;
 use http::HeaderName;
-use idem_core::OnLapse;
+use idem_core::{JsonFilter, OnLapse};
 use idem_http::ReplayedHeaders;
 use idem_http::headers::NOT_REPLAYED_BY_DEFAULT;
 
@@ -89,6 +101,8 @@ pub struct FileConfig {
     keep_alive_timeout: Option<String>,
     max_connections: Option<usize>,
     body_read_timeout: Option<String>,
+    mismatch_status: Option<u16>,
+    problem_base_url: Option<String>,
     admin_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     accept_store_risks: Option<bool>,
@@ -109,6 +123,10 @@ pub struct ProxyFile {
     trusted_proxies: Option<Vec<String>>,
     replay_headers: Option<Vec<String>>,
     no_replay_headers: Option<Vec<String>>,
+    canonical_json: Option<bool>,
+    fingerprint_headers: Option<Vec<String>>,
+    fingerprint_exclude: Option<Vec<String>>,
+    fingerprint_include: Option<Vec<String>>,
     #[serde(default)]
     routes: Vec<RouteRule>,
 }
@@ -196,6 +214,10 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// How long a request body may take to arrive.
     pub body_read_timeout: Duration,
+    /// The status of a mismatch answer.
+    pub mismatch_status: http::StatusCode,
+    /// Where problem types point, if not the default.
+    pub problem_base_url: Option<String>,
     /// The admin listener's address, if any.
     pub admin_listen: Option<SocketAddr>,
     /// How logs are written.
@@ -223,6 +245,12 @@ pub struct Proxy {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Which response headers are stored and replayed.
     pub replayed_headers: ReplayedHeaders,
+    /// Whether JSON bodies are fingerprinted in canonical form.
+    pub canonical_json: bool,
+    /// Request headers that are part of the fingerprint.
+    pub fingerprint_headers: Vec<HeaderName>,
+    /// Which members of a JSON body count.
+    pub json_filter: JsonFilter,
 }
 
 /// `idem serve`'s settings, resolved.
@@ -350,6 +378,64 @@ fn cookie_name(name: &str) -> anyhow::Result<String> {
     Ok(name.to_owned())
 }
 
+/// `--mismatch-status`: one of the statuses a mismatch may have.
+fn mismatch_status(status: Option<u16>) -> anyhow::Result<http::StatusCode> {
+    let Some(status) = status else {
+        return Ok(http::StatusCode::UNPROCESSABLE_ENTITY);
+    };
+    http::StatusCode::from_u16(status)
+        .ok()
+        .filter(|status| idem_http::MISMATCH_STATUSES.contains(status))
+        .ok_or_else(|| {
+            anyhow::anyhow!("--mismatch-status {status}: use 422 (the IETF draft's), 409 or 400")
+        })
+}
+
+/// `--problem-base-url`: an absolute http(s) URL without a fragment (the code is appended
+/// as one).
+fn problem_base_url(url: &str) -> anyhow::Result<String> {
+    let absolute = url
+        .parse::<http::Uri>()
+        .is_ok_and(|parsed| matches!(parsed.scheme_str(), Some("http" | "https")));
+    anyhow::ensure!(
+        absolute && !url.contains('#'),
+        "--problem-base-url {url:?}: use an absolute http(s) URL without a '#'"
+    );
+    Ok(url.to_owned())
+}
+
+/// The fingerprint settings: canonical JSON (on by flag, or by any JSON pointer), the
+/// identifying headers, and the JSON pointers that count or do not.
+fn fingerprint(
+    args: &ProxyArgs,
+    file: &ProxyFile,
+) -> anyhow::Result<(bool, Vec<HeaderName>, JsonFilter)> {
+    let from = |flag: &Vec<String>, file: &Option<Vec<String>>| {
+        if flag.is_empty() {
+            file.clone().unwrap_or_default()
+        } else {
+            flag.clone()
+        }
+    };
+    let headers = from(&args.fingerprint_headers, &file.fingerprint_headers)
+        .iter()
+        .map(|name| header_name("--fingerprint-header", name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let filter = JsonFilter {
+        include: from(&args.fingerprint_include, &file.fingerprint_include),
+        exclude: from(&args.fingerprint_exclude, &file.fingerprint_exclude),
+    };
+    for pointer in filter.include.iter().chain(&filter.exclude) {
+        anyhow::ensure!(
+            !pointer.is_empty() && idem_core::canonical_json::is_pointer(pointer),
+            "--fingerprint-include/--fingerprint-exclude {pointer:?} is not a JSON pointer (e.g. /sent_at, /items/*/nonce)"
+        );
+    }
+    let canonical =
+        args.canonical_json || file.canonical_json.unwrap_or(false) || !filter.is_empty();
+    Ok((canonical, headers, filter))
+}
+
 /// `--trusted-proxy` CIDRs (a bare address is a /32 or /128).
 fn trusted_proxies(values: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
     values
@@ -429,6 +515,13 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
                 file.body_read_timeout.as_ref(),
             )?)
             .unwrap_or(idem_http::DEFAULT_BODY_READ_TIMEOUT),
+        mismatch_status: mismatch_status(args.mismatch_status.or(file.mismatch_status))?,
+        problem_base_url: args
+            .problem_base_url
+            .clone()
+            .or_else(|| file.problem_base_url.clone())
+            .map(|url| problem_base_url(&url))
+            .transpose()?,
         admin_listen: args.admin_listen.or(file.admin_listen),
         log_format: args
             .log_format
@@ -448,6 +541,7 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
 pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let replayed_headers = replayed_headers(&args, &file.proxy)?;
+    let (canonical_json, fingerprint_headers, json_filter) = fingerprint(&args, &file.proxy)?;
     let common = common(args.common, &file)?;
     let upstream = Upstream::parse(&args
         .upstream
@@ -472,6 +566,9 @@ pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
             &args.trusted_proxies
         })?,
         replayed_headers,
+        canonical_json,
+        fingerprint_headers,
+        json_filter,
     })
     .and_then(|proxy| {
         check_timeout("--upstream-timeout", proxy.upstream_timeout, &proxy.common)?;
@@ -606,6 +703,26 @@ mod tests {
                 "--upstream-timeout must be longer than 0s",
             ),
             ("--store", "mysql://db", "unknown store scheme"),
+            (
+                "--mismatch-status",
+                "418",
+                "use 422 (the IETF draft's), 409 or 400",
+            ),
+            ("--fingerprint-exclude", "sent_at", "is not a JSON pointer"),
+            (
+                "--fingerprint-header",
+                "bad header",
+                "not a valid header name",
+            ),
+            ("--problem-base-url", "docs/errors", "absolute http(s) URL"),
+            ("--scope-cookie", "a;b", "is not a cookie name"),
+            ("--trusted-proxy", "10.0.0.0/33", "is not a CIDR"),
+            (
+                "--keep-alive-timeout",
+                "1m",
+                "cannot exceed --header-read-timeout",
+            ),
+            ("--max-connections", "0", "at least 1"),
         ] {
             let args = ["idem", "proxy", "--upstream", "http://x", flag, value];
             let error = format!("{:#}", proxy_from(&args).unwrap_err());

@@ -300,6 +300,9 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         .on_lapse_for(move |parts| lapses.on_lapse(parts))
         .require_principal(config.require_principal)
         .replayed_headers(config.replayed_headers)
+        .canonical_json(config.canonical_json)
+        .fingerprint_headers(config.fingerprint_headers)
+        .json_filter(config.json_filter)
         // Once a request is forwarded it cannot be recalled: a client that hangs up must not
         // free the key while the upstream still executes (the layer's default, kept here
         // explicitly because the gateway depends on it).

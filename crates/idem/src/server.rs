@@ -41,6 +41,9 @@ pub struct Server {
 impl Server {
     /// Opens the store, starts the sweeper, the admin listener and the signal handler.
     pub async fn start(common: ServerSettings, metrics: PrometheusHandle) -> anyhow::Result<Self> {
+        if let Some(base) = &common.problem_base_url {
+            idem_http::set_problem_base(base.clone());
+        }
         let store = crate::store::open(&common.store).await?;
         tracing::info!(store = %common.store.describe(), "store open");
         check_durability(&store, common.accept_store_risks).await?;
@@ -89,6 +92,7 @@ impl Server {
         IdempotencyLayerBuilder::from_engine(self.engine.clone())
             .scope(self.scope_source())
             .body_read_timeout(self.common.body_read_timeout)
+            .mismatch_status(self.common.mismatch_status)
     }
 
     /// Whose key it is: the `--scope-header` or `--scope-cookie` value, or `Authorization`.

@@ -392,3 +392,52 @@ async fn a_full_memory_store_answers_503_and_executes_nothing() {
     );
     assert_eq!(upstream.calls("/charges"), 2);
 }
+
+#[tokio::test]
+async fn an_operation_answering_too_much_is_kept_as_invalid_and_never_rerun() {
+    use axum::routing::post;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/export",
+        post(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { format!("{{\"rows\":\"{}\"}}", "x".repeat(64 * 1024)) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let operation = format!("export=http://{}/export", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let idem = Idem::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory://",
+        "--operation",
+        &operation,
+        "--max-operation-response",
+        "16KiB",
+    ]);
+    for _ in 0..2 {
+        let response = client()
+            .post(idem.url("/v1/idempotency/execute"))
+            .header("idempotency-key", "export-1")
+            .header("content-type", "application/json")
+            .body(r#"{"operation":"export","payload":{}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502);
+        let document: Value = response.json().await.unwrap();
+        assert_eq!(document["error"]["code"], "OPERATION_INVALID_RESPONSE");
+        assert!(
+            document["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("16384 bytes"),
+            "{document}"
+        );
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -28,7 +28,7 @@ pub fn not_acquired<S: Store>(begin: Begin<S>) -> Result<Response, ApiError> {
         Begin::Replay(stored) => Ok(replay(&stored)),
         Begin::InFlight { retry_after } => Ok(processing(retry_after)),
         Begin::OutcomeUnknown => Err(ApiError::outcome_unknown()),
-        Begin::Mismatch => Err(ApiError::mismatch()),
+        Begin::Mismatch { .. } => Err(ApiError::mismatch()),
         _ => Err(ApiError::internal()),
     }
 }
