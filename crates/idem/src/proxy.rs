@@ -323,6 +323,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_host_cannot_add_parameters_to_forwarded() {
+        assert_eq!(quoted_string("api.local:8080"), "\"api.local:8080\"");
+        assert_eq!(
+            quoted_string("evil\";for=10.0.0.1;x=\"\\"),
+            "\"evil\\\";for=10.0.0.1;x=\\\"\\\\\""
+        );
+        let mut headers = HeaderMap::new();
+        let host = HeaderValue::from_static("a\";proto=https");
+        add_forwarding_headers(
+            &mut headers,
+            Some("192.0.2.1:5555".parse().unwrap()),
+            Some(&host),
+        );
+        assert_eq!(
+            headers["forwarded"],
+            "for=192.0.2.1;proto=http;host=\"a\\\";proto=https\""
+        );
+    }
+
+    #[test]
     fn forwarding_headers_extend_earlier_proxies() {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
