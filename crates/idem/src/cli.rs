@@ -77,8 +77,9 @@ pub struct RecordArgs {
     /// The idempotency key, as the client sent it.
     #[arg(long)]
     pub key: String,
-    /// The value of the header that scoped the request (`Authorization`, or the
-    /// `--scope-header` one); leave out for requests that carried none.
+    /// The value of what scoped the request: the `Authorization` header, the `--scope-header`
+    /// header, or the `--scope-cookie` cookie's value; leave out for requests that carried
+    /// none.
     #[arg(long, env = "IDEM_RECORD_CREDENTIAL", hide_env_values = true)]
     pub credential: Option<String>,
     /// The instances' `--lease`: a key lapsed less than a lease ago is not resolved (its

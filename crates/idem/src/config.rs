@@ -332,17 +332,16 @@ fn header_name(flag: &str, name: &str) -> anyhow::Result<HeaderName> {
 }
 
 /// `--replay-header` (an allow list) or `--no-replay-header` (added to the default deny
-/// list), from flags or else the file; both at once is refused.
+/// list), from flags or else the file (a flag of either kind replaces both of the file's
+/// lists); both kinds from one source are refused.
 fn replayed_headers(args: &ProxyArgs, file: &ProxyFile) -> anyhow::Result<ReplayedHeaders> {
-    let only = if args.replay_headers.is_empty() {
-        file.replay_headers.clone().unwrap_or_default()
+    let (only, except) = if args.replay_headers.is_empty() && args.no_replay_headers.is_empty() {
+        (
+            file.replay_headers.clone().unwrap_or_default(),
+            file.no_replay_headers.clone().unwrap_or_default(),
+        )
     } else {
-        args.replay_headers.clone()
-    };
-    let except = if args.no_replay_headers.is_empty() {
-        file.no_replay_headers.clone().unwrap_or_default()
-    } else {
-        args.no_replay_headers.clone()
+        (args.replay_headers.clone(), args.no_replay_headers.clone())
     };
     match (only.is_empty(), except.is_empty()) {
         (true, true) => Ok(ReplayedHeaders::default()),

@@ -255,6 +255,9 @@ async fn one_meaning_per_path(mut request: Request<Body>, next: Next) -> Respons
 }
 
 fn ambiguous_path(reason: &str) -> Response<Body> {
+    // Counted with the layer's outcomes: the request never reaches the layer.
+    metrics::counter!("idem_requests_total", "outcome" => "path_ambiguous").increment(1);
+    tracing::info!(reason, "request path refused: no single meaning");
     ProblemCode::PathAmbiguous
         .response(&format!(
             "{reason}; nothing was forwarded. Send the path with its characters as they are (or percent-encode only what must be)"
