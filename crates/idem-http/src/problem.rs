@@ -143,11 +143,16 @@ pub enum ProblemCode {
     /// 503: the idempotency store holds as many records as it may; nothing was executed,
     /// retry later with the same key.
     StoreFull,
+    /// The operation refused the request with a 4xx of its own (a card declined, a payload
+    /// it rejects): its deterministic answer, kept for the key and returned with the
+    /// operation's status and body. (422 is only this code's nominal status; the answer
+    /// carries the operation's.)
+    OperationRejected,
 }
 
 impl ProblemCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [Self; 27] = [
+    pub const ALL: [Self; 28] = [
         Self::KeyMissing,
         Self::KeyInvalid,
         Self::KeyMismatch,
@@ -175,6 +180,7 @@ impl ProblemCode {
         Self::RequestBodyTimeout,
         Self::PathAmbiguous,
         Self::StoreFull,
+        Self::OperationRejected,
     ];
 
     /// The machine-readable `code` member of a problem+json document (snake_case).
@@ -208,6 +214,7 @@ impl ProblemCode {
             Self::RequestBodyTimeout => "request_body_timeout",
             Self::PathAmbiguous => "path_ambiguous",
             Self::StoreFull => "store_full",
+            Self::OperationRejected => "operation_rejected",
         }
     }
 
@@ -244,6 +251,7 @@ impl ProblemCode {
             Self::RequestBodyTimeout => "REQUEST_BODY_TIMEOUT",
             Self::PathAmbiguous => "PATH_AMBIGUOUS",
             Self::StoreFull => "STORE_FULL",
+            Self::OperationRejected => "OPERATION_REJECTED",
         }
     }
 
@@ -262,7 +270,7 @@ impl ProblemCode {
             Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownOperation | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::KeyMismatch | Self::OperationRejected => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestInProgress | Self::OutcomeUnknown | Self::LeaseLost => {
                 StatusCode::CONFLICT
             }
@@ -313,6 +321,7 @@ impl ProblemCode {
             Self::RequestBodyTimeout => "Request body not received in time",
             Self::PathAmbiguous => "Ambiguous request path",
             Self::StoreFull => "Idempotency store full",
+            Self::OperationRejected => "Operation rejected the request",
         }
     }
 
@@ -359,7 +368,8 @@ impl ProblemCode {
             | Self::OperationFailed
             | Self::OperationInvalidResponse
             | Self::PrincipalMissing
-            | Self::PathAmbiguous => RetryAdvice::Never,
+            | Self::PathAmbiguous
+            | Self::OperationRejected => RetryAdvice::Never,
         }
     }
 }

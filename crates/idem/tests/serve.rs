@@ -412,6 +412,120 @@ async fn begin_complete_release_and_status() {
     assert_eq!(absent.status(), StatusCode::NOT_FOUND);
 }
 
+/// Regression (found by Schemathesis against docs/openapi.json): `parse::<u64>` also took
+/// `+42` and `0042` as token 42, so the document's format (the begin answer's decimal form)
+/// did not say what the server accepted, and many strings named one token.
+#[tokio::test]
+async fn a_lease_token_is_accepted_only_in_the_form_begin_gives_it() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let client = client();
+    let acquired: Value = client
+        .post(idem.url("/v1/idempotency/records"))
+        .header("idempotency-key", "token-forms")
+        .body(r#"{"operation":"user.create","payload":{}}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = acquired["lease_token"].as_str().unwrap().to_owned();
+    let code = |response: reqwest::Response| async move {
+        let status = response.status();
+        let document: Value = response.json().await.unwrap();
+        (
+            status,
+            document["error"]["code"].as_str().unwrap().to_owned(),
+        )
+    };
+    let refused = (StatusCode::BAD_REQUEST, "LEASE_TOKEN_INVALID".to_owned());
+    for other_form in [
+        format!("+{token}"),
+        format!("0{token}"),
+        format!(" {token}"),
+    ] {
+        let complete = client
+            .put(idem.url("/v1/idempotency/records/token-forms"))
+            .json(&json!({"lease_token": other_form, "result": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            code(complete).await,
+            refused,
+            "complete with {other_form:?}"
+        );
+        let renew = client
+            .post(idem.url("/v1/idempotency/records/token-forms/lease"))
+            .json(&json!({"lease_token": other_form}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(code(renew).await, refused, "renew with {other_form:?}");
+    }
+    let release = client
+        .delete(idem.url(&format!(
+            "/v1/idempotency/records/token-forms?lease_token=%2B{token}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(release).await, refused);
+    let status = client
+        .get(idem.url("/v1/idempotency/records/token-forms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status.status(),
+        StatusCode::ACCEPTED,
+        "still held by the lease"
+    );
+    let completed = client
+        .put(idem.url("/v1/idempotency/records/token-forms"))
+        .json(&json!({"lease_token": token, "result": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(completed.status(), StatusCode::OK);
+}
+
+/// What docs/openapi.json says of `{key}`: the header's key, percent-encoded, in either of its
+/// forms (`abc` and `"abc"` are one key).
+#[tokio::test]
+async fn the_path_key_is_the_header_key_percent_encoded() {
+    let upstream = Upstream::start().await;
+    let idem = serve(&upstream, &[]);
+    let client = client();
+    for key in ["k%41", r#""a b%\"""#] {
+        let begun = client
+            .post(idem.url("/v1/idempotency/records"))
+            .header("idempotency-key", key)
+            .body(r#"{"operation":"user.create","payload":{}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(begun.status(), StatusCode::CREATED, "{key}");
+    }
+    let status_of = |path: &str| {
+        client
+            .get(idem.url(&format!("/v1/idempotency/records/{path}")))
+            .send()
+    };
+    for (path, status) in [
+        ("k%2541", StatusCode::ACCEPTED),
+        ("%22k%2541%22", StatusCode::ACCEPTED),
+        // `%41` decodes to `A`: another key, never used.
+        ("k%41", StatusCode::NOT_FOUND),
+        ("%22a%20b%25%5C%22%22", StatusCode::ACCEPTED),
+        // Unquoted, a space is not a key's character.
+        ("a%20b%25%22", StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(status_of(path).await.unwrap().status(), status, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn openapi_document_is_served_and_matches_the_committed_copy() {
     let upstream = Upstream::start().await;

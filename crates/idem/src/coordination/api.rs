@@ -7,11 +7,14 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+use super::formats::LeaseTokenFormat;
+
 /// What to execute: `POST /v1/idempotency/execute` and `POST /v1/idempotency/records`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OperationRequest {
     /// A registered operation, e.g. `payment.charge`.
+    #[schema(min_length = 1, example = "payment.charge")]
     pub operation: String,
     /// The operation's input; with the operation, what makes two requests the same. Kept as
     /// sent: checked to be JSON once, hashed in canonical form, and forwarded as it came.
@@ -24,6 +27,7 @@ pub struct OperationRequest {
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     /// The token from the begin answer.
+    #[schema(value_type = LeaseTokenFormat)]
     pub lease_token: String,
 }
 
@@ -32,6 +36,7 @@ pub struct RenewRequest {
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The token from the begin answer.
+    #[schema(value_type = LeaseTokenFormat)]
     pub lease_token: String,
     /// The result, replayed to every retry.
     pub result: Value,
@@ -63,6 +68,7 @@ pub enum StatusBody {
     Acquired {
         /// The fencing token to complete or release with (a decimal 64-bit integer, as a
         /// string so that JavaScript clients keep every digit).
+        #[schema(value_type = LeaseTokenFormat)]
         lease_token: String,
         /// When the lease lapses unless renewed (Unix milliseconds, by this instance's clock:
         /// an estimate; `lease_ms` is exact). A lapsed lease makes the key's outcome unknown.

@@ -7,7 +7,7 @@
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use idem_core::{StoreError, StoredResponse};
+use idem_core::{FingerprintPart, StoreError, StoredResponse};
 use idem_http::ProblemCode;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -29,6 +29,31 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people: what happened and what to do.
     pub message: String,
+    /// What the client should do next: `same_key` (send the same request with the same key
+    /// again, after `Retry-After` when there is one), `new_key` (never use this key again:
+    /// check what happened, then send a new request with a new key) or `never` (fix the
+    /// request first).
+    #[schema(pattern = "^(same_key|new_key|never)$")]
+    pub retry: String,
+    /// Where the code is documented (the error reference, one anchor per code).
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// `OPERATION_REJECTED` only: the operation's own answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<OperationAnswer>,
+    /// `IDEMPOTENCY_KEY_MISMATCH` only: what differs from the key's first request
+    /// (`method` for the operation, `body` for the payload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differs: Option<Vec<String>>,
+}
+
+/// An operation's refusal, as it answered it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OperationAnswer {
+    /// The operation's 4xx status, also the status of this answer.
+    pub status: u16,
+    /// The operation's body: its JSON, or its text as a string.
+    pub body: serde_json::Value,
 }
 
 /// An error answer: a code and a message for people.
@@ -36,6 +61,9 @@ pub struct ErrorDetail {
 pub struct ApiError {
     code: ProblemCode,
     message: String,
+    status: axum::http::StatusCode,
+    operation: Option<OperationAnswer>,
+    differs: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -44,16 +72,51 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            status: code.status(),
+            operation: None,
+            differs: None,
         }
     }
 
-    /// The store did not answer: nothing was executed.
+    /// The store did not answer (or is full): nothing was executed.
     pub fn store_unavailable(error: &StoreError) -> Self {
+        if matches!(error, StoreError::Full(_)) {
+            tracing::warn!(%error, "idempotency store full");
+            return Self::new(
+                ProblemCode::StoreFull,
+                "the idempotency store holds as many records as it may; nothing was executed, retry later with the same key",
+            );
+        }
         tracing::error!(%error, "idempotency store unavailable");
         Self::new(
             ProblemCode::StoreUnavailable,
             "the idempotency store is unavailable; nothing was executed, retry later with the same key",
         )
+    }
+
+    /// The operation refused the request with a 4xx of its own: answered with its status,
+    /// its body in `operation`.
+    pub fn rejected(status: axum::http::StatusCode, body: serde_json::Value) -> Self {
+        Self {
+            status,
+            operation: Some(OperationAnswer {
+                status: status.as_u16(),
+                body,
+            }),
+            ..Self::new(
+                ProblemCode::OperationRejected,
+                format!(
+                    "the operation refused the request (HTTP {status}); its answer is in `operation` and is kept for this key: fix the request, then use a new key"
+                ),
+            )
+        }
+    }
+
+    /// Answered with `status` instead of the code's own (the configured mismatch status).
+    #[must_use]
+    pub fn with_status(mut self, status: axum::http::StatusCode) -> Self {
+        self.status = status;
+        self
     }
 
     /// An earlier execution with the key began and its owner vanished before finishing.
@@ -64,12 +127,31 @@ impl ApiError {
         )
     }
 
-    /// The key was used with another operation or payload.
-    pub fn mismatch() -> Self {
-        Self::new(
-            ProblemCode::KeyMismatch,
-            "this idempotency key was already used with a different operation or payload; use a new key for a new operation",
-        )
+    /// The key was used with another operation or payload; `differing` says which.
+    pub fn mismatch(differing: &[FingerprintPart]) -> Self {
+        let what = match (
+            differing.contains(&FingerprintPart::Method),
+            differing.contains(&FingerprintPart::Body),
+        ) {
+            (true, true) => "operation and payload",
+            (true, false) => "operation",
+            (false, true) => "payload",
+            (false, false) => "operation or payload",
+        };
+        Self {
+            differs: Some(
+                differing
+                    .iter()
+                    .map(|part| part.name().to_owned())
+                    .collect(),
+            ),
+            ..Self::new(
+                ProblemCode::KeyMismatch,
+                format!(
+                    "this idempotency key was already used with a different {what}; use a new key for a new operation"
+                ),
+            )
+        }
     }
 
     /// The lease no longer owns the key.
@@ -91,6 +173,10 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code.coordination_code().into(),
                 message: self.message.clone(),
+                retry: self.code.retry().as_str().into(),
+                type_uri: self.code.type_uri(),
+                operation: self.operation.clone(),
+                differs: self.differs.clone(),
             },
         };
         serde_json::to_vec(&body).unwrap_or_default()
@@ -99,7 +185,7 @@ impl ApiError {
     /// This error as an answer kept for a key and replayed to every retry.
     pub fn stored(&self) -> StoredResponse {
         StoredResponse {
-            status: self.code.status().as_u16(),
+            status: self.status.as_u16(),
             headers: Vec::new(),
             body: Some(Bytes::from(self.body())),
         }
@@ -108,7 +194,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.code.status(), self.body()).into_response();
+        let mut response = (self.status, self.body()).into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));

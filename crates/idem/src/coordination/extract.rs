@@ -57,10 +57,18 @@ impl FromRequest<AppState> for KeyedOperation {
                 "`operation` must not be empty",
             ));
         }
+        // The payload is forwarded as sent (a `RawValue`: numbers keep every digit); its
+        // canonical form, exact numbers included, is what identifies it.
         let fingerprint = Fingerprint::builder()
             .canonical_json(true)
-            .part("operation", operation.as_bytes())
-            .body(payload.get().as_bytes())
+            .operation(&operation)
+            .try_body(payload.get().as_bytes())
+            .map_err(|error| {
+                ApiError::new(
+                    ProblemCode::InvalidJson,
+                    format!("`payload` has no single meaning: {error}"),
+                )
+            })?
             .finish();
         Ok(Self {
             id: RecordId::new(&state.scope.scope(&parts), &key),

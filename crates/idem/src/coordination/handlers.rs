@@ -11,23 +11,34 @@ use super::AppState;
 use super::api::{CompleteRequest, OperationRequest, RenewRequest, StatusBody};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, KeyedOperation, LeaseTokenQuery, RecordPath, lease_token};
+use super::formats::{KeyFormat, LeaseTokenFormat};
 use super::operation::Operations;
 use super::respond::{self, Settlement};
 use idem_core::DynStore;
 
+// The answers several endpoints share, described once for the document.
+const BAD_KEYED_REQUEST: &str = "`IDEMPOTENCY_KEY_MISSING` (no `Idempotency-Key` header), `IDEMPOTENCY_KEY_INVALID` (a key outside its format, or the header sent twice), `INVALID_JSON` (the body is not JSON) or `INVALID_REQUEST` (a member missing, unknown, of the wrong type, or an empty `operation`)";
+const BAD_LEASE_REQUEST: &str = "`IDEMPOTENCY_KEY_INVALID` (the path's key), `INVALID_JSON` (the body is not JSON), `INVALID_REQUEST` (a member missing, unknown or of the wrong type) or `LEASE_TOKEN_INVALID` (not a decimal 64-bit integer)";
+const BODY_TIMEOUT: &str = "`REQUEST_BODY_TIMEOUT`: the body did not arrive within `--body-read-timeout`; nothing was executed";
+const BODY_TOO_LARGE: &str = "`REQUEST_BODY_TOO_LARGE`: the body is over 1 MiB";
+const STORED_OPERATION_ERROR: &str = "The stored answer of an `execute` with this key whose operation failed (502) or did not answer in time (504), replayed";
+
 /// Execute a registered operation at most once per key.
 #[utoipa::path(post, path = "/v1/idempotency/execute", tag = "execute",
-    params(("Idempotency-Key" = String, Header, description = "One logical attempt; reused on every retry")),
+    params(("Idempotency-Key" = KeyFormat, Header, description = "One logical attempt; reused on every retry")),
     request_body = OperationRequest,
     responses(
         (status = 200, description = "Executed now, or replayed: `completed`", body = StatusBody,
+            links(("status" = (operation_id = "status", parameters(("key" = "$request.header.Idempotency-Key"))))),
             example = json!({"status": "completed", "result": {"id": "ch_1"}})),
         (status = 202, description = "Another request with this key is executing: `processing`", body = StatusBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying with the same key")),
             example = json!({"status": "processing"})),
-        (status = 400, description = "Missing or invalid key, malformed JSON, missing fields", body = ErrorBody),
-        (status = 404, description = "Unknown operation", body = ErrorBody),
+        (status = 400, description = BAD_KEYED_REQUEST, body = ErrorBody),
+        (status = 404, description = "`UNKNOWN_OPERATION`: no operation of that name is registered", body = ErrorBody),
+        (status = 408, description = BODY_TIMEOUT, body = ErrorBody),
         (status = 409, description = "An earlier execution's owner vanished mid-way: outcome unknown", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 413, description = BODY_TOO_LARGE, body = ErrorBody),
         (status = 422, description = "Key reused with another operation or payload", body = ErrorBody),
         (status = 502, description = "Operation unreachable (retry) or failed (replayed)", body = ErrorBody),
         (status = 503, description = "Store unavailable; nothing executed", body = ErrorBody),
@@ -62,7 +73,7 @@ pub async fn execute(
                 ApiError::internal()
             })?
         }
-        other => respond::not_acquired(other),
+        other => respond::not_acquired(other, state.mismatch_status),
     }
 }
 
@@ -101,20 +112,33 @@ async fn run_once(
 
 /// Begin: acquire the key to execute yourself, or learn its state.
 #[utoipa::path(post, path = "/v1/idempotency/records", tag = "records",
-    params(("Idempotency-Key" = String, Header, description = "One logical attempt; reused on every retry")),
+    params(("Idempotency-Key" = KeyFormat, Header, description = "One logical attempt; reused on every retry")),
     request_body = OperationRequest,
     responses(
         (status = 201, description = "Acquired: execute, then complete or release", body = StatusBody,
+            links(
+                ("complete" = (operation_id = "complete", parameters(("key" = "$request.header.Idempotency-Key")),
+                    request_body = json!({"lease_token": "$response.body#/lease_token"}))),
+                ("renew" = (operation_id = "renew", parameters(("key" = "$request.header.Idempotency-Key")),
+                    request_body = json!({"lease_token": "$response.body#/lease_token"}))),
+                ("release" = (operation_id = "release", parameters(("key" = "$request.header.Idempotency-Key"),
+                    ("lease_token" = "$response.body#/lease_token")))),
+                ("status" = (operation_id = "status", parameters(("key" = "$request.header.Idempotency-Key")))),
+            ),
             example = json!({"status": "acquired", "lease_token": "42", "lease_expires_at": 1_767_225_600_000_u64, "lease_ms": 30000})),
         (status = 200, description = "Already completed: the stored answer", body = StatusBody,
             example = json!({"status": "completed", "result": {"id": "u_1"}})),
         (status = 202, description = "Another execution holds the key: `processing`", body = StatusBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again")),
             example = json!({"status": "processing"})),
-        (status = 400, description = "Missing or invalid key, malformed JSON", body = ErrorBody),
+        (status = 400, description = BAD_KEYED_REQUEST, body = ErrorBody),
+        (status = 408, description = BODY_TIMEOUT, body = ErrorBody),
         (status = 409, description = "An earlier execution's owner vanished mid-way: outcome unknown", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 413, description = BODY_TOO_LARGE, body = ErrorBody),
         (status = 422, description = "Key reused with another operation or payload", body = ErrorBody),
+        (status = 502, description = STORED_OPERATION_ERROR, body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
+        (status = 504, description = STORED_OPERATION_ERROR, body = ErrorBody),
     ))]
 pub async fn begin(
     State(state): State<AppState>,
@@ -131,19 +155,22 @@ pub async fn begin(
             let (_, token) = execution.detach();
             Ok(respond::acquired(token, state.engine.lease_duration()))
         }
-        other => respond::not_acquired(other),
+        other => respond::not_acquired(other, state.mismatch_status),
     }
 }
 
 /// Complete: store the result of an execution you ran under a lease.
 #[utoipa::path(put, path = "/v1/idempotency/records/{key}", tag = "records",
-    params(("key" = String, Path, description = "The idempotency key")),
+    params(("key" = KeyFormat, Path, description = "The idempotency key, as sent in the begin request's `Idempotency-Key` header (percent-encoded)")),
     request_body = CompleteRequest,
     responses(
         (status = 200, description = "Stored; replayed to every retry: `completed`", body = StatusBody,
+            links(("status" = (operation_id = "status", parameters(("key" = "$request.path.key"))))),
             example = json!({"status": "completed", "result": {"id": "u_1"}})),
-        (status = 400, description = "Invalid key, token or body", body = ErrorBody),
-        (status = 409, description = "Lease lost", body = ErrorBody),
+        (status = 400, description = BAD_LEASE_REQUEST, body = ErrorBody),
+        (status = 408, description = BODY_TIMEOUT, body = ErrorBody),
+        (status = 409, description = "`LEASE_LOST`: the lease no longer owns the key", body = ErrorBody),
+        (status = 413, description = BODY_TOO_LARGE, body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
     ))]
 pub async fn complete(
@@ -173,13 +200,21 @@ pub async fn complete(
 
 /// Renew: keep the lease while you execute; call it every third of `lease_ms`.
 #[utoipa::path(post, path = "/v1/idempotency/records/{key}/lease", tag = "records",
-    params(("key" = String, Path, description = "The idempotency key")),
+    params(("key" = KeyFormat, Path, description = "The idempotency key, as sent in the begin request's `Idempotency-Key` header (percent-encoded)")),
     request_body = RenewRequest,
     responses(
         (status = 200, description = "Renewed for another lease_ms: `renewed`", body = StatusBody,
+            links(
+                ("complete" = (operation_id = "complete", parameters(("key" = "$request.path.key")),
+                    request_body = json!({"lease_token": "$request.body#/lease_token"}))),
+                ("release" = (operation_id = "release", parameters(("key" = "$request.path.key"),
+                    ("lease_token" = "$request.body#/lease_token")))),
+            ),
             example = json!({"status": "renewed", "lease_ms": 30000})),
-        (status = 400, description = "Invalid key, token or body", body = ErrorBody),
-        (status = 409, description = "Lease lost", body = ErrorBody),
+        (status = 400, description = BAD_LEASE_REQUEST, body = ErrorBody),
+        (status = 408, description = BODY_TIMEOUT, body = ErrorBody),
+        (status = 409, description = "`LEASE_LOST`: the lease no longer owns the key", body = ErrorBody),
+        (status = 413, description = BODY_TOO_LARGE, body = ErrorBody),
         (status = 503, description = "Store unavailable; renew again soon", body = ErrorBody),
     ))]
 pub async fn renew(
@@ -198,11 +233,12 @@ pub async fn renew(
 
 /// Release: give the key back without a result; the next request with it executes.
 #[utoipa::path(delete, path = "/v1/idempotency/records/{key}", tag = "records",
-    params(("key" = String, Path, description = "The idempotency key"), ("lease_token" = String, Query, description = "The token from the begin answer")),
+    params(("key" = KeyFormat, Path, description = "The idempotency key, as sent in the begin request's `Idempotency-Key` header (percent-encoded)"), ("lease_token" = LeaseTokenFormat, Query, description = "The token from the begin answer")),
     responses(
-        (status = 204, description = "Released"),
-        (status = 400, description = "Invalid key or token", body = ErrorBody),
-        (status = 409, description = "Lease lost", body = ErrorBody),
+        (status = 204, description = "Released",
+            links(("status" = (operation_id = "status", parameters(("key" = "$request.path.key")))))),
+        (status = 400, description = "`IDEMPOTENCY_KEY_INVALID` (the path's key) or `LEASE_TOKEN_INVALID` (`lease_token` missing or not a decimal 64-bit integer)", body = ErrorBody),
+        (status = 409, description = "`LEASE_LOST`: the lease no longer owns the key", body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
     ))]
 pub async fn release(
@@ -226,15 +262,19 @@ pub async fn release(
 
 /// Status: whether a key is processing or completed (with its result).
 #[utoipa::path(get, path = "/v1/idempotency/records/{key}", tag = "records",
-    params(("key" = String, Path, description = "The idempotency key")),
+    params(("key" = KeyFormat, Path, description = "The idempotency key, as sent in the begin request's `Idempotency-Key` header (percent-encoded)")),
     responses(
         (status = 200, description = "Completed: the stored answer", body = StatusBody,
             example = json!({"status": "completed", "result": {"id": "u_1"}})),
         (status = 202, description = "Processing", body = StatusBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again")),
             example = json!({"status": "processing"})),
+        (status = 400, description = "`IDEMPOTENCY_KEY_INVALID`: the path's key is not a valid key", body = ErrorBody),
         (status = 404, description = "No record for this key", body = ErrorBody),
         (status = 409, description = "Its execution's owner vanished mid-way: outcome unknown", body = ErrorBody),
+        (status = 502, description = STORED_OPERATION_ERROR, body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
+        (status = 504, description = STORED_OPERATION_ERROR, body = ErrorBody),
     ))]
 pub async fn status(
     State(state): State<AppState>,

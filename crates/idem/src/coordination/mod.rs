@@ -17,11 +17,13 @@
 //!   [`idem_http::ProblemCode`] rendered as the contract's `{"error":{"code","message"}}`.
 //! - `extract`: the extractors that parse a request once, at the edge; `handlers`: one per
 //!   endpoint, reading as its steps; `respond`: every outcome mapped to its answer.
+//! - `formats`: the key's and the lease token's formats, as the document states them.
 //! - `operation`: calling a registered operation.
 
 mod api;
 mod error;
 mod extract;
+mod formats;
 mod handlers;
 mod operation;
 mod respond;
@@ -47,6 +49,8 @@ pub struct AppState {
     operations: Operations,
     scope: Arc<ScopeSource>,
     body_read_timeout: std::time::Duration,
+    /// The status of a mismatch answer (`--mismatch-status`).
+    mismatch_status: axum::http::StatusCode,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -70,16 +74,26 @@ pub struct AppState {
         api::CompleteRequest,
         api::RenewRequest,
         error::ErrorBody,
-        error::ErrorDetail
+        error::ErrorDetail,
+        error::OperationAnswer,
+        formats::KeyFormat,
+        formats::LeaseTokenFormat
     ))
 )]
 struct ApiDoc;
 
 /// The OpenAPI document as pretty JSON, as committed in `docs/openapi.json`.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
+    let document = ApiDoc::openapi()
         .to_pretty_json()
-        .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
+        .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"));
+    // utoipa 5 writes a Link Object's fields in snake case, which OpenAPI tools (Schemathesis
+    // among them) do not read: without `operationId` no link is followed and the records
+    // flow is never tested with a real lease token. Only a Link has these members (no schema
+    // here has a property of these names), and in pretty JSON a key is always `"name": `.
+    document
+        .replace("\"operation_id\": ", "\"operationId\": ")
+        .replace("\"request_body\": ", "\"requestBody\": ")
 }
 
 /// The router over `state`.
@@ -147,6 +161,7 @@ pub async fn run(config: config::Serve, server: Server) -> anyhow::Result<()> {
         operations,
         scope: Arc::new(server.scope_source()),
         body_read_timeout: server.settings().body_read_timeout,
+        mismatch_status: server.settings().mismatch_status,
     };
     server.serve("serve", router(state)).await
 }
@@ -161,5 +176,20 @@ mod tests {
             super::openapi_json().trim(),
             "docs/openapi.json is stale: regenerate it with `cargo run -p idem -- openapi > docs/openapi.json`"
         );
+    }
+
+    #[test]
+    fn links_name_their_target_operations_as_openapi_spells_it() {
+        let document: serde_json::Value =
+            serde_json::from_str(&super::openapi_json()).expect("the document is JSON");
+        let links =
+            &document["paths"]["/v1/idempotency/records"]["post"]["responses"]["201"]["links"];
+        assert_eq!(links["complete"]["operationId"], "complete");
+        assert_eq!(
+            links["complete"]["requestBody"]["lease_token"],
+            "$response.body#/lease_token"
+        );
+        let text = super::openapi_json();
+        assert!(!text.contains("\"operation_id\"") && !text.contains("\"request_body\""));
     }
 }

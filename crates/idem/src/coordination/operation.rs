@@ -26,7 +26,21 @@ pub enum OperationReply {
     Succeeded(Value),
     /// Never delivered (connection refused): safe to run again.
     Unreachable(String),
-    /// Delivered; answered a non-2xx status.
+    /// Delivered; answered "not processed, try later" (429 or 503, as the layer's default
+    /// transient statuses): safe to run again.
+    Busy {
+        /// The operation's status.
+        status: StatusCode,
+    },
+    /// Delivered; refused with a 4xx of its own: its deterministic answer (the body as
+    /// JSON, or as a string when it is not JSON).
+    Rejected {
+        /// The operation's status.
+        status: StatusCode,
+        /// The operation's body.
+        body: Value,
+    },
+    /// Delivered; answered a 5xx (or another status that is neither success nor a refusal).
     Failed { status: StatusCode },
     /// Delivered; answered a body that is not JSON.
     InvalidResponse,
@@ -144,6 +158,14 @@ impl Operations {
             Ok(Ok((_, Err(error)))) => {
                 OperationReply::OutcomeUnknown(format!("the answer broke off: {error}"))
             }
+            Ok(Ok((status, _))) if idem_http::DEFAULT_TRANSIENT_STATUSES.contains(&status) => {
+                OperationReply::Busy { status }
+            }
+            Ok(Ok((status, Ok(body)))) if status.is_client_error() => OperationReply::Rejected {
+                status,
+                body: serde_json::from_slice(&body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())),
+            },
             Ok(Ok((status, Ok(_)))) if !status.is_success() => OperationReply::Failed { status },
             Ok(Ok((_, Ok(body)))) if body.is_empty() => OperationReply::Succeeded(Value::Null),
             Ok(Ok((_, Ok(body)))) => match serde_json::from_slice(&body) {

@@ -23,12 +23,17 @@ use super::operation::OperationReply;
 /// The answer to a begin that did not acquire the key: the stored answer, processing, or an
 /// error. Acquiring is each handler's own business (execute runs the operation, begin hands
 /// the lease to the client), so an acquired begin never comes here.
-pub fn not_acquired<S: Store>(begin: Begin<S>) -> Result<Response, ApiError> {
+pub fn not_acquired<S: Store>(
+    begin: Begin<S>,
+    mismatch_status: StatusCode,
+) -> Result<Response, ApiError> {
     match begin {
         Begin::Replay(stored) => Ok(replay(&stored)),
         Begin::InFlight { retry_after } => Ok(processing(retry_after)),
         Begin::OutcomeUnknown => Err(ApiError::outcome_unknown()),
-        Begin::Mismatch { .. } => Err(ApiError::mismatch()),
+        Begin::Mismatch { differing } => {
+            Err(ApiError::mismatch(&differing).with_status(mismatch_status))
+        }
         _ => Err(ApiError::internal()),
     }
 }
@@ -99,10 +104,25 @@ pub fn settlement(outcome: OperationReply) -> Settlement {
                 "the operation could not be reached; nothing was executed, retry with the same key",
             ));
         }
-        OperationReply::Failed { status } => ApiError::new(
-            ProblemCode::OperationFailed,
-            format!("the operation answered HTTP {status}; this answer is kept for this key"),
-        ),
+        OperationReply::Busy { status } => {
+            tracing::warn!(%status, "operation answered not processed; releasing the key");
+            return Settlement::Release(ApiError::new(
+                ProblemCode::OperationUnreachable,
+                format!(
+                    "the operation answered HTTP {status} (not processed, try later); nothing was kept, retry with the same key"
+                ),
+            ));
+        }
+        OperationReply::Rejected { status, body } => ApiError::rejected(status, body),
+        OperationReply::Failed { status } => {
+            // The operation's 5xx says how it broke, which is its business, not the
+            // caller's: logged here (the request's span carries the record), hidden there.
+            tracing::error!(%status, "operation failed; its answer is hidden and kept for this key");
+            ApiError::new(
+                ProblemCode::OperationFailed,
+                "the operation failed; this answer is kept for this key (the service's log has the details)",
+            )
+        }
         OperationReply::InvalidResponse => ApiError::new(
             ProblemCode::OperationInvalidResponse,
             "the operation answered a body that is not JSON; this answer is kept for this key",
