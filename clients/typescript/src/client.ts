@@ -5,11 +5,13 @@ import {
   type Exchange,
   type HeadersInput,
   type Settings,
+  errorDocument,
   joinUrl,
   mergeHeaders,
   resendableBody,
   resolveSettings,
   retryLoop,
+  worthRetrying,
 } from "./shared.js";
 
 /** Options of {@link IdempotentClient}. */
@@ -50,44 +52,55 @@ export interface IdempotentResponse<T = unknown> {
   readonly key: string;
   /** How many HTTP requests were sent, the first one included. */
   readonly attempts: number;
+  /**
+   * When the answer is one of idem's errors: its advice, `same_key`, `new_key` or `never`
+   * (see {@link RetryAdvice}); `undefined` for every other answer. `same_key` answers are
+   * retried rather than returned: when the retries are spent on them, an
+   * {@link IdempotencyError} is thrown instead.
+   */
+  readonly retry?: string | undefined;
 }
 
 const REPLAYED = "x-idempotent-replayed";
 
-/** The problem+json `code` member of an answer, if any. */
-function problemCode(body: unknown): string | undefined {
-  if (typeof body === "object" && body !== null && "code" in body) {
-    const code = (body as { code: unknown }).code;
-    if (typeof code === "string") return code;
-  }
-  return undefined;
+function isReplay(response: Response): boolean {
+  return response.headers.get(REPLAYED)?.trim().toLowerCase() === "true";
 }
 
 /**
  * Whether an answer is worth sending again with the same key.
  *
+ * A replay (`X-Idempotent-Replayed: true`) never is: it is the stored outcome, and every
+ * retry gets exactly the same one. Otherwise idem's errors say so themselves: their `retry`
+ * member is `same_key` (409 `request_in_progress`, 502 `upstream_unreachable`, 503
+ * `store_unavailable` / `store_full`…: retried, after `Retry-After` when there is one), or
+ * `new_key` / `never` (a mismatch, an unknown outcome, a malformed request: final).
+ *
+ * Without that member (the upstream's own answer, a load balancer's, an older idem's), the
+ * status decides, by the rule idem follows:
+ *
  * - 409 without `X-Idempotent-Replayed`: idem's `request_in_progress`; the first request
  *   is still executing, and a retry after `Retry-After` gets its answer. (A 409 that carries
- *   the header is the upstream's own answer, stored: retrying would only replay it. A 409
- *   `outcome_unknown` says the first attempt's process died mid-way: final, since idem never
- *   executes it again on its own; check the resource, then use a new key.)
- * - 5xx, unless it is a replay (`X-Idempotent-Replayed: true`) or idem's
- *   `upstream_outcome_unknown` 504: both are stored and every retry gets them again. The
- *   other 5xx are retried: idem's 502 `upstream_unreachable` and 503 `store_unavailable`
- *   executed nothing, a 5xx from a load balancer in front of idem says nothing about
- *   whether idem executed (a retry with the same key executes or replays), and an
- *   upstream's own 5xx is either stored (the retry replays it and stops) or, with
+ *   the header, `false` included, is the upstream's own answer, passed through idem's
+ *   execution: retrying would only replay it. A 409 `outcome_unknown` says the first
+ *   attempt's process died mid-way: final, since idem never executes it again on its own;
+ *   check the resource, then use a new key.)
+ * - 5xx, except idem's `upstream_outcome_unknown` 504 (stored: every retry gets it again):
+ *   idem's 502 and 503 executed nothing, a 5xx from a load balancer in front of idem says
+ *   nothing about whether idem executed (a retry with the same key executes or replays),
+ *   and an upstream's own 5xx is either stored (the retry replays it and stops) or, with
  *   `store_server_errors(false)`, released on purpose so that a retry executes.
  * - Nothing else: 2xx and 3xx are answers, and the other 4xx (400, 410, 413, 422…) say the
  *   request itself is wrong for this key; sending it again changes nothing.
  */
-function shouldRetry({ response, body }: Exchange): boolean {
-  const replayed = response.headers.get(REPLAYED);
-  if (response.status === 409) return replayed === null && problemCode(body) !== "outcome_unknown";
-  if (response.status >= 500) {
-    return replayed?.trim().toLowerCase() !== "true" && problemCode(body) !== "upstream_outcome_unknown";
-  }
-  return false;
+function shouldRetry(exchange: Exchange): boolean {
+  if (isReplay(exchange.response)) return false;
+  return worthRetrying(exchange, (answer) => {
+    const { status } = answer.response;
+    const code = errorDocument(answer)?.code;
+    if (status === 409) return !answer.response.headers.has(REPLAYED) && code !== "outcome_unknown";
+    return status >= 500 && code !== "upstream_outcome_unknown";
+  });
 }
 
 /**
@@ -96,9 +109,11 @@ function shouldRetry({ response, body }: Exchange): boolean {
  * retry, and retries only what is worth retrying, so a POST retried after a lost answer
  * executes once and gets the first answer replayed.
  *
- * Every final answer is returned, whatever its status (like `fetch`); an
- * {@link IdempotencyError} is thrown only when the retries were spent on network errors,
- * 409 in progress or retryable 5xx.
+ * Every final answer is returned, whatever its status (like `fetch`), with idem's advice in
+ * {@link IdempotentResponse.retry} when it is one of idem's errors; an
+ * {@link IdempotencyError} is thrown only when the retries were spent on network errors or
+ * answers worth retrying (idem's `same_key` errors: 409 in progress, 502, 503; without
+ * advice, 5xx that were not replayed).
  *
  * @example
  * ```ts
@@ -144,6 +159,7 @@ export class IdempotentClient {
       options.signal,
     );
     const { exchange, attempts } = end;
+    const document = exchange === undefined ? undefined : errorDocument(exchange);
     if (exchange !== undefined && !end.exhausted) {
       const { response } = exchange;
       return {
@@ -151,12 +167,13 @@ export class IdempotentClient {
         ok: response.ok,
         headers: response.headers,
         body: exchange.body as T,
-        replayed: response.headers.get(REPLAYED)?.trim().toLowerCase() === "true",
+        replayed: isReplay(response),
         key,
         attempts,
+        retry: document?.retry,
       };
     }
-    const code = exchange === undefined ? undefined : problemCode(exchange.body);
+    const code = document?.code;
     const what =
       exchange === undefined
         ? `no answer (${end.error instanceof Error ? end.error.message : String(end.error)})`
@@ -170,6 +187,10 @@ export class IdempotentClient {
         key,
         attempts,
         retryable: true,
+        retry: document?.retry,
+        type: document?.type,
+        differs: document?.differs,
+        operation: document?.operation,
         body: exchange?.body,
         cause: exchange === undefined ? end.error : undefined,
       },

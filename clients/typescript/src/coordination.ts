@@ -5,11 +5,13 @@ import {
   type Exchange,
   type LoopEnd,
   type Settings,
+  errorDocument,
   joinUrl,
   mergeHeaders,
   parseRetryAfter,
   resolveSettings,
   retryLoop,
+  worthRetrying,
 } from "./shared.js";
 
 /** Options of {@link CoordinationClient}. */
@@ -86,34 +88,29 @@ export type StatusResult<T = unknown> = Completed<T> | Processing | Absent;
 const EXECUTE = "/v1/idempotency/execute";
 const RECORDS = "/v1/idempotency/records";
 
-/** `error.code` of a coordination API error body, if any. */
-function errorCode(body: unknown): string | undefined {
-  if (typeof body !== "object" || body === null || !("error" in body)) return undefined;
-  const error = (body as { error: unknown }).error;
-  if (typeof error !== "object" || error === null || !("code" in error)) return undefined;
-  const code = (error as { code: unknown }).code;
-  return typeof code === "string" ? code : undefined;
-}
-
-function errorMessage(body: unknown): string | undefined {
-  if (typeof body !== "object" || body === null || !("error" in body)) return undefined;
-  const error = (body as { error: unknown }).error;
-  if (typeof error !== "object" || error === null || !("message" in error)) return undefined;
-  const message = (error as { message: unknown }).message;
-  return typeof message === "string" ? message : undefined;
+/** `error.code` of a coordination API error answer, if it is one. */
+function errorCode(exchange: Exchange): string | undefined {
+  return errorDocument(exchange)?.code;
 }
 
 /**
- * Answers that executed nothing and may change: 503 (`STORE_UNAVAILABLE`, or a proxy in
- * front), 502 `OPERATION_UNREACHABLE` (the key was released), and any 5xx without a
- * coordination error code (a load balancer's: a retry with the same key executes or
- * replays). Stored answers (`OPERATION_FAILED`, `OPERATION_INVALID_RESPONSE`,
- * `OPERATION_OUTCOME_UNKNOWN`) and `INTERNAL` are final.
+ * Whether an error answer is worth sending again with the same key: its `error.retry` says
+ * so when it has one (`same_key`: `STORE_UNAVAILABLE`, `STORE_FULL`,
+ * `OPERATION_UNREACHABLE`, `INTERNAL`…; `new_key` and `never` are final). Without it (an
+ * intermediary's answer, an older idem's): answers that executed nothing and may change,
+ * 503 (`STORE_UNAVAILABLE`, or a proxy in front), 502 `OPERATION_UNREACHABLE` (the key was
+ * released), and any 5xx without a coordination error code (a load balancer's: a retry with
+ * the same key executes or replays). Stored answers (`OPERATION_FAILED`,
+ * `OPERATION_INVALID_RESPONSE`, `OPERATION_OUTCOME_UNKNOWN`) and an older idem's `INTERNAL`
+ * are final, and so is every 4xx.
  */
-function transient({ response, body }: Exchange): boolean {
-  if (response.status < 500) return false;
-  const code = errorCode(body);
-  return response.status === 503 || code === undefined || code === "OPERATION_UNREACHABLE";
+function transient(exchange: Exchange): boolean {
+  return worthRetrying(exchange, (answer) => {
+    const { status } = answer.response;
+    if (status < 500) return false;
+    const code = errorCode(answer);
+    return status === 503 || code === undefined || code === "OPERATION_UNREACHABLE";
+  });
 }
 
 function jsonEqual(a: unknown, b: unknown): boolean {
@@ -191,8 +188,9 @@ export class CoordinationClient {
       });
     }
     const { status } = exchange.response;
-    const code = errorCode(exchange.body);
-    const message = errorMessage(exchange.body);
+    const document = errorDocument(exchange);
+    const code = document?.code;
+    const message = document?.message;
     const detail = code === undefined ? `HTTP ${status}` : `HTTP ${status} ${code}${message === undefined ? "" : `: ${message}`}`;
     return new IdempotencyError(`${what}: ${detail} (after ${tries})`, {
       status,
@@ -200,6 +198,10 @@ export class CoordinationClient {
       key,
       attempts,
       retryable: end.exhausted,
+      retry: document?.retry,
+      type: document?.type,
+      differs: document?.differs,
+      operation: document?.operation,
       body: exchange.body,
     });
   }
@@ -209,16 +211,20 @@ export class CoordinationClient {
    * result: executed now, or replayed from the first execution.
    *
    * Retried with the same key: 202 processing (after its `Retry-After`), network errors,
-   * 503, 502 `OPERATION_UNREACHABLE` and 5xx from intermediaries.
+   * errors whose `error.retry` is `same_key` (`STORE_UNAVAILABLE`, `STORE_FULL`,
+   * `OPERATION_UNREACHABLE`…, after their `Retry-After`) and, from answers without that
+   * member, 503 and 5xx from intermediaries.
    *
    * @param operation - A name registered with `idem serve --operation NAME=URL`.
    * @param payload - The operation's JSON input; with `operation`, what makes two calls the same.
    * @param options - The key (default: a new UUID v4) and a cancellation signal.
    * @returns The operation's `result`.
-   * @throws {@link IdempotencyError} with the API's `code`: `IDEMPOTENCY_KEY_MISMATCH`,
-   *   `UNKNOWN_OPERATION`, `OPERATION_FAILED`, `OPERATION_OUTCOME_UNKNOWN`… (`retryable`
-   *   false), or after the retries were spent (`retryable` true; `status` 202 if the
-   *   operation was still running).
+   * @throws {@link IdempotencyError} with the API's `code` and `retry`:
+   *   `OPERATION_REJECTED` (the operation's own 4xx, in `operation`; `retry` `never`),
+   *   `IDEMPOTENCY_KEY_MISMATCH` (`differs` says what; `new_key`),
+   *   `OPERATION_OUTCOME_UNKNOWN` (`new_key`), `UNKNOWN_OPERATION`, `OPERATION_FAILED`…
+   *   (`retryable` false), or after the retries were spent (`retryable` true; `status` 202
+   *   if the operation was still running).
    */
   async execute<T = unknown>(operation: string, payload: unknown, options: KeyedCallOptions = {}): Promise<T> {
     const key = options.key ?? this.#settings.generateKey();
@@ -246,8 +252,9 @@ export class CoordinationClient {
    * @param operation - What you are about to execute (any name; not registered).
    * @param payload - Its input; with `operation`, what makes two calls the same.
    * @param options - The key (default: a new UUID v4) and a cancellation signal.
-   * @throws {@link IdempotencyError}: `IDEMPOTENCY_KEY_MISMATCH` (422), a stored failure
-   *   replayed, or retries spent on 503 or network errors.
+   * @throws {@link IdempotencyError}: `IDEMPOTENCY_KEY_MISMATCH` (422, `differs` says
+   *   what), `OUTCOME_UNKNOWN`, a stored failure replayed, or retries spent on `same_key`
+   *   errors (503) or network errors.
    */
   async begin<T = unknown>(operation: string, payload: unknown, options: KeyedCallOptions = {}): Promise<BeginResult<T>> {
     const key = options.key ?? this.#settings.generateKey();
@@ -278,9 +285,9 @@ export class CoordinationClient {
    * {@link CoordinationClient.execute}, {@link CoordinationClient.begin} and
    * {@link CoordinationClient.status} with the key gets it.
    *
-   * Retried on network errors and 503 with the same token. If a retry is refused because
-   * the record is already completed with this very result (an earlier request did store it),
-   * that is a success.
+   * Retried on network errors and `same_key` errors (503) with the same token. If a retry
+   * is refused because the record is already completed with this very result (an earlier
+   * request did store it), that is a success.
    *
    * @param key - The key you began with.
    * @param leaseToken - The token from {@link Acquired.leaseToken}, as the string it is.
@@ -295,7 +302,7 @@ export class CoordinationClient {
     const end = await this.#call("PUT", path, undefined, { lease_token: leaseToken, result }, transient, options.signal);
     const { exchange } = end;
     if (exchange?.response.status === 200 && !end.exhausted) return (exchange.body as { result: T }).result;
-    if (end.ambiguous && exchange !== undefined && errorCode(exchange.body) === "LEASE_LOST") {
+    if (end.ambiguous && exchange !== undefined && errorCode(exchange) === "LEASE_LOST") {
       const now = await this.status<T>(key, options);
       const sent: unknown = JSON.parse(JSON.stringify(result ?? null));
       if (now.status === "completed" && jsonEqual(now.result, sent)) return now.result;
@@ -308,7 +315,8 @@ export class CoordinationClient {
    * lease that is not renewed lapses, and the key's outcome becomes unknown to every retry
    * (`OUTCOME_UNKNOWN`): it is never executed again on its own.
    *
-   * Retried on network errors and 503 with the same token (renewing twice is harmless).
+   * Retried on network errors and `same_key` errors (503) with the same token (renewing
+   * twice is harmless).
    *
    * @param key - The key you began with.
    * @param leaseToken - The token from {@link Acquired.leaseToken}, as the string it is.
@@ -331,8 +339,8 @@ export class CoordinationClient {
    * Gives the key back without a result (your execution failed and did nothing): the next
    * request with the key executes.
    *
-   * Retried on network errors and 503 with the same token. If a retry is refused and the
-   * key is free, an earlier request released it: that is a success.
+   * Retried on network errors and `same_key` errors (503) with the same token. If a retry is
+   * refused and the key is free, an earlier request released it: that is a success.
    *
    * @param key - The key you began with.
    * @param leaseToken - The token from {@link Acquired.leaseToken}, as the string it is.
@@ -344,7 +352,7 @@ export class CoordinationClient {
     const end = await this.#call("DELETE", path, undefined, undefined, transient, options.signal);
     const { exchange } = end;
     if (exchange !== undefined && !end.exhausted && exchange.response.status === 204) return;
-    if (end.ambiguous && exchange !== undefined && errorCode(exchange.body) === "LEASE_LOST") {
+    if (end.ambiguous && exchange !== undefined && errorCode(exchange) === "LEASE_LOST") {
       if ((await this.status(key, options)).status === "absent") return;
     }
     throw this.#failure("release", key, end);
@@ -354,8 +362,10 @@ export class CoordinationClient {
    * Looks a key up: completed (with its result), processing, or absent.
    *
    * @param key - The idempotency key.
-   * @throws {@link IdempotencyError} for a stored failure (e.g. `OPERATION_FAILED`: the
-   *   record is completed with an error), or retries spent on 503 or network errors.
+   * @throws {@link IdempotencyError} for a stored failure (e.g. `OPERATION_FAILED`, or
+   *   `OPERATION_REJECTED` with the operation's answer in `operation`: the record is
+   *   completed with an error), `OUTCOME_UNKNOWN`, or retries spent on `same_key` errors
+   *   (503) or network errors.
    */
   async status<T = unknown>(key: string, options: CallOptions = {}): Promise<StatusResult<T>> {
     const path = `${RECORDS}/${encodeURIComponent(key)}`;
@@ -367,7 +377,7 @@ export class CoordinationClient {
       if (status === 202) {
         return { status: "processing", key, retryAfterMs: parseRetryAfter(exchange.response.headers.get("retry-after")) };
       }
-      if (status === 404 && errorCode(exchange.body) === "NOT_FOUND") return { status: "absent", key };
+      if (status === 404 && errorCode(exchange) === "NOT_FOUND") return { status: "absent", key };
     }
     throw this.#failure("status", key, end);
   }

@@ -1,3 +1,30 @@
+/**
+ * What idem advises after one of its errors, so that a client need not guess from the status:
+ * the `retry` member of its error documents.
+ *
+ * - `same_key`: nothing final happened (nothing executed yet, or it is still executing): send
+ *   the same request again **with the same key**, after `Retry-After` when there is one.
+ * - `new_key`: never use this key again (it belongs to another request, or to one whose
+ *   outcome is unknown): find out what happened, then send a new request with a new key.
+ * - `never`: do not send this request again as it is: fix it first (it is malformed, or its
+ *   result is kept for the key and will not change).
+ *
+ * Later versions of idem may add values: treat any other string as final, like `never`.
+ */
+export type RetryAdvice = "same_key" | "new_key" | "never";
+
+/**
+ * An operation's own refusal, as `idem serve` passes it on with `OPERATION_REJECTED`: the
+ * operation answered a 4xx (a card declined, a payload it rejects), and that answer is kept
+ * for the key.
+ */
+export interface OperationAnswer {
+  /** The operation's 4xx status, also the status of the answer that carried it. */
+  readonly status: number;
+  /** The operation's body: its JSON, or its text as a string. */
+  readonly body: unknown;
+}
+
 /** What an {@link IdempotencyError} carries; see its properties. */
 export interface IdempotencyErrorDetails {
   /** The HTTP status of the last answer; `undefined` if no answer arrived (network error). */
@@ -8,8 +35,19 @@ export interface IdempotencyErrorDetails {
   readonly key: string;
   /** How many HTTP requests were sent, the first one included. */
   readonly attempts: number;
-  /** Whether calling again later with the same key may succeed. */
+  /**
+   * Whether calling again later with the same key may succeed. When `retry` is given, it
+   * decides instead: `retryable` is then `retry === "same_key"`.
+   */
   readonly retryable: boolean;
+  /** idem's advice in the last answer (`same_key`, `new_key`, `never`), if it had one. */
+  readonly retry?: string | undefined;
+  /** The error reference of the last answer's code (problem `type`, or `error.type`), if any. */
+  readonly type?: string | undefined;
+  /** For a key mismatch: which parts of the request differ from the key's first one. */
+  readonly differs?: readonly string[] | undefined;
+  /** For `OPERATION_REJECTED`: the operation's own status and body. */
+  readonly operation?: OperationAnswer | undefined;
   /** The parsed body of the last answer, if any. */
   readonly body?: unknown;
   /** The underlying error (the rejection of `fetch`), if any. */
@@ -20,14 +58,18 @@ export interface IdempotencyErrorDetails {
  * A logical attempt that did not produce an answer the caller can use.
  *
  * Thrown by {@link IdempotentClient} when every retry was spent on answers that are worth
- * retrying (network errors, 409 in progress, 5xx that were not replayed), and by
+ * retrying (network errors, idem's `same_key` errors such as 409 in progress; without
+ * advice, 5xx that were not replayed), and by
  * {@link CoordinationClient} for those cases and for every error answer of the coordination
  * API (`{"error":{"code","message"}}`).
  *
  * When {@link IdempotencyError.retryable} is true, nothing definitive happened yet: calling
  * again later **with the same {@link IdempotencyError.key}** is safe and either executes
- * once or replays the first result. When it is false, the answer is final for this key
- * (a mismatch, a stored failure, an unknown outcome): a new attempt needs a new key.
+ * once or replays the first result. When it is false, the answer is final for this key:
+ * {@link IdempotencyError.retry} says what to do instead when idem answered it (`new_key`:
+ * an unknown outcome or a mismatch, find out what happened and use a new key; `never`: fix
+ * the request, e.g. an `OPERATION_REJECTED` whose {@link IdempotencyError.operation} says
+ * why).
  */
 export class IdempotencyError extends Error {
   override readonly name: string = "IdempotencyError";
@@ -43,8 +85,39 @@ export class IdempotencyError extends Error {
   readonly key: string;
   /** How many HTTP requests were sent, the first one included. */
   readonly attempts: number;
-  /** Whether calling again later with the same key may succeed. */
+  /**
+   * Whether calling again later with the same key may succeed. Always agrees with
+   * {@link IdempotencyError.retry} when the answer had one (`same_key` is true, anything
+   * else false); without it (network errors, an upstream's or an older idem's answer), true
+   * when the retries were spent on answers worth retrying.
+   */
   readonly retryable: boolean;
+  /**
+   * idem's advice in the last answer: `same_key`, `new_key` or `never` (see
+   * {@link RetryAdvice}); the problem+json `retry` member behind `idem proxy`, or
+   * `error.retry` of the coordination API. `undefined` when the answer had none (no answer,
+   * an upstream's own answer, or an idem older than this member).
+   */
+  readonly retry: string | undefined;
+  /**
+   * Where the error's code is documented: the problem `type` (also sent as
+   * `Link: <type>; rel="describedby"`) or `error.type`, a URL ending in `#<code>`.
+   * `undefined` if the answer had none.
+   */
+  readonly type: string | undefined;
+  /**
+   * For a key mismatch (`idempotency_key_mismatch`, `IDEMPOTENCY_KEY_MISMATCH`): which parts
+   * of the request differ from the key's first request: `method`, `path`, `header`, `body`
+   * (for the coordination API, `method` is the operation and `body` the payload).
+   * `undefined` for every other error.
+   */
+  readonly differs: readonly string[] | undefined;
+  /**
+   * For `OPERATION_REJECTED` (`idem serve`): the operation's own 4xx status (also
+   * {@link IdempotencyError.status}) and body, kept for the key and the same on every call
+   * with it. `undefined` for every other error.
+   */
+  readonly operation: OperationAnswer | undefined;
   /** The parsed body of the last answer (JSON or text), if any. */
   readonly body: unknown;
 
@@ -58,7 +131,11 @@ export class IdempotencyError extends Error {
     this.code = details.code;
     this.key = details.key;
     this.attempts = details.attempts;
-    this.retryable = details.retryable;
+    this.retry = details.retry;
+    this.retryable = details.retry === undefined ? details.retryable : details.retry === "same_key";
+    this.type = details.type;
+    this.differs = details.differs;
+    this.operation = details.operation;
     this.body = details.body;
   }
 }

@@ -23,5 +23,5 @@ export type {
   StatusResult,
 } from "./coordination.js";
 export { IdempotencyError } from "./errors.js";
-export type { IdempotencyErrorDetails } from "./errors.js";
+export type { IdempotencyErrorDetails, OperationAnswer, RetryAdvice } from "./errors.js";
 export type { CallOptions, ClientOptions, FetchLike, HeadersInput } from "./shared.js";

@@ -1,4 +1,7 @@
-// Internals shared by both clients: options, backoff, Retry-After, bodies, the retry loop.
+// Internals shared by both clients: options, backoff, Retry-After, bodies, idem's error
+// documents and their retry advice, the retry loop.
+
+import type { OperationAnswer, RetryAdvice } from "./errors.js";
 
 /**
  * The subset of the global `fetch` the clients use. Pass your own to add logging, a
@@ -168,6 +171,73 @@ export async function resendableBody(body: unknown, headers: Headers): Promise<B
 export interface Exchange {
   readonly response: Response;
   readonly body: unknown;
+}
+
+/** What an idem error document says, read from either of its shapes. */
+export interface ErrorDocument {
+  /** `code` (problem+json, snake_case) or `error.code` (`idem serve`, SCREAMING_CASE). */
+  readonly code: string;
+  /** `detail` or `error.message`: for people. */
+  readonly message: string | undefined;
+  /** `retry`: idem's advice, `same_key`, `new_key` or `never` (a later idem may add more). */
+  readonly retry: string | undefined;
+  /** `type`: the URL of the code's entry in the error reference. */
+  readonly type: string | undefined;
+  /** `differs`: for a mismatch, what differs from the key's first request. */
+  readonly differs: readonly string[] | undefined;
+  /** `error.operation`: for `OPERATION_REJECTED`, the operation's own answer. */
+  readonly operation: OperationAnswer | undefined;
+}
+
+/** The advice that makes a client send the same request again, with the same key. */
+export const SAME_KEY: RetryAdvice = "same_key";
+
+function record(value: unknown): Record<string, unknown> | undefined {
+  return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+}
+
+function text(value: unknown): string | undefined {
+  return typeof value === "string" ? value : undefined;
+}
+
+/**
+ * The idem error document of an answer, if it is one: a 4xx or 5xx whose JSON body is
+ * problem+json with a string `code` (layer, `idem proxy`) or `{"error":{"code",...}}`
+ * (`idem serve`). A 2xx or 3xx is never an error, whatever its body holds. Members of the
+ * wrong type are left out rather than trusted.
+ */
+export function errorDocument({ response, body }: Exchange): ErrorDocument | undefined {
+  if (response.status < 400) return undefined;
+  const top = record(body);
+  if (top === undefined) return undefined;
+  const nested = record(top["error"]);
+  const members = nested !== undefined && text(nested["code"]) !== undefined ? nested : top;
+  const code = text(members["code"]);
+  if (code === undefined) return undefined;
+  const differs = members["differs"];
+  const operation = record(members["operation"]);
+  return {
+    code,
+    message: text(members === top ? top["detail"] : members["message"]),
+    retry: text(members["retry"]),
+    type: text(members["type"]),
+    differs: Array.isArray(differs) ? differs.filter((part): part is string => typeof part === "string") : undefined,
+    operation:
+      operation !== undefined && typeof operation["status"] === "number"
+        ? { status: operation["status"], body: operation["body"] }
+        : undefined,
+  };
+}
+
+/**
+ * Whether to send an answer again with the same key: idem's own advice when the answer is
+ * one of its errors and carries one (`same_key` retries; `new_key`, `never` and any value a
+ * later idem adds are final), else `fallback`, the status-code rule for answers without it
+ * (an upstream's own, an intermediary's, or an older idem's).
+ */
+export function worthRetrying(exchange: Exchange, fallback: (exchange: Exchange) => boolean): boolean {
+  const advice = errorDocument(exchange)?.retry;
+  return advice === undefined ? fallback(exchange) : advice === SAME_KEY;
 }
 
 /** The end of a retry loop. */

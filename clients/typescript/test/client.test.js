@@ -105,11 +105,16 @@ test("4xx answers are final: a 422 mismatch and a 400 invalid key are not retrie
   assert.equal(mismatch.ok, false);
   assert.equal(mismatch.body.code, "idempotency_key_mismatch");
   assert.match(mismatch.headers.get("content-type"), /application\/problem\+json/);
+  assert.equal(mismatch.retry, "new_key");
+  assert.ok(mismatch.body.differs.includes("body"), `differs: ${JSON.stringify(mismatch.body.differs)}`);
+  assert.match(mismatch.body.type, /errors\.md#idempotency_key_mismatch$/);
+  assert.equal(mismatch.headers.get("link"), `<${mismatch.body.type}>; rel="describedby"`);
 
   const invalid = await client.post("/charges", { key: "k".repeat(300), body: { amount: 3 } });
   assert.equal(invalid.status, 400);
   assert.equal(invalid.attempts, 1);
   assert.equal(invalid.body.code, "idempotency_key_invalid");
+  assert.equal(invalid.retry, "never");
 
   assert.equal(upstream.count("POST /charges"), 1);
 });
@@ -150,6 +155,7 @@ test("504 upstream_outcome_unknown is stored: never retried, replayed to the nex
   const first = await client.post("/hang", { key: "k-504", body: { n: 1 } });
   assert.equal(first.status, 504);
   assert.equal(first.body.code, "upstream_outcome_unknown");
+  assert.equal(first.retry, "new_key");
   assert.equal(first.replayed, false);
   assert.equal(first.attempts, 1);
 
@@ -194,6 +200,8 @@ test("retries spent on retryable answers throw IdempotencyError with status, cod
   assert.equal(error.key, "k-exhausted");
   assert.equal(error.attempts, 3);
   assert.equal(error.retryable, true);
+  assert.equal(error.retry, "same_key");
+  assert.match(error.type, /errors\.md#upstream_unreachable$/);
 });
 
 test("network errors that never end throw IdempotencyError with the cause; the signal cancels backoff", async () => {

@@ -6,9 +6,16 @@ import test from "node:test";
 import { CoordinationClient, IdempotencyError } from "../dist/index.js";
 import { UUID_V4, recordingFetch, startFront, startIdem, startUpstream } from "./support/harness.js";
 
-/** An operation server: `/charge` makes a new charge per execution, `/slow` takes 600 ms, `/fail` answers 500. */
+/**
+ * An operation server: `/charge` makes a new charge per execution, `/slow` takes 600 ms,
+ * `/fail` answers 500, `/decline` refuses with its own 402, `/busy` answers 503 the first
+ * time and charges after.
+ */
 async function operations(t) {
   return startUpstream(t, {
+    "POST /decline": () => ({ status: 402, json: { reason: "card_declined" } }),
+    "POST /busy": (_req, { json, count }) =>
+      count === 1 ? { status: 503, text: "busy" } : { status: 200, json: { charge_id: `busy_${count}`, amount: json.amount } },
     "POST /charge": (_req, { json, count }) => ({ status: 200, json: { charge_id: `ch_${count}`, amount: json.amount } }),
     "POST /slow": async (_req, { json, count, sleep }) => {
       await sleep(600);
@@ -18,7 +25,7 @@ async function operations(t) {
   });
 }
 
-/** `idem serve` with three operations and a 1 s lease (so `Retry-After` is 1 s); the lease is
+/** `idem serve` with five operations and a 1 s lease (so `Retry-After` is 1 s); the lease is
  * renewed while an operation runs, so the 600 ms one could take longer. */
 async function serve(t, ops) {
   return startIdem(t, "serve", [
@@ -32,6 +39,10 @@ async function serve(t, ops) {
     `payment.slow=${ops.url}/slow`,
     "--operation",
     `payment.failing=${ops.url}/fail`,
+    "--operation",
+    `payment.declining=${ops.url}/decline`,
+    "--operation",
+    `payment.busy=${ops.url}/busy`,
   ]);
 }
 
@@ -112,6 +123,9 @@ test("execute throws IdempotencyError with the API's code, without retrying fina
   assert.equal(mismatch.key, "k-mismatch");
   assert.equal(mismatch.attempts, 1);
   assert.equal(mismatch.retryable, false);
+  assert.equal(mismatch.retry, "new_key");
+  assert.deepEqual(mismatch.differs, ["body"], "the payload differs, not the operation");
+  assert.match(mismatch.type, /errors\.md#idempotency_key_mismatch$/);
 
   const unknown = await rejection(client.execute("payment.nope", {}));
   assert.equal(unknown.status, 404);
@@ -122,10 +136,48 @@ test("execute throws IdempotencyError with the API's code, without retrying fina
   assert.equal(failed.status, 502);
   assert.equal(failed.code, "OPERATION_FAILED");
   assert.equal(failed.attempts, 1);
+  assert.equal(failed.retry, "never");
+  assert.equal(failed.operation, undefined, "an operation's 5xx stays hidden");
   const replayed = await rejection(client.execute("payment.failing", { n: 1 }, { key: "k-fail" }));
   assert.equal(replayed.code, "OPERATION_FAILED");
   assert.equal(ops.count("POST /fail"), 1);
   assert.equal(calls.length, 5, "no call was retried");
+});
+
+test("an operation's own 4xx is OPERATION_REJECTED: its status and body exposed, kept for the key, never retried", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const { fetch, calls } = recordingFetch();
+  const client = new CoordinationClient({ baseUrl: idem.url, baseDelayMs: 10, fetch });
+
+  const rejected = await rejection(client.execute("payment.declining", { amount: 9 }, { key: "k-402" }));
+  assert.equal(rejected.status, 402);
+  assert.equal(rejected.code, "OPERATION_REJECTED");
+  assert.deepEqual(rejected.operation, { status: 402, body: { reason: "card_declined" } });
+  assert.equal(rejected.retry, "never");
+  assert.equal(rejected.retryable, false);
+  assert.equal(rejected.attempts, 1);
+  assert.match(rejected.type, /errors\.md#operation_rejected$/);
+
+  const replayed = await rejection(client.execute("payment.declining", { amount: 9 }, { key: "k-402" }));
+  assert.deepEqual(replayed.operation, rejected.operation);
+  const looked = await rejection(client.status("k-402"));
+  assert.equal(looked.code, "OPERATION_REJECTED");
+  assert.equal(ops.count("POST /decline"), 1, "kept for the key: the operation ran once");
+  assert.equal(calls.length, 3, "no call was retried");
+});
+
+test("an operation's 503 releases the key: retried with the same key (same_key), and it runs again", async (t) => {
+  const ops = await operations(t);
+  const idem = await serve(t, ops);
+  const { fetch, calls } = recordingFetch();
+  const client = new CoordinationClient({ baseUrl: idem.url, baseDelayMs: 10, fetch });
+
+  const result = await client.execute("payment.busy", { amount: 4 }, { key: "k-busy" });
+  assert.deepEqual(result, { charge_id: "busy_2", amount: 4 });
+  assert.equal(calls.length, 2);
+  assert.ok(calls.every((call) => call.key === "k-busy"));
+  assert.equal(ops.count("POST /busy"), 2);
 });
 
 test("begin / complete / release / status round trip keeps the 64-bit lease token as a string", async (t) => {
@@ -163,6 +215,7 @@ test("begin / complete / release / status round trip keeps the 64-bit lease toke
   const lost = await rejection(client.release(key, wrong));
   assert.equal(lost.status, 409);
   assert.equal(lost.code, "LEASE_LOST");
+  assert.equal(lost.retry, "never");
 
   // The client renews while it executes: past two whole leases, the key is still its own.
   assert.equal(acquired.leaseMs, 1000);
@@ -231,6 +284,8 @@ test("a lease that is not renewed leaves the key of unknown outcome: never execu
   const unknown = await rejection(client.begin("report.build", { month: "2024-06" }, { key }));
   assert.equal(unknown.status, 409);
   assert.equal(unknown.code, "OUTCOME_UNKNOWN");
+  assert.equal(unknown.retry, "new_key");
+  assert.equal(unknown.retryable, false);
   const status = await rejection(client.status(key));
   assert.equal(status.code, "OUTCOME_UNKNOWN");
 });
