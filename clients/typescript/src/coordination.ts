@@ -220,7 +220,7 @@ export class CoordinationClient {
    * @param options - The key (default: a new UUID v4) and a cancellation signal.
    * @returns The operation's `result`.
    * @throws {@link IdempotencyError} with the API's `code` and `retry`:
-   *   `OPERATION_REJECTED` (the operation's own 4xx, in `operation`; `retry` `never`),
+   *   `OPERATION_REJECTED` (the operation's own 4xx, in `operation`; `retry` `new_key`),
    *   `IDEMPOTENCY_KEY_MISMATCH` (`differs` says what; `new_key`),
    *   `OPERATION_OUTCOME_UNKNOWN` (`new_key`), `UNKNOWN_OPERATION`, `OPERATION_FAILED`…
    *   (`retryable` false), or after the retries were spent (`retryable` true; `status` 202

@@ -4,10 +4,11 @@
  *
  * - `same_key`: nothing final happened (nothing executed yet, or it is still executing): send
  *   the same request again **with the same key**, after `Retry-After` when there is one.
- * - `new_key`: never use this key again (it belongs to another request, or to one whose
- *   outcome is unknown): find out what happened, then send a new request with a new key.
- * - `never`: do not send this request again as it is: fix it first (it is malformed, or its
- *   result is kept for the key and will not change).
+ * - `new_key`: never use this key again: its answer is final (it belongs to another
+ *   request, its outcome is unknown, or the operation's refusal or failure is kept for it):
+ *   find out what happened, then send a new request with a new key.
+ * - `never`: do not send this request again as it is: it is malformed, too large or not
+ *   allowed, and nothing was kept for its key; fix it first.
  *
  * Later versions of idem may add values: treat any other string as final, like `never`.
  */

@@ -124,7 +124,7 @@ test("execute throws IdempotencyError with the API's code, without retrying fina
   assert.equal(mismatch.attempts, 1);
   assert.equal(mismatch.retryable, false);
   assert.equal(mismatch.retry, "new_key");
-  assert.deepEqual(mismatch.differs, ["body"], "the payload differs, not the operation");
+  assert.deepEqual(mismatch.differs, ["payload"], "the payload differs, not the operation");
   assert.match(mismatch.type, /errors\.md#idempotency_key_mismatch$/);
 
   const unknown = await rejection(client.execute("payment.nope", {}));
@@ -136,7 +136,7 @@ test("execute throws IdempotencyError with the API's code, without retrying fina
   assert.equal(failed.status, 502);
   assert.equal(failed.code, "OPERATION_FAILED");
   assert.equal(failed.attempts, 1);
-  assert.equal(failed.retry, "never");
+  assert.equal(failed.retry, "new_key");
   assert.equal(failed.operation, undefined, "an operation's 5xx stays hidden");
   const replayed = await rejection(client.execute("payment.failing", { n: 1 }, { key: "k-fail" }));
   assert.equal(replayed.code, "OPERATION_FAILED");
@@ -154,7 +154,7 @@ test("an operation's own 4xx is OPERATION_REJECTED: its status and body exposed,
   assert.equal(rejected.status, 402);
   assert.equal(rejected.code, "OPERATION_REJECTED");
   assert.deepEqual(rejected.operation, { status: 402, body: { reason: "card_declined" } });
-  assert.equal(rejected.retry, "never");
+  assert.equal(rejected.retry, "new_key");
   assert.equal(rejected.retryable, false);
   assert.equal(rejected.attempts, 1);
   assert.match(rejected.type, /errors\.md#operation_rejected$/);
@@ -215,7 +215,7 @@ test("begin / complete / release / status round trip keeps the 64-bit lease toke
   const lost = await rejection(client.release(key, wrong));
   assert.equal(lost.status, 409);
   assert.equal(lost.code, "LEASE_LOST");
-  assert.equal(lost.retry, "never");
+  assert.equal(lost.retry, "new_key");
 
   // The client renews while it executes: past two whole leases, the key is still its own.
   assert.equal(acquired.leaseMs, 1000);

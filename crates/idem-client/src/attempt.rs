@@ -119,6 +119,9 @@ impl IdemResponse {
     /// `never` (fix the request); `None` for answers that are not idem's errors.
     #[must_use]
     pub fn retry_advice(&self) -> Option<String> {
+        if self.status.is_success() {
+            return None;
+        }
         retry_advice(&self.body)
     }
 }
@@ -287,7 +290,12 @@ impl HttpAnswer {
         if is_replay(&self.headers) {
             return false;
         }
-        match retry_advice(&self.body).as_deref() {
+        let advice = if self.status.is_client_error() || self.status.is_server_error() {
+            retry_advice(&self.body)
+        } else {
+            None
+        };
+        match advice.as_deref() {
             Some(advice) => advice == "same_key",
             None => {
                 !is_outcome_unknown(self.status, &self.body)
@@ -321,21 +329,30 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The `retry` member of idem's error documents: `same_key`, `new_key` or `never`
-/// (problem+json's top level, or `idem serve`'s `error` object).
+/// (problem+json's top level, or `idem serve`'s `error` object). Only a document with a
+/// string `code` beside it is idem's: an API's own body that happens to hold `retry` is not.
 pub(crate) fn retry_advice(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
-    struct Document {
+    struct Advice {
+        code: Option<String>,
         retry: Option<String>,
-        error: Option<Detail>,
     }
     #[derive(serde::Deserialize)]
-    struct Detail {
+    struct Document {
+        code: Option<String>,
         retry: Option<String>,
+        error: Option<Advice>,
     }
     let document: Document = serde_json::from_slice(body).ok()?;
-    document
-        .retry
-        .or_else(|| document.error.and_then(|detail| detail.retry))
+    let top = Advice {
+        code: document.code,
+        retry: document.retry,
+    };
+    [Some(top), document.error]
+        .into_iter()
+        .flatten()
+        .find(|advice| advice.code.is_some())
+        .and_then(|advice| advice.retry)
 }
 
 /// idem's 409 `outcome_unknown` (layer, proxy) or `OUTCOME_UNKNOWN` (`idem serve`): the first
@@ -413,6 +430,10 @@ mod tests {
         assert!(
             answer(502, b"upstream's own page").worth_retrying(),
             "no advice: by status"
+        );
+        assert!(
+            answer(503, br#"{"retry":"never"}"#).worth_retrying(),
+            "a retry member without a code is not idem's advice"
         );
         assert!(!answer(404, b"{}").worth_retrying());
     }

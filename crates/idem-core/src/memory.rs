@@ -17,13 +17,14 @@ use crate::{
 /// key; more shards only cost memory.
 const SHARD_COUNT: usize = 64;
 
-/// The most records a [`MemoryStore`] holds unless told otherwise: enough for a busy test or
-/// a small single-process service, small enough that a client inventing keys cannot grow the
-/// process without bound.
-pub const DEFAULT_MEMORY_MAX_RECORDS: usize = 100_000;
+/// The most records a [`MemoryStore`] holds unless told otherwise: a day of 10 new keys a
+/// second, about 130 MiB of bookkeeping; a client inventing keys cannot grow the process past
+/// that.
+pub const DEFAULT_MEMORY_MAX_RECORDS: usize = 1_000_000;
 
-/// The most bytes of stored responses a [`MemoryStore`] holds unless told otherwise (256 MiB).
-pub const DEFAULT_MEMORY_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// The most bytes a [`MemoryStore`] holds unless told otherwise (1 GiB): records and their
+/// stored responses.
+pub const DEFAULT_MEMORY_MAX_BYTES: usize = 1024 * 1024 * 1024;
 
 /// How often, at most, a full store scans every shard for expired records to make room: a
 /// store kept full by live records would otherwise scan on every refused begin.

@@ -74,7 +74,7 @@ fn bench_layer(c: &mut Criterion) {
         EmbeddedStore::open(directory.path()).unwrap()
     };
     let release = || {
-        IdempotencyLayer::builder(MemoryStore::new())
+        IdempotencyLayer::builder(MemoryStore::new().with_limits(usize::MAX, usize::MAX))
             .on_cancel(CancelPolicy::Release)
             .build()
     };
@@ -82,7 +82,9 @@ fn bench_layer(c: &mut Criterion) {
         ("without_layer", handler_router()),
         (
             "memory",
-            handler_router().layer(IdempotencyLayer::new(MemoryStore::new())),
+            handler_router().layer(IdempotencyLayer::new(
+                MemoryStore::new().with_limits(usize::MAX, usize::MAX),
+            )),
         ),
         ("memory_release", handler_router().layer(release())),
         (

@@ -46,11 +46,12 @@ pub enum RetryAdvice {
     /// Send the same request again with the same key, after `Retry-After` when there is one:
     /// nothing happened yet, or it is still happening (`same_key`).
     SameKey,
-    /// Never send this key again: it belongs to another request, or to one whose outcome is
-    /// unknown. Check what happened, then send a new request with a new key (`new_key`).
+    /// Never send this key again: its answer is final (kept for it, or of unknown outcome),
+    /// or it belongs to another request. Check what happened (fix the request if it was
+    /// refused), then send a new request with a new key (`new_key`).
     NewKey,
-    /// Do not resend this request as it is: fix it first (it is malformed, too large, or its
-    /// result is kept and will not change) (`never`).
+    /// Do not send this request again as it is: it is malformed, too large or not allowed,
+    /// and nothing was kept for its key. Fix it first (`never`).
     Never,
 }
 
@@ -353,23 +354,23 @@ impl ProblemCode {
             Self::KeyMismatch
             | Self::OutcomeUnknown
             | Self::UpstreamOutcomeUnknown
-            | Self::OperationOutcomeUnknown => RetryAdvice::NewKey,
+            | Self::OperationOutcomeUnknown
+            | Self::ResponseNotStored
+            | Self::LeaseLost
+            | Self::OperationFailed
+            | Self::OperationInvalidResponse
+            | Self::OperationRejected => RetryAdvice::NewKey,
             Self::KeyMissing
             | Self::KeyInvalid
             | Self::RequestBodyTooLarge
-            | Self::ResponseNotStored
             | Self::InvalidJson
             | Self::InvalidRequest
             | Self::UnknownOperation
             | Self::LeaseTokenInvalid
-            | Self::LeaseLost
             | Self::NotFound
             | Self::MethodNotAllowed
-            | Self::OperationFailed
-            | Self::OperationInvalidResponse
             | Self::PrincipalMissing
-            | Self::PathAmbiguous
-            | Self::OperationRejected => RetryAdvice::Never,
+            | Self::PathAmbiguous => RetryAdvice::Never,
         }
     }
 }

@@ -322,7 +322,8 @@ where
                     Disposition::Mismatch,
                     ProblemCode::KeyMismatch,
                     format!(
-                        "this idempotency key was already used for a different request (its {what} differ); use a new key for a new request"
+                        "this idempotency key was already used for a different request (its {what} {}); use a new key for a new request",
+                        if names.len() == 1 { "differs" } else { "differ" }
                     ),
                 )
                 .member("differs", names)

@@ -1378,7 +1378,7 @@ async fn a_mismatch_says_what_differs_with_the_configured_status() {
         problem["detail"]
             .as_str()
             .unwrap()
-            .contains("its header differ"),
+            .contains("its header differs"),
         "{problem}"
     );
     assert!(

@@ -4,7 +4,7 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //! store = "./idem-data"          # memory://, postgres://…, redis://…, or a directory
-//! # store = "memory://?max_records=100000&max_bytes=256MiB"   # the memory store's bounds
+//! # store = "memory://?max_records=1000000&max_bytes=1GiB"   # the memory store's bounds
 //! ttl = "24h"
 //! lease = "30s"
 //! # wait = "2s"                  # a duplicate waits for the result (at most 1h); default 409

@@ -78,7 +78,7 @@ impl StoreLocation {
     }
 }
 
-/// `memory://` and its bounds: `max_records=N`, `max_bytes=SIZE` (`256MiB`).
+/// `memory://` and its bounds: `max_records=N`, `max_bytes=SIZE` (`1GiB`).
 fn memory(rest: &str) -> anyhow::Result<StoreLocation> {
     let mut max_records = idem_core::DEFAULT_MEMORY_MAX_RECORDS;
     let mut max_bytes = idem_core::DEFAULT_MEMORY_MAX_BYTES;

@@ -96,7 +96,7 @@ async fn the_payload_reaches_the_operation_as_sent_and_numbers_compare_exactly()
     let (status, document) = execute(&idem, "n-1", changed).await;
     assert_eq!(status, 422, "the last digit changed: {document}");
     assert_eq!(document["error"]["code"], "IDEMPOTENCY_KEY_MISMATCH");
-    assert_eq!(document["error"]["differs"], json!(["body"]));
+    assert_eq!(document["error"]["differs"], json!(["payload"]));
     assert_eq!(document["error"]["retry"], "new_key");
     let respelled = r#"{"payload":{"amount":1.23456789012345678901234e23},"operation":"op200"}"#;
     let (status, _) = execute(&idem, "n-1", respelled).await;
@@ -132,7 +132,7 @@ async fn an_operations_refusal_is_exposed_and_its_failure_hidden() {
             document["error"]["operation"]["body"],
             json!({"decline_code": "insufficient_funds"})
         );
-        assert_eq!(document["error"]["retry"], "never");
+        assert_eq!(document["error"]["retry"], "new_key");
         assert!(
             document["error"]["type"]
                 .as_str()
@@ -175,7 +175,7 @@ async fn the_mismatch_status_is_a_setting() {
     let (status, document) =
         execute(&idem, "m-1", r#"{"operation":"op402","payload":{"a":1}}"#).await;
     assert_eq!(status, 409);
-    assert_eq!(document["error"]["differs"], json!(["method"]));
+    assert_eq!(document["error"]["differs"], json!(["operation"]));
 
     let upstream = Upstream::start().await;
     let proxy = Idem::start(&[

@@ -41,8 +41,8 @@ pub struct ErrorDetail {
     /// `OPERATION_REJECTED` only: the operation's own answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<OperationAnswer>,
-    /// `IDEMPOTENCY_KEY_MISMATCH` only: what differs from the key's first request
-    /// (`method` for the operation, `body` for the payload).
+    /// `IDEMPOTENCY_KEY_MISMATCH` only: what differs from the key's first request:
+    /// `operation`, `payload`, or both.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub differs: Option<Vec<String>>,
 }
@@ -138,13 +138,19 @@ impl ApiError {
             (false, true) => "payload",
             (false, false) => "operation or payload",
         };
+        // The coordination surface's names: the operation stands in the method's lane and
+        // the payload in the body's.
+        let names = differing
+            .iter()
+            .map(|part| match part {
+                FingerprintPart::Method => "operation",
+                FingerprintPart::Body => "payload",
+                other => other.name(),
+            })
+            .map(str::to_owned)
+            .collect();
         Self {
-            differs: Some(
-                differing
-                    .iter()
-                    .map(|part| part.name().to_owned())
-                    .collect(),
-            ),
+            differs: Some(names),
             ..Self::new(
                 ProblemCode::KeyMismatch,
                 format!(
@@ -195,9 +201,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.body()).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+        // As the problem documents do: the draft's `describedby` link to the error's entry.
+        if let Ok(link) =
+            HeaderValue::from_str(&format!("<{}>; rel=\"describedby\"", self.code.type_uri()))
+        {
+            headers.insert(header::LINK, link);
+        }
         response
     }
 }

@@ -20,8 +20,13 @@ use idem_core::DynStore;
 const BAD_KEYED_REQUEST: &str = "`IDEMPOTENCY_KEY_MISSING` (no `Idempotency-Key` header), `IDEMPOTENCY_KEY_INVALID` (a key outside its format, or the header sent twice), `INVALID_JSON` (the body is not JSON) or `INVALID_REQUEST` (a member missing, unknown, of the wrong type, or an empty `operation`)";
 const BAD_LEASE_REQUEST: &str = "`IDEMPOTENCY_KEY_INVALID` (the path's key), `INVALID_JSON` (the body is not JSON), `INVALID_REQUEST` (a member missing, unknown or of the wrong type) or `LEASE_TOKEN_INVALID` (not a decimal 64-bit integer)";
 const BODY_TIMEOUT: &str = "`REQUEST_BODY_TIMEOUT`: the body did not arrive within `--body-read-timeout`; nothing was executed";
-const BODY_TOO_LARGE: &str = "`REQUEST_BODY_TOO_LARGE`: the body is over 1 MiB";
+const BODY_TOO_LARGE: &str = "`PAYLOAD_TOO_LARGE`: the body is over 1 MiB";
 const STORED_OPERATION_ERROR: &str = "The stored answer of an `execute` with this key whose operation failed (502) or did not answer in time (504), replayed";
+const OPERATION_REJECTED: &str = "`OPERATION_REJECTED`: the operation refused the request with a 4xx of its own, answered with that status and the operation's answer in `error.operation`; kept for the key and replayed";
+const STORED_OPERATION_REJECTED: &str = "The stored answer of an `execute` with this key whose operation refused the request (`OPERATION_REJECTED`, with the operation's 4xx), replayed";
+const MISMATCH: &str = "`IDEMPOTENCY_KEY_MISMATCH`: the key was used with another operation or payload (`error.differs` says which); 409 or 400 instead under `--mismatch-status`";
+const STORE_UNAVAILABLE: &str =
+    "`STORE_UNAVAILABLE` or `STORE_FULL`: nothing was executed; retry later with the same key";
 
 /// Execute a registered operation at most once per key.
 #[utoipa::path(post, path = "/v1/idempotency/execute", tag = "execute",
@@ -37,12 +42,13 @@ const STORED_OPERATION_ERROR: &str = "The stored answer of an `execute` with thi
         (status = 400, description = BAD_KEYED_REQUEST, body = ErrorBody),
         (status = 404, description = "`UNKNOWN_OPERATION`: no operation of that name is registered", body = ErrorBody),
         (status = 408, description = BODY_TIMEOUT, body = ErrorBody),
-        (status = 409, description = "An earlier execution's owner vanished mid-way: outcome unknown", body = ErrorBody),
+        (status = 409, description = "`OUTCOME_UNKNOWN`: an earlier execution's owner vanished mid-way", body = ErrorBody),
         (status = 413, description = BODY_TOO_LARGE, body = ErrorBody),
-        (status = 422, description = "Key reused with another operation or payload", body = ErrorBody),
-        (status = 502, description = "Operation unreachable (retry) or failed (replayed)", body = ErrorBody),
-        (status = 503, description = "Store unavailable; nothing executed", body = ErrorBody),
-        (status = 504, description = "Operation outcome unknown (replayed)", body = ErrorBody),
+        (status = 422, description = MISMATCH, body = ErrorBody),
+        (status = "4XX", description = OPERATION_REJECTED, body = ErrorBody),
+        (status = 502, description = "`OPERATION_UNREACHABLE` (nothing was delivered, or the operation answered that it did not process it: the key is free, retry with it), `OPERATION_FAILED` or `OPERATION_INVALID_RESPONSE` (kept for the key and replayed)", body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody),
+        (status = 504, description = "`OPERATION_OUTCOME_UNKNOWN`: the operation did not answer in time (kept for the key and replayed)", body = ErrorBody),
     ))]
 pub async fn execute(
     State(state): State<AppState>,
@@ -133,11 +139,12 @@ async fn run_once(
             example = json!({"status": "processing"})),
         (status = 400, description = BAD_KEYED_REQUEST, body = ErrorBody),
         (status = 408, description = BODY_TIMEOUT, body = ErrorBody),
-        (status = 409, description = "An earlier execution's owner vanished mid-way: outcome unknown", body = ErrorBody),
+        (status = 409, description = "`OUTCOME_UNKNOWN`: an earlier execution's owner vanished mid-way", body = ErrorBody),
         (status = 413, description = BODY_TOO_LARGE, body = ErrorBody),
-        (status = 422, description = "Key reused with another operation or payload", body = ErrorBody),
+        (status = 422, description = MISMATCH, body = ErrorBody),
+        (status = "4XX", description = STORED_OPERATION_REJECTED, body = ErrorBody),
         (status = 502, description = STORED_OPERATION_ERROR, body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody),
         (status = 504, description = STORED_OPERATION_ERROR, body = ErrorBody),
     ))]
 pub async fn begin(
@@ -271,7 +278,8 @@ pub async fn release(
             example = json!({"status": "processing"})),
         (status = 400, description = "`IDEMPOTENCY_KEY_INVALID`: the path's key is not a valid key", body = ErrorBody),
         (status = 404, description = "No record for this key", body = ErrorBody),
-        (status = 409, description = "Its execution's owner vanished mid-way: outcome unknown", body = ErrorBody),
+        (status = 409, description = "`OUTCOME_UNKNOWN`: its execution's owner vanished mid-way", body = ErrorBody),
+        (status = "4XX", description = STORED_OPERATION_REJECTED, body = ErrorBody),
         (status = 502, description = STORED_OPERATION_ERROR, body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
         (status = 504, description = STORED_OPERATION_ERROR, body = ErrorBody),

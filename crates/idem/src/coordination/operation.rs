@@ -19,6 +19,15 @@ use crate::config::Operation;
 /// Connect timeout for operation URLs; see the proxy's `CONNECT_TIMEOUT` for why it is short.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Answers that mean "not processed, try later": the layer's transient statuses (429, 503)
+/// and the 4xx that say the same (408 Request Timeout, 425 Too Early). Never kept.
+const NOT_PROCESSED: [StatusCode; 4] = [
+    StatusCode::REQUEST_TIMEOUT,
+    StatusCode::TOO_EARLY,
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::SERVICE_UNAVAILABLE,
+];
+
 /// What became of one call.
 #[derive(Debug)]
 pub enum OperationReply {
@@ -26,8 +35,7 @@ pub enum OperationReply {
     Succeeded(Value),
     /// Never delivered (connection refused): safe to run again.
     Unreachable(String),
-    /// Delivered; answered "not processed, try later" (429 or 503, as the layer's default
-    /// transient statuses): safe to run again.
+    /// Delivered; answered "not processed, try later" ([`NOT_PROCESSED`]): safe to run again.
     Busy {
         /// The operation's status.
         status: StatusCode,
@@ -158,7 +166,7 @@ impl Operations {
             Ok(Ok((_, Err(error)))) => {
                 OperationReply::OutcomeUnknown(format!("the answer broke off: {error}"))
             }
-            Ok(Ok((status, _))) if idem_http::DEFAULT_TRANSIENT_STATUSES.contains(&status) => {
+            Ok(Ok((status, _))) if NOT_PROCESSED.contains(&status) => {
                 OperationReply::Busy { status }
             }
             Ok(Ok((status, Ok(body)))) if status.is_client_error() => OperationReply::Rejected {
