@@ -332,30 +332,44 @@ impl<S: Store> Engine<S> {
                 metrics::counter!("idem_outcome_unknown_total").increment(1);
                 Begin::OutcomeUnknown
             }
-            BeginOutcome::Mismatch => Begin::Mismatch {
-                differing: self.differing_parts(id, fingerprint).await,
-            },
+            BeginOutcome::Mismatch => self.diagnose_mismatch(id, fingerprint).await,
         })
     }
 
-    /// Which parts of `fingerprint` differ from those of the request that holds `id`: one more
-    /// read, on the mismatch path only, so that the refusal can say what changed. Best
-    /// effort: a record gone or unreadable names nothing.
-    async fn differing_parts(
-        &self,
-        id: RecordId,
-        fingerprint: Fingerprint,
-    ) -> Vec<FingerprintPart> {
-        match timed("get", self.state.store.get(id)).await {
-            Ok(Some(snapshot)) => match &snapshot.record.state {
-                RecordState::InFlight {
-                    fingerprint: first, ..
-                }
-                | RecordState::Completed {
-                    fingerprint: first, ..
-                } => first.differing(&fingerprint),
+    /// What a store's mismatch means: one more read, on the mismatch path only.
+    ///
+    /// - The key's record was written by a version whose fingerprint had no lane tags, for
+    ///   this same request ([`Fingerprint::same_request_earlier_layout`]): it is this request,
+    ///   answered as the store would have (replay, in flight, or unknown outcome), never as a
+    ///   mismatch whose advice (a new key) would run it a second time.
+    /// - Otherwise a mismatch that names the parts that differ. Best effort: a record gone or
+    ///   unreadable names nothing.
+    async fn diagnose_mismatch(&self, id: RecordId, fingerprint: Fingerprint) -> Begin<S> {
+        let Ok(Some(snapshot)) = timed("get", self.state.store.get(id)).await else {
+            return Begin::Mismatch {
+                differing: Vec::new(),
+            };
+        };
+        let lease_left = snapshot.lease_left();
+        match &snapshot.record.state {
+            RecordState::Completed {
+                fingerprint: first,
+                response,
+            } if first.same_request_earlier_layout(&fingerprint) => Begin::Replay(response.clone()),
+            RecordState::InFlight {
+                fingerprint: first, ..
+            } if first.same_request_earlier_layout(&fingerprint) => match lease_left {
+                Some(left) if !left.is_zero() => Begin::InFlight { retry_after: left },
+                _ => Begin::OutcomeUnknown,
             },
-            _ => Vec::new(),
+            RecordState::InFlight {
+                fingerprint: first, ..
+            }
+            | RecordState::Completed {
+                fingerprint: first, ..
+            } => Begin::Mismatch {
+                differing: first.differing(&fingerprint),
+            },
         }
     }
 

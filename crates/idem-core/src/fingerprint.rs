@@ -8,10 +8,11 @@ use sha2::{Digest, Sha256};
 
 use crate::canonical_json::{Json, JsonError};
 
-/// A digest of a request's identifying parts, in four lanes: the method (or operation), the
-/// target (path and query), the identifying headers, and the body. Each lane is the first 8
-/// bytes of a SHA-256 over its parts, so a mismatch can say which part differed
-/// ([`differing`](Self::differing)) and the digest still fits the 32 bytes every store keeps.
+/// A digest of a request's identifying parts: 24 bytes of a SHA-256 over every part, which
+/// decides whether two requests are the same, then a 2-byte tag per lane (the method or
+/// operation, the target, the identifying headers, the body), so that a mismatch can say which
+/// part differed ([`differing`](Self::differing)). It fits the 32 bytes every store keeps, and
+/// costs one SHA-256, as a digest without lanes did.
 ///
 /// Build one with [`Fingerprint::builder`]: the same key with a different fingerprint is a
 /// mismatch, never a replay.
@@ -57,15 +58,18 @@ impl FingerprintPart {
     }
 }
 
-/// The bytes of one lane in a [`Fingerprint`].
-const LANE: usize = 8;
+/// Where the lane tags start in a [`Fingerprint`]: after the 24 bytes of the SHA-256.
+const TAGS: usize = 24;
+/// The bytes of one lane's tag.
+const TAG: usize = 2;
 
 impl Fingerprint {
     /// Starts a fingerprint; add each identifying part in a fixed order.
     #[must_use]
     pub fn builder() -> FingerprintBuilder {
         FingerprintBuilder {
-            lanes: std::array::from_fn(|_| Sha256::new()),
+            hasher: Sha256::new(),
+            lanes: [FNV_OFFSET; 4],
             canonical_json: false,
             filter: JsonFilter::default(),
         }
@@ -83,14 +87,26 @@ impl Fingerprint {
         &self.0
     }
 
-    /// The parts in which `other` differs from this fingerprint, in lane order.
+    /// Whether this fingerprint, kept by a version whose fingerprints were a whole SHA-256
+    /// (no lane tags), is that of the same request as `current`: the first 24 bytes agree and
+    /// the tags do not. A retry that spans the upgrade is then the same request, not a
+    /// mismatch. (For a body fingerprinted as canonical JSON the canonical form changed too,
+    /// so only raw bodies match across that upgrade.)
+    #[must_use]
+    pub fn same_request_earlier_layout(&self, current: &Self) -> bool {
+        self.0[..TAGS] == current.0[..TAGS] && self.0[TAGS..] != current.0[TAGS..]
+    }
+
+    /// The parts in which `other` differs from this fingerprint, in lane order. A diagnosis,
+    /// not the decision (the SHA-256 decides): two different parts share a 16-bit tag once in
+    /// 65,536 times, and are then not named.
     #[must_use]
     pub fn differing(&self, other: &Self) -> Vec<FingerprintPart> {
         FingerprintPart::ALL
             .into_iter()
             .filter(|part| {
-                let lane = part.lane() * LANE..(part.lane() + 1) * LANE;
-                self.0[lane.clone()] != other.0[lane]
+                let tag = TAGS + part.lane() * TAG..TAGS + (part.lane() + 1) * TAG;
+                self.0[tag.clone()] != other.0[tag]
             })
             .collect()
     }
@@ -137,7 +153,9 @@ impl JsonFilter {
 /// moving bytes from one part to the next changes the digest.
 #[derive(Clone)]
 pub struct FingerprintBuilder {
-    lanes: [Sha256; 4],
+    hasher: Sha256,
+    /// FNV-1a states of each lane, for the tags.
+    lanes: [u64; 4],
     canonical_json: bool,
     filter: JsonFilter,
 }
@@ -171,8 +189,12 @@ impl FingerprintBuilder {
     #[must_use]
     pub fn part_of(mut self, part: FingerprintPart, label: &str, value: &[u8]) -> Self {
         let lane = &mut self.lanes[part.lane()];
-        absorb(lane, label.as_bytes());
-        absorb(lane, value);
+        for bytes in [label.as_bytes(), value] {
+            let length = (bytes.len() as u64).to_be_bytes();
+            self.hasher.update(length);
+            self.hasher.update(bytes);
+            *lane = fnv1a(fnv1a(*lane, &length), bytes);
+        }
         self
     }
 
@@ -253,18 +275,28 @@ impl FingerprintBuilder {
     /// The finished digest.
     #[must_use]
     pub fn finish(self) -> Fingerprint {
-        let mut digest = [0; 32];
-        for (lane, hasher) in self.lanes.into_iter().enumerate() {
-            let lane_digest: [u8; 32] = hasher.finalize().into();
-            digest[lane * LANE..(lane + 1) * LANE].copy_from_slice(&lane_digest[..LANE]);
+        let mut digest: [u8; 32] = self.hasher.finalize().into();
+        for (lane, state) in self.lanes.into_iter().enumerate() {
+            // The 64-bit state folded to 16 bits, every bit counting.
+            let folded = (state ^ (state >> 16) ^ (state >> 32) ^ (state >> 48)) as u16;
+            digest[TAGS + lane * TAG..TAGS + (lane + 1) * TAG]
+                .copy_from_slice(&folded.to_be_bytes());
         }
         Fingerprint(digest)
     }
 }
 
-fn absorb(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_be_bytes());
-    hasher.update(bytes);
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a, 64-bit: the lane tags need a hash that is stable across builds and releases (stores
+/// keep fingerprints for days) and cheap; collision resistance comes from the SHA-256 beside
+/// them. Written out because it is four lines, and `std`'s hashers may change between
+/// releases.
+fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(state, |state, &byte| {
+        (state ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 #[cfg(test)]
@@ -284,14 +316,14 @@ mod tests {
     /// Stores keep fingerprints for a day or more, and a retry may reach another instance or a
     /// newer build: a request must hash to the same digest everywhere, or every retry across
     /// an upgrade would be refused as a mismatch. The digest is pinned, computed apart from
-    /// this code from the documented encoding: per lane, SHA-256 over each label then each
-    /// value, each prefixed by its length as a big-endian u64; the first 8 bytes of the
-    /// method, path, header and body lanes, in that order.
+    /// this code from the documented encoding: SHA-256 over each label then each value, each
+    /// prefixed by its length as a big-endian u64, its first 24 bytes; then per lane (method,
+    /// path, header, body) the same bytes through FNV-1a 64, folded to 16 bits.
     #[test]
     fn a_request_hashes_to_the_same_digest_in_every_process_and_build() {
         assert_eq!(
             hex::encode(request(false, "{}").as_bytes()),
-            "1fd449ba2f700acb4376b9ae825d7fab62a634716f2554ac548a461b2cad250c"
+            "968bec39f63afd1000e296735fdf4d4ea2ed1546fdda9b10579a0348b329d0ba"
         );
     }
 

@@ -856,3 +856,58 @@ async fn a_short_replay_ttl_still_reports_a_crash_as_unknown() {
         Begin::Acquired(_)
     ));
 }
+
+/// A record kept by the previous version (its fingerprint a whole SHA-256, no lane tags) is
+/// the same request as a retry after the upgrade: replayed, or in flight, never a mismatch
+/// whose advice (a new key) would run it again.
+#[tokio::test]
+async fn a_retry_across_the_fingerprint_upgrade_is_the_same_request() {
+    let store = MemoryStore::with_clock(clock());
+    let engine = Engine::builder(store.clone()).build();
+    let current = request("a");
+    let mut earlier = *current.as_bytes();
+    for byte in &mut earlier[24..] {
+        *byte ^= 0x5a;
+    }
+    let earlier = Fingerprint::from_bytes(earlier);
+    for (key, completed) in [("done", true), ("running", false)] {
+        let token = LeaseToken::random();
+        let begun = store
+            .begin(idem_core::BeginRequest {
+                id: id(key),
+                fingerprint: earlier,
+                token,
+                lease: Duration::from_secs(30),
+                ttl: HOUR,
+                on_lapse: OnLapse::ReportUnknown,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(begun, idem_core::BeginOutcome::Acquired));
+        if completed {
+            store
+                .complete(CompleteRequest {
+                    id: id(key),
+                    token,
+                    response: response("kept"),
+                    ttl: HOUR,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    match engine.begin(id("done"), current).await.unwrap() {
+        Begin::Replay(stored) => assert_eq!(stored, response("kept")),
+        other => panic!("expected the replay, got {other:?}"),
+    }
+    assert!(matches!(
+        engine.begin(id("running"), current).await.unwrap(),
+        Begin::InFlight { .. }
+    ));
+    // Another body is still a mismatch (against an earlier record its tags are noise, so the
+    // parts it names are not to be trusted across the upgrade).
+    assert!(matches!(
+        engine.begin(id("done"), request("b")).await.unwrap(),
+        Begin::Mismatch { .. }
+    ));
+}

@@ -25,9 +25,9 @@ pub const DEFAULT_PROBLEM_BASE: &str = concat!(
 static PROBLEM_BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Points every problem `type` (and its `Link: rel="describedby"`) at `base#code` instead of
-/// [`DEFAULT_PROBLEM_BASE`]: the error reference as your deployment publishes it. Takes effect
-/// once, before the first error is answered; later calls are ignored (returns whether this
-/// call set it).
+/// [`DEFAULT_PROBLEM_BASE`]: the error reference as your deployment publishes it. Only the
+/// first call counts (it returns whether it was that one); errors answered before it point at
+/// the default.
 pub fn set_problem_base(base: impl Into<String>) -> bool {
     PROBLEM_BASE.set(base.into()).is_ok()
 }
@@ -306,7 +306,7 @@ impl ProblemCode {
             Self::ResponseNotStored => "Response not available for replay",
             Self::UpstreamUnreachable => "Upstream unreachable",
             Self::UpstreamOutcomeUnknown => "Upstream outcome unknown",
-            Self::InvalidJson => "Request body is not JSON",
+            Self::InvalidJson => "Request body is not JSON, or has no single meaning",
             Self::InvalidRequest => "Invalid request document",
             Self::UnknownOperation => "Unknown operation",
             Self::LeaseTokenInvalid => "Invalid lease token",
@@ -454,6 +454,19 @@ mod tests {
                     .starts_with("urn:uuid:")
             );
             assert_eq!(document["retry"], code.retry().as_str());
+        }
+    }
+
+    /// Each `type` URL lands on its code's entry in the error reference.
+    #[test]
+    fn the_error_reference_has_an_entry_for_every_code() {
+        let reference = include_str!("../../../docs/guides/errors.md");
+        for code in ProblemCode::ALL {
+            let heading = format!("### `{}`", code.code());
+            assert!(
+                reference.lines().any(|line| line.trim() == heading),
+                "docs/guides/errors.md has no heading {heading}"
+            );
         }
     }
 

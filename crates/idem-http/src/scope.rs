@@ -32,22 +32,41 @@ pub enum ScopeSource {
 
 impl ScopeSource {
     /// The principal of a request with this head, `None` when it carries none (no such
-    /// header, no such cookie). Always `Some` for [`Global`](Self::Global).
+    /// header or cookie, or an empty one). Always `Some` for [`Global`](Self::Global).
     #[must_use]
     pub fn principal(&self, parts: &Parts) -> Option<Scope> {
         let from_header = |name: &HeaderName| {
             parts
                 .headers
                 .get(name)
-                .map(|value| Scope::from_secret(value.as_bytes()))
+                .map(|value| value.as_bytes().trim_ascii())
+                .filter(|value| !value.is_empty())
+                .map(Scope::from_secret)
         };
         match self {
             Self::Authorization => from_header(&header::AUTHORIZATION),
             Self::Header(name) => from_header(name),
-            Self::Cookie(name) => cookie(parts, name).map(Scope::from_secret),
+            Self::Cookie(name) => cookie(parts, name)
+                .filter(|value| !value.is_empty())
+                .map(Scope::from_secret),
             Self::Global => Some(Scope::anonymous()),
             Self::Custom(derive) => derive(parts),
         }
+    }
+
+    /// Why the principal of a request is ambiguous, if it is: the header or cookie it is read
+    /// from sent more than once. Servers disagree on which one counts (the first, the last),
+    /// so idem must not pick one: a cookie tossed from a sibling domain would otherwise put a
+    /// victim's records in the attacker's scope.
+    #[must_use]
+    pub fn ambiguity(&self, parts: &Parts) -> Option<String> {
+        let repeated = match self {
+            Self::Authorization => parts.headers.get_all(header::AUTHORIZATION).iter().count() > 1,
+            Self::Header(name) => parts.headers.get_all(name).iter().count() > 1,
+            Self::Cookie(name) => cookies(parts, name).count() > 1,
+            Self::Global | Self::Custom(_) => false,
+        };
+        repeated.then(|| format!("the {} was sent more than once", self.describe()))
     }
 
     /// The scope of a request with this head: its principal's, or the anonymous scope that
@@ -71,13 +90,18 @@ impl ScopeSource {
 
 /// The value of the cookie `name`, from every `Cookie` field (HTTP/2 splits them). The first
 /// occurrence wins, as browsers send the most specific cookie first (RFC 6265 §5.4).
-fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a [u8]> {
+fn cookie<'a>(parts: &'a Parts, name: &'a str) -> Option<&'a [u8]> {
+    cookies(parts, name).next()
+}
+
+/// Every value of the cookie `name`, in order.
+fn cookies<'a>(parts: &'a Parts, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
     parts
         .headers
         .get_all(header::COOKIE)
         .iter()
         .flat_map(|field| field.as_bytes().split(|&byte| byte == b';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let pair = pair.trim_ascii();
             let equals = pair.iter().position(|&byte| byte == b'=')?;
             let (found, value) = (&pair[..equals], &pair[equals + 1..]);
@@ -122,9 +146,22 @@ mod tests {
         assert_eq!(alone, among_others);
         assert_eq!(alone, split);
         assert_ne!(alone, source.principal(&head(&["session=abd"])).unwrap());
-        for without in [&[][..], &["theme=dark"], &["sessionx=abc"], &["session"]] {
+        for without in [
+            &[][..],
+            &["theme=dark"],
+            &["sessionx=abc"],
+            &["session"],
+            &["session="],
+        ] {
             assert_eq!(source.principal(&head(without)), None, "{without:?}");
         }
+        assert_eq!(source.ambiguity(&head(&["session=abc"])), None);
+        assert_eq!(
+            source
+                .ambiguity(&head(&["session=evil; session=abc"]))
+                .as_deref(),
+            Some("the session cookie was sent more than once")
+        );
         assert_eq!(source.scope(&head(&[])), Scope::anonymous());
     }
 }

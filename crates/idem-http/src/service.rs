@@ -184,6 +184,16 @@ where
             }
             Err(refusal) => return Ok(refusal.into_response()),
         };
+        if let Some(reason) = self.config.scope.ambiguity(&parts) {
+            return Ok(Refusal::new(
+                Disposition::PrincipalMissing,
+                ProblemCode::PrincipalMissing,
+                format!(
+                    "idempotency keys are scoped by their caller, and {reason}: which one counts is ambiguous; nothing was executed"
+                ),
+            )
+            .into_response());
+        }
         if self.config.require_principal && self.config.scope.principal(&parts).is_none() {
             return Ok(Refusal::new(
                 Disposition::PrincipalMissing,
@@ -254,7 +264,9 @@ where
     ) -> Result<Identity, Refusal> {
         let config = &self.config;
         let mut builder = Fingerprint::builder()
-            .canonical_json(config.canonical_json)
+            // Filters only mean something on a parsed body, whatever order the builder's
+            // options were set in.
+            .canonical_json(config.canonical_json || !config.json_filter.is_empty())
             .json_filter(config.json_filter.clone())
             .method(parts.method.as_str())
             .path_and_query(&fingerprinted_target(&parts.uri))
@@ -278,7 +290,7 @@ where
             .try_body(body)
             .map_err(|error| {
                 Refusal::new(
-                    Disposition::BodyUnreadable,
+                    Disposition::InvalidJson,
                     ProblemCode::InvalidJson,
                     format!("the JSON body has no single meaning: {error}; nothing was executed"),
                 )

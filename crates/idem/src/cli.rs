@@ -161,6 +161,11 @@ pub struct CommonArgs {
     #[arg(long, env = "IDEM_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// How long a write to a client may make no progress (it stopped reading) before its
+    /// connection is closed [default: 30s].
+    #[arg(long, env = "IDEM_SEND_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub send_timeout: Option<std::time::Duration>,
+
     /// The status answered when a key is reused for a different request: 422 (the IETF
     /// draft's), 409 or 400 [default: 422].
     #[arg(long, env = "IDEM_MISMATCH_STATUS", value_name = "STATUS")]

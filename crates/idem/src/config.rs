@@ -16,6 +16,7 @@
 //! keep_alive_timeout = "15s"     # "0s": one request per connection; at most header_read_timeout
 //! max_connections = 4096
 //! body_read_timeout = "30s"
+//! send_timeout = "30s"           # a client that stops reading is cut off after this
 //! mismatch_status = 422          # or 409, 400
 //! problem_base_url = "https://docs.example.com/idem/errors"   # error `type`s point here
 //!
@@ -82,6 +83,10 @@ pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How many connections are served at once: far above what one instance needs, far below
 /// the file descriptors a default Linux process may open under a raised limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// How long a write to a client may make no progress (its receive window full) before the
+/// connection is closed: long enough for a slow mobile link, short enough that clients that
+/// never read cannot hold every connection slot.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest operation answer `idem serve` reads and keeps: the layer's stored-response
 /// limit, for the same reason (replays are API results, not downloads).
 pub const DEFAULT_MAX_OPERATION_RESPONSE: usize = idem_http::DEFAULT_MAX_STORED_RESPONSE;
@@ -101,6 +106,7 @@ pub struct FileConfig {
     keep_alive_timeout: Option<String>,
     max_connections: Option<usize>,
     body_read_timeout: Option<String>,
+    send_timeout: Option<String>,
     mismatch_status: Option<u16>,
     problem_base_url: Option<String>,
     admin_listen: Option<SocketAddr>,
@@ -214,6 +220,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// How long a request body may take to arrive.
     pub body_read_timeout: Duration,
+    /// How long a write to a client may make no progress.
+    pub send_timeout: Duration,
     /// The status of a mismatch answer.
     pub mismatch_status: http::StatusCode,
     /// Where problem types point, if not the default.
@@ -310,6 +318,10 @@ fn check(common: &ServerSettings) -> anyhow::Result<()> {
         !common.body_read_timeout.is_zero(),
         "--body-read-timeout must be longer than 0s"
     );
+    anyhow::ensure!(
+        !common.send_timeout.is_zero(),
+        "--send-timeout must be longer than 0s"
+    );
     Ok(())
 }
 
@@ -321,6 +333,7 @@ impl ServerSettings {
             header_read_timeout: self.header_read_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
             max_connections: self.max_connections,
+            send_timeout: self.send_timeout,
         }
     }
 }
@@ -514,6 +527,10 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
                 file.body_read_timeout.as_ref(),
             )?)
             .unwrap_or(idem_http::DEFAULT_BODY_READ_TIMEOUT),
+        send_timeout: args
+            .send_timeout
+            .or(file_duration("send_timeout", file.send_timeout.as_ref())?)
+            .unwrap_or(DEFAULT_SEND_TIMEOUT),
         mismatch_status: mismatch_status(args.mismatch_status.or(file.mismatch_status))?,
         problem_base_url: args
             .problem_base_url

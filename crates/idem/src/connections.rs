@@ -4,6 +4,8 @@
 //! - a client has `header_read_timeout` to send a request head, counted from when the
 //!   connection opens or the previous response ends, so half a head and silence is closed;
 //! - an idle keep-alive connection is closed after `keep_alive_timeout`;
+//! - a client that stops reading its response (its receive window stays full) is cut off
+//!   once a write has made no progress for `send_timeout`, so it cannot hold a slot;
 //! - at most `max_connections` are served at once: past that, new connections wait in the
 //!   listen backlog until one closes, and the ones already open are served as usual;
 //! - on shutdown, accepting stops and every connection finishes its request and closes.
@@ -37,6 +39,8 @@ pub struct ConnectionLimits {
     pub keep_alive_timeout: Option<Duration>,
     /// How many connections are served at once.
     pub max_connections: usize,
+    /// How long a write to the client may make no progress before the connection is closed.
+    pub send_timeout: Duration,
 }
 
 /// How long to wait before accepting again after the process ran out of file descriptors
@@ -158,7 +162,11 @@ fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(limits.keep_alive_timeout.is_some());
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    // Hyper bounds reading the head, not writing the response: a client that never reads
+    // would hold its slot (and the drain) for as long as it likes.
+    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(limits.send_timeout));
+    let connection = builder.serve_connection(TokioIo::new(Box::pin(stream)), service);
     tokio::spawn(async move {
         let _permit = permit;
         let mut connection = pin!(connection);

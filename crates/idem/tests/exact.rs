@@ -45,6 +45,10 @@ async fn answer(
 ) -> (StatusCode, String) {
     operation.received.lock().unwrap().push(body);
     let status = StatusCode::from_u16(status).unwrap();
+    if status == StatusCode::CREATED {
+        // A result whose number no f64 holds.
+        return (status, r#"{"balance": 123456789012345678901234}"#.to_owned());
+    }
     let document = match status.as_u16() {
         402 => json!({"decline_code": "insufficient_funds"}),
         500 => json!({"stack": "secret internals"}),
@@ -55,7 +59,7 @@ async fn answer(
 
 async fn serve(operation: &Operation, extra: &[&str]) -> Idem {
     let url = operation.start().await;
-    let definitions: Vec<String> = [200, 402, 429, 500]
+    let definitions: Vec<String> = [200, 201, 402, 429, 500]
         .iter()
         .map(|status| format!("op{status}={url}/{status}"))
         .collect();
@@ -116,6 +120,28 @@ async fn the_payload_reaches_the_operation_as_sent_and_numbers_compare_exactly()
     );
     assert_eq!(document["error"]["retry"], "never");
     assert_eq!(operation.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_result_reaches_the_client_as_the_operation_wrote_it() {
+    let operation = Operation::default();
+    let idem = serve(&operation, &[]).await;
+    for _ in 0..2 {
+        let response = client()
+            .post(idem.url("/v1/idempotency/execute"))
+            .header("idempotency-key", "r-1")
+            .header("content-type", "application/json")
+            .body(r#"{"operation":"op201","payload":{}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(
+            text.contains("123456789012345678901234"),
+            "every digit kept, first time and replayed: {text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -215,9 +215,11 @@ async fn no_spelling_of_a_path_escapes_a_route_rule() {
 #[tokio::test]
 async fn clients_that_stall_mid_head_are_cut_off_and_block_nobody() {
     let upstream = Upstream::start().await;
+    // The keep-alive timeout is the shorter, so that the idle connection below is closed by
+    // it and not by the header read timeout.
     let idem = proxy(
         &upstream.url(),
-        &["--header-read-timeout", "1s", "--keep-alive-timeout", "1s"],
+        &["--header-read-timeout", "3s", "--keep-alive-timeout", "1s"],
     );
     let mut stalled = Vec::new();
     for _ in 0..200 {
@@ -239,7 +241,7 @@ async fn clients_that_stall_mid_head_are_cut_off_and_block_nobody() {
     // Each stalled connection is closed once its header read timeout passes.
     for mut stream in stalled {
         let mut rest = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        let closed = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut rest))
             .await
             .expect("the server closes a stalled connection");
         assert!(closed.is_err() || !String::from_utf8_lossy(&rest).contains("201"));
@@ -251,10 +253,16 @@ async fn clients_that_stall_mid_head_are_cut_off_and_block_nobody() {
         .await
         .unwrap();
     let mut answer = Vec::new();
+    let idle_since = Instant::now();
     let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut answer))
         .await
         .expect("an idle keep-alive connection is closed");
     assert!(read.is_ok());
+    assert!(
+        idle_since.elapsed() < Duration::from_millis(2500),
+        "closed by the keep-alive timeout, before the header read timeout: {:?}",
+        idle_since.elapsed()
+    );
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 201"));
 }
 
@@ -440,4 +448,51 @@ async fn an_operation_answering_too_much_is_kept_as_invalid_and_never_rerun() {
         );
     }
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answer_is_cut_off() {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/big", get(|| async { vec![b'x'; 8 * 1024 * 1024] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let idem = proxy(
+        &upstream,
+        &[
+            "--max-connections",
+            "1",
+            "--send-timeout",
+            "1s",
+            "--header-read-timeout",
+            "5s",
+            "--keep-alive-timeout",
+            "5s",
+        ],
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hog = socket
+        .connect(address(&idem).parse().unwrap())
+        .await
+        .unwrap();
+    hog.write_all(b"GET /big HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The hog never reads: its window fills, idem's writes stall, and after the send timeout
+    // its connection (the only one allowed) is closed, so the next client is served.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, _) = raw(
+        &idem,
+        "GET /whoami HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "served once the stalled writer was cut off: {:?}",
+        started.elapsed()
+    );
+    drop(hog);
 }

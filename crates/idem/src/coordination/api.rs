@@ -3,7 +3,6 @@
 //! are `error::ApiError`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
@@ -38,8 +37,9 @@ pub struct CompleteRequest {
     /// The token from the begin answer.
     #[schema(value_type = LeaseTokenFormat)]
     pub lease_token: String,
-    /// The result, replayed to every retry.
-    pub result: Value,
+    /// The result, replayed to every retry as sent (numbers keep every digit).
+    #[schema(value_type = serde_json::Value)]
+    pub result: Box<RawValue>,
 }
 
 /// `?lease_token=…` on a release.
@@ -57,8 +57,9 @@ pub enum StatusBody {
     /// the first request and replayed, identical, to every retry.
     #[schema(title = "Completed")]
     Completed {
-        /// The operation's JSON result.
-        result: Value,
+        /// The operation's JSON result, as it answered it (numbers keep every digit).
+        #[schema(value_type = serde_json::Value)]
+        result: Box<RawValue>,
     },
     /// Another request with this key is executing; retry after `Retry-After` (202).
     #[schema(title = "Processing")]

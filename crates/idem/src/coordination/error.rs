@@ -52,8 +52,9 @@ pub struct ErrorDetail {
 pub struct OperationAnswer {
     /// The operation's 4xx status, also the status of this answer.
     pub status: u16,
-    /// The operation's body: its JSON, or its text as a string.
-    pub body: serde_json::Value,
+    /// The operation's body: its JSON as it wrote it, or its text as a string.
+    #[schema(value_type = serde_json::Value)]
+    pub body: Box<serde_json::value::RawValue>,
 }
 
 /// An error answer: a code and a message for people.
@@ -96,7 +97,10 @@ impl ApiError {
 
     /// The operation refused the request with a 4xx of its own: answered with its status,
     /// its body in `operation`.
-    pub fn rejected(status: axum::http::StatusCode, body: serde_json::Value) -> Self {
+    pub fn rejected(
+        status: axum::http::StatusCode,
+        body: Box<serde_json::value::RawValue>,
+    ) -> Self {
         Self {
             status,
             operation: Some(OperationAnswer {

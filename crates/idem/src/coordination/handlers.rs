@@ -88,8 +88,12 @@ pub async fn execute(
 async fn run_once(
     operations: Operations,
     request: KeyedOperation,
-    execution: Execution<DynStore>,
+    mut execution: Execution<DynStore>,
 ) -> Result<Response, ApiError> {
+    // From here the operation may run: if this task dies (a panic) before the key is
+    // finished, the key lapses into an unknown outcome rather than being released for a
+    // second execution.
+    execution.abandon_if_dropped();
     let outcome = operations
         .call(&request.operation, &request.payload, request.key.as_str())
         .await;

@@ -11,7 +11,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use idem_core::OnLapse;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::config::Operation;
@@ -19,20 +18,17 @@ use crate::config::Operation;
 /// Connect timeout for operation URLs; see the proxy's `CONNECT_TIMEOUT` for why it is short.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Answers that mean "not processed, try later": the layer's transient statuses (429, 503)
-/// and the 4xx that say the same (408 Request Timeout, 425 Too Early). Never kept.
-const NOT_PROCESSED: [StatusCode; 4] = [
-    StatusCode::REQUEST_TIMEOUT,
-    StatusCode::TOO_EARLY,
-    StatusCode::TOO_MANY_REQUESTS,
-    StatusCode::SERVICE_UNAVAILABLE,
-];
+/// Answers that mean "not processed, try later": the layer's transient statuses (429, 503),
+/// never kept. Only for operations that answer them before any effect: a proxy in front of
+/// an operation that answers 503 after its backend ran (Envoy's "reset before headers") would
+/// let a retry run it again; put such operations behind their own idempotency.
+const NOT_PROCESSED: [StatusCode; 2] = idem_http::DEFAULT_TRANSIENT_STATUSES;
 
 /// What became of one call.
 #[derive(Debug)]
 pub enum OperationReply {
     /// 2xx with a JSON body.
-    Succeeded(Value),
+    Succeeded(Box<RawValue>),
     /// Never delivered (connection refused): safe to run again.
     Unreachable(String),
     /// Delivered; answered "not processed, try later" ([`NOT_PROCESSED`]): safe to run again.
@@ -46,7 +42,7 @@ pub enum OperationReply {
         /// The operation's status.
         status: StatusCode,
         /// The operation's body.
-        body: Value,
+        body: Box<RawValue>,
     },
     /// Delivered; answered a 5xx (or another status that is neither success nor a refusal).
     Failed { status: StatusCode },
@@ -171,15 +167,26 @@ impl Operations {
             }
             Ok(Ok((status, Ok(body)))) if status.is_client_error() => OperationReply::Rejected {
                 status,
-                body: serde_json::from_slice(&body)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())),
+                body: as_json(&body),
             },
             Ok(Ok((status, Ok(_)))) if !status.is_success() => OperationReply::Failed { status },
-            Ok(Ok((_, Ok(body)))) if body.is_empty() => OperationReply::Succeeded(Value::Null),
-            Ok(Ok((_, Ok(body)))) => match serde_json::from_slice(&body) {
+            Ok(Ok((_, Ok(body)))) if body.is_empty() => OperationReply::Succeeded(as_json(b"null")),
+            // Kept as the operation wrote it: parsing into a `Value` would round numbers
+            // through f64.
+            Ok(Ok((_, Ok(body)))) => match serde_json::from_slice::<Box<RawValue>>(&body) {
                 Ok(value) => OperationReply::Succeeded(value),
                 Err(_) => OperationReply::InvalidResponse,
             },
         }
     }
+}
+
+/// `body` as JSON, kept as written; a body that is not JSON becomes a JSON string of its text.
+fn as_json(body: &[u8]) -> Box<RawValue> {
+    serde_json::from_slice::<Box<RawValue>>(body)
+        .or_else(|_| serde_json::value::to_raw_value(&String::from_utf8_lossy(body)))
+        .unwrap_or_else(|_| {
+            // A string always serialises; keep the function total anyway.
+            RawValue::from_string("null".to_owned()).unwrap_or_default()
+        })
 }

@@ -14,7 +14,7 @@ use idem_core::{
 };
 use idem_http::headers::retry_after;
 use idem_http::{DEFAULT_MAX_RETRY_AFTER, ProblemCode};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::api::StatusBody;
 use super::error::{ApiError, JSON};
@@ -151,7 +151,7 @@ pub fn settlement(outcome: OperationReply) -> Settlement {
 }
 
 /// The completed answer for `result`, as kept for its key.
-pub fn completed(result: Value) -> StoredResponse {
+pub fn completed(result: Box<RawValue>) -> StoredResponse {
     let body = serde_json::to_vec(&StatusBody::Completed { result }).unwrap_or_default();
     StoredResponse {
         status: StatusCode::OK.as_u16(),
