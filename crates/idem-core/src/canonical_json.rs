@@ -40,7 +40,15 @@ pub enum JsonError {
     /// Nested deeper than [`MAX_DEPTH`].
     #[error("nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// A number whose exponent is beyond ±[`MAX_EXPONENT`]: no API means such a number, and
+    /// its exact value could not be written without arithmetic that saturates.
+    #[error("a number's exponent is beyond ±{MAX_EXPONENT}")]
+    NumberOutOfRange,
 }
+
+/// The largest exponent magnitude a number may have (`1e999999999` is accepted, not
+/// `1e1000000000`). With it, the arithmetic on a body's digits never saturates.
+pub const MAX_EXPONENT: i64 = 999_999_999;
 
 /// A parsed document: numbers kept as their exact canonical decimal text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -499,8 +507,16 @@ impl<'a> Parser<'a> {
             if digits.is_empty() {
                 return Err(self.error());
             }
-            // Past 18 digits the exponent would overflow; no API means such a number.
-            let magnitude: i64 = digits.parse().map_err(|_| JsonError::Syntax(start))?;
+            let significant = digits.trim_start_matches('0');
+            let magnitude = if significant.is_empty() {
+                0
+            } else {
+                significant
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|magnitude| *magnitude <= MAX_EXPONENT)
+                    .ok_or(JsonError::NumberOutOfRange)?
+            };
             exponent = if exponent_negative {
                 -magnitude
             } else {
@@ -655,6 +671,18 @@ mod tests {
                 "{bad:?}"
             );
         }
+        for huge in [
+            "1e1000000000",
+            "1e-99999999999999999999",
+            "[10e9223372036854775807]",
+        ] {
+            assert_eq!(
+                Json::parse(huge.as_bytes()).unwrap_err(),
+                JsonError::NumberOutOfRange,
+                "{huge}"
+            );
+        }
+        assert_eq!(canonical("1e0000000000000000000002"), "100");
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 2), "]".repeat(MAX_DEPTH + 2));
         assert_eq!(
             Json::parse(deep.as_bytes()).unwrap_err(),

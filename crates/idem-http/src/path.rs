@@ -33,6 +33,10 @@ pub enum PathError {
     /// `%00`, which ends the path early in some servers.
     #[error("the request path holds an encoded NUL")]
     EncodedNul,
+    /// A `.` or `..` segment with a `;` parameter (`/a/..;/b`): Java servers remove the
+    /// parameter, then the dot segment, so it means `/b` there and `/a/..;/b` elsewhere.
+    #[error("the request path holds a dot segment with a ';' parameter")]
+    DotSegmentParameter,
 }
 
 /// The normal form of `path` (only the path: no query), borrowed when `path` is already
@@ -59,12 +63,23 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path.as_bytes())?;
-    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+    if decoded.split('/').any(|segment| {
+        segment.contains(';') && matches!(segment.split(';').next(), Some("." | ".."))
+    }) {
+        return Err(PathError::DotSegmentParameter);
+    }
+    let normal = remove_dot_segments(&decoded);
+    Ok(if normal == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(normal)
+    })
 }
 
 /// No escape, no empty segment, no dot segment: nothing to do.
 fn is_normal(path: &str) -> bool {
     !path.contains('%')
+        && !path.contains(';')
         && !path.contains("//")
         && !path.contains("/./")
         && !path.contains("/../")
@@ -160,6 +175,7 @@ mod tests {
     #[test]
     fn normal_paths_are_borrowed() {
         for path in [
+            "/a;v=1/b",
             "/",
             "/payments",
             "/payments/",
@@ -212,6 +228,9 @@ mod tests {
             ("/a%", PathError::BadEscape),
             ("/a%4", PathError::BadEscape),
             ("/a%zz", PathError::BadEscape),
+            ("/a/..;/b", PathError::DotSegmentParameter),
+            ("/a/%2e%2e;x=1/b", PathError::DotSegmentParameter),
+            ("/a/.;/b", PathError::DotSegmentParameter),
         ] {
             assert_eq!(normalize(path).unwrap_err(), error, "{path:?}");
         }

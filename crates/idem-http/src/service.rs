@@ -358,7 +358,9 @@ where
         error: &StoreError,
     ) -> Result<Response<ResponseBody>, S::Error> {
         match self.config.failure_mode {
-            StoreFailureMode::FailClosed if matches!(error, StoreError::Full(_)) => {
+            // Full is refused even failing open: executing without a record because the
+            // records ran out would let anyone who fills the store turn idempotency off.
+            _ if matches!(error, StoreError::Full(_)) => {
                 tracing::warn!(%error, "idempotency store full; refusing the request");
                 Ok(Refusal::new(
                     Disposition::StoreFull,

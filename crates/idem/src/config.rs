@@ -348,15 +348,22 @@ fn header_name(flag: &str, name: &str) -> anyhow::Result<HeaderName> {
 /// list), from flags or else the file (a flag of either kind replaces both of the file's
 /// lists); both kinds from one source are refused.
 fn replayed_headers(args: &ProxyArgs, file: &ProxyFile) -> anyhow::Result<ReplayedHeaders> {
-    let (only, except) = if args.replay_headers.is_empty() && args.no_replay_headers.is_empty() {
-        (
-            file.replay_headers.clone().unwrap_or_default(),
-            file.no_replay_headers.clone().unwrap_or_default(),
-        )
-    } else {
-        (args.replay_headers.clone(), args.no_replay_headers.clone())
-    };
-    match (only.is_empty(), except.is_empty()) {
+    // `replay_headers = []` in the file is an allow list too: nothing but the body's type.
+    let (only, allow_list, except) =
+        if args.replay_headers.is_empty() && args.no_replay_headers.is_empty() {
+            (
+                file.replay_headers.clone().unwrap_or_default(),
+                file.replay_headers.is_some(),
+                file.no_replay_headers.clone().unwrap_or_default(),
+            )
+        } else {
+            (
+                args.replay_headers.clone(),
+                !args.replay_headers.is_empty(),
+                args.no_replay_headers.clone(),
+            )
+        };
+    match (!allow_list, except.is_empty()) {
         (true, true) => Ok(ReplayedHeaders::default()),
         (false, true) => Ok(ReplayedHeaders::Only(
             only.iter()

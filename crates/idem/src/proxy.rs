@@ -17,12 +17,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::ConnectInfo;
-use axum::response::IntoResponse;
-use std::borrow::Cow;
-
 use axum::middleware::Next;
-use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
+use axum::response::IntoResponse;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -149,14 +146,27 @@ fn outcome_unknown(what: &str) -> Response<ResponseBody> {
         .map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
-/// The headers through which proxies tell the upstream who the client was. Only those set
-/// by a trusted proxy (`--trusted-proxy`) are passed on; from anyone else they are replaced.
-const FORWARDING_HEADERS: [&str; 5] = [
+/// The headers through which proxies tell the upstream who the client was, and where and
+/// how it called (and, for some servers, which URL to route: `X-Original-URL`,
+/// `X-Rewrite-URL`). Only those set by a trusted proxy (`--trusted-proxy`) are passed on;
+/// from anyone else they are removed, and idem's own `X-Forwarded-For/-Host/-Proto` and
+/// `Forwarded` added.
+const FORWARDING_HEADERS: [&str; 15] = [
+    "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
     "x-real-ip",
-    "forwarded",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
 ];
 
 /// Adds this hop to the forwarding headers: after the earlier hops' when the peer is a trusted
@@ -223,33 +233,19 @@ fn quoted_string(text: &str) -> String {
     quoted
 }
 
-/// One path, one meaning: the request's path is put in its normal form before any rule,
-/// fingerprint or the upstream sees it, and a path with no single meaning is refused, so no
-/// spelling of a path escapes a route rule ([`idem_http::path`]).
-async fn one_meaning_per_path(mut request: Request<Body>, next: Next) -> Response<Body> {
+/// One path, one meaning: route rules and fingerprints work on the path's normal form
+/// ([`idem_http::path`]), so no spelling of a path escapes a rule, and a path with no single
+/// meaning is refused here, before anything else sees it. A path that has one is forwarded as
+/// the client sent it: the upstream reads it as it always did (an object store's `//` stays),
+/// and every reading it can have is the one the rules judged.
+async fn one_meaning_per_path(request: Request<Body>, next: Next) -> Response<Body> {
     let path = request.uri().path();
     // Only origin-form targets have a path to normalise; `*` and authority forms match no
     // rule (every rule starts with '/') and are forwarded as they came.
-    if path.starts_with('/') {
-        match idem_http::path::normalize(path) {
-            Ok(Cow::Borrowed(_)) => {}
-            Ok(Cow::Owned(normal)) => {
-                let target = match request.uri().query() {
-                    Some(query) => format!("{normal}?{query}"),
-                    None => normal,
-                };
-                let mut uri = request.uri().clone().into_parts();
-                match PathAndQuery::from_maybe_shared(target) {
-                    Ok(target) => uri.path_and_query = Some(target),
-                    Err(error) => return ambiguous_path(&error.to_string()),
-                }
-                match Uri::from_parts(uri) {
-                    Ok(uri) => *request.uri_mut() = uri,
-                    Err(error) => return ambiguous_path(&error.to_string()),
-                }
-            }
-            Err(error) => return ambiguous_path(&error.to_string()),
-        }
+    if path.starts_with('/')
+        && let Err(error) = idem_http::path::normalize(path)
+    {
+        return ambiguous_path(&error.to_string());
     }
     next.run(request).await
 }

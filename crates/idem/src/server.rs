@@ -46,6 +46,15 @@ impl Server {
         }
         let store = crate::store::open(&common.store).await?;
         tracing::info!(store = %common.store.describe(), "store open");
+        if let crate::store::StoreLocation::Memory { max_records, .. } = &common.store {
+            // Records live a TTL: the bound is a rate. Say it, so a full store is no surprise.
+            let per_second = *max_records as f64 / common.ttl.as_secs_f64().max(1.0);
+            tracing::warn!(
+                max_records,
+                ttl = ?common.ttl,
+                "the memory store forgets everything on restart and holds at most {max_records} records: about {per_second:.1} new keys per second sustained over the TTL; past that, 503 store_full"
+            );
+        }
         check_durability(&store, common.accept_store_risks).await?;
         if common.lease < MIN_SAFE_LEASE {
             tracing::warn!(lease = ?common.lease, "--lease is shorter than {MIN_SAFE_LEASE:?}: a renewal slowed down to the store's operation timeout (5 s) could let the lease of a live execution lapse, and its retries would be told the outcome is unknown");

@@ -95,6 +95,7 @@ fn memory(rest: &str) -> anyhow::Result<StoreLocation> {
             "max_bytes" => {
                 max_bytes = crate::cli::parse_size(value)
                     .map_err(|error| anyhow::anyhow!("memory:// max_bytes={value:?}: {error}"))?;
+                anyhow::ensure!(max_bytes > 0, "memory:// max_bytes must be above 0");
             }
             other => anyhow::bail!(
                 "memory:// has no setting {other:?}: use max_records=N and max_bytes=SIZE"

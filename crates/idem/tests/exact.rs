@@ -47,7 +47,10 @@ async fn answer(
     let status = StatusCode::from_u16(status).unwrap();
     if status == StatusCode::CREATED {
         // A result whose number no f64 holds.
-        return (status, r#"{"balance": 123456789012345678901234}"#.to_owned());
+        return (
+            status,
+            r#"{"balance": 123456789012345678901234}"#.to_owned(),
+        );
     }
     let document = match status.as_u16() {
         402 => json!({"decline_code": "insufficient_funds"}),
