@@ -206,11 +206,18 @@ where
             .into_response());
         }
         // 2. The body, read once, and what identifies the request.
-        let read = read_body(self.config.max_request_body, &parts, body);
-        let body = match tokio::time::timeout(self.config.body_read_timeout, read)
-            .await
-            .unwrap_or_else(|_elapsed| Err(body_timeout(self.config.body_read_timeout)))
-        {
+        let read = {
+            let mut read = std::pin::pin!(read_body(self.config.max_request_body, &parts, body));
+            // Most bodies are whole by the time the head is read: only one that is not yet
+            // needs the deadline (and its timer, measurable on the replay path).
+            match futures_util::poll!(read.as_mut()) {
+                Poll::Ready(read) => read,
+                Poll::Pending => tokio::time::timeout(self.config.body_read_timeout, read)
+                    .await
+                    .unwrap_or_else(|_elapsed| Err(body_timeout(self.config.body_read_timeout))),
+            }
+        };
+        let body = match read {
             Ok(body) => body,
             Err(refusal) => return Ok(refusal.into_response()),
         };
