@@ -4,7 +4,7 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //! store = "./idem-data"          # memory://, postgres://…, redis://…, or a directory
-//! # store = "memory://?max_records=1000000&max_bytes=1GiB"   # the memory store's bounds
+//! # store = "memory://?max_records=1000000&max_bytes=1GiB"   # the memory store's bounds (> 0)
 //! ttl = "24h"
 //! lease = "30s"
 //! # wait = "2s"                  # a duplicate waits for the result (at most 1h); default 409
@@ -27,6 +27,7 @@
 //! require_principal = false
 //! trusted_proxies = ["10.0.0.0/8"]
 //! no_replay_headers = ["x-session-hint"] # or replay_headers = [...], an allow list; not both
+//! # replay_headers = []          # an empty allow list: only Content-Type, Content-Encoding
 //! canonical_json = true          # key order, whitespace, 1.0 vs 1: the same request
 //! fingerprint_headers = ["x-tenant"]
 //! fingerprint_exclude = ["/sent_at"]     # JSON pointers; or fingerprint_include = [...]
