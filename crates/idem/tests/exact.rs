@@ -238,3 +238,23 @@ async fn the_mismatch_status_is_a_setting() {
     assert_eq!(problem["code"], "idempotency_key_mismatch");
     assert_eq!(problem["differs"], json!(["body"]));
 }
+
+#[tokio::test]
+async fn a_principal_sent_twice_is_refused_not_guessed() {
+    let operation = Operation::default();
+    let idem = serve(&operation, &[]).await;
+    let response = client()
+        .post(idem.url("/v1/idempotency/execute"))
+        .header("idempotency-key", "p-1")
+        .header("authorization", "Bearer victim")
+        .header("authorization", "Bearer attacker")
+        .header("content-type", "application/json")
+        .body(r#"{"operation":"op200","payload":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let document: Value = response.json().await.unwrap();
+    assert_eq!(document["error"]["code"], "PRINCIPAL_MISSING");
+    assert_eq!(operation.calls(), 0);
+}

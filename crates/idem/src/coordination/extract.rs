@@ -71,7 +71,7 @@ impl FromRequest<AppState> for KeyedOperation {
             })?
             .finish();
         Ok(Self {
-            id: RecordId::new(&state.scope.scope(&parts), &key),
+            id: RecordId::new(&scope(state, &parts)?, &key),
             key,
             operation,
             payload,
@@ -98,8 +98,20 @@ impl FromRequestParts<AppState> for RecordPath {
             })?;
         let key = IdempotencyKey::parse(key.as_bytes(), KeyPolicy::Any)
             .map_err(|error| ApiError::new(ProblemCode::KeyInvalid, error.to_string()))?;
-        Ok(Self(RecordId::new(&state.scope.scope(parts), &key)))
+        Ok(Self(RecordId::new(&scope(state, parts)?, &key)))
     }
+}
+
+/// The caller's scope; refused when what it is read from was sent more than once (servers
+/// disagree on which one counts, so idem does not pick one).
+fn scope(state: &AppState, parts: &Parts) -> Result<idem_core::Scope, ApiError> {
+    if let Some(reason) = state.scope.ambiguity(parts) {
+        return Err(ApiError::new(
+            ProblemCode::PrincipalMissing,
+            format!("keys are scoped by their caller, and {reason}: which one counts is ambiguous"),
+        ));
+    }
+    Ok(state.scope.scope(parts))
 }
 
 /// A JSON body, read within [`MAX_BODY`] and parsed once into `T`.

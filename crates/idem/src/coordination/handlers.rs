@@ -17,7 +17,7 @@ use super::respond::{self, Settlement};
 use idem_core::DynStore;
 
 // The answers several endpoints share, described once for the document.
-const BAD_KEYED_REQUEST: &str = "`IDEMPOTENCY_KEY_MISSING` (no `Idempotency-Key` header), `IDEMPOTENCY_KEY_INVALID` (a key outside its format, or the header sent twice), `INVALID_JSON` (the body is not JSON) or `INVALID_REQUEST` (a member missing, unknown, of the wrong type, or an empty `operation`)";
+const BAD_KEYED_REQUEST: &str = "`IDEMPOTENCY_KEY_MISSING` (no `Idempotency-Key` header), `IDEMPOTENCY_KEY_INVALID` (a key outside its format, or the header sent twice), `INVALID_JSON` (the body is not JSON, or its payload names a member twice, nests deeper than 128 levels or holds a number whose exponent is beyond ±999999999), `INVALID_REQUEST` (a member missing, unknown, of the wrong type, or an empty `operation`) or `PRINCIPAL_MISSING` (the scoping header or cookie sent more than once)";
 const BAD_LEASE_REQUEST: &str = "`IDEMPOTENCY_KEY_INVALID` (the path's key), `INVALID_JSON` (the body is not JSON), `INVALID_REQUEST` (a member missing, unknown or of the wrong type) or `LEASE_TOKEN_INVALID` (not a decimal 64-bit integer)";
 const BODY_TIMEOUT: &str = "`REQUEST_BODY_TIMEOUT`: the body did not arrive within `--body-read-timeout`; nothing was executed";
 const BODY_TOO_LARGE: &str = "`PAYLOAD_TOO_LARGE`: the body is over 1 MiB";
