@@ -143,7 +143,7 @@ impl<S: Store> Registrar<S> {
             )?),
             Begin::InFlight { .. } => Err(RegisterError::InProgress),
             Begin::OutcomeUnknown => Err(RegisterError::OutcomeUnknown),
-            Begin::Mismatch => Err(RegisterError::KeyReused),
+            Begin::Mismatch { .. } => Err(RegisterError::KeyReused),
             _ => Err(RegisterError::InProgress),
         }
     }
