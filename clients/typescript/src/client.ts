@@ -85,6 +85,10 @@ function isReplay(response: Response): boolean {
  *   execution: retrying would only replay it. A 409 `outcome_unknown` says the first
  *   attempt's process died mid-way: final, since idem never executes it again on its own;
  *   check the resource, then use a new key.)
+ * - 429 not replayed: a rate limit (the upstream's, passed on, or an intermediary's) means
+ *   "not processed, try later": idem releases the key on it (its transient statuses, 429 and
+ *   503 by default), so a retry after `Retry-After` with the same key executes. (A 429 that
+ *   idem was configured to store comes back replayed, and is final like any replay.)
  * - 5xx, except idem's `upstream_outcome_unknown` 504 (stored: every retry gets it again):
  *   idem's 502 and 503 executed nothing, a 5xx from a load balancer in front of idem says
  *   nothing about whether idem executed (a retry with the same key executes or replays),
@@ -99,6 +103,7 @@ function shouldRetry(exchange: Exchange): boolean {
     const { status } = answer.response;
     const code = errorDocument(answer)?.code;
     if (status === 409) return !answer.response.headers.has(REPLAYED) && code !== "outcome_unknown";
+    if (status === 429) return true;
     return status >= 500 && code !== "upstream_outcome_unknown";
   });
 }
@@ -113,7 +118,7 @@ function shouldRetry(exchange: Exchange): boolean {
  * {@link IdempotentResponse.retry} when it is one of idem's errors; an
  * {@link IdempotencyError} is thrown only when the retries were spent on network errors or
  * answers worth retrying (idem's `same_key` errors: 409 in progress, 502, 503; without
- * advice, 5xx that were not replayed).
+ * advice, 429 and 5xx that were not replayed).
  *
  * @example
  * ```ts
@@ -189,6 +194,7 @@ export class IdempotentClient {
         retryable: true,
         retry: document?.retry,
         type: document?.type,
+        instance: document?.instance,
         differs: document?.differs,
         operation: document?.operation,
         body: exchange?.body,

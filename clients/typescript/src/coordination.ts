@@ -200,6 +200,7 @@ export class CoordinationClient {
       retryable: end.exhausted,
       retry: document?.retry,
       type: document?.type,
+      instance: document?.instance,
       differs: document?.differs,
       operation: document?.operation,
       body: exchange.body,

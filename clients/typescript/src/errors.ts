@@ -45,6 +45,8 @@ export interface IdempotencyErrorDetails {
   readonly retry?: string | undefined;
   /** The error reference of the last answer's code (problem `type`, or `error.type`), if any. */
   readonly type?: string | undefined;
+  /** The occurrence of the last answer's error (problem `instance`, or `error.instance`), if any. */
+  readonly instance?: string | undefined;
   /** For a key mismatch: which parts of the request differ from the key's first one. */
   readonly differs?: readonly string[] | undefined;
   /** For `OPERATION_REJECTED`: the operation's own status and body. */
@@ -68,9 +70,10 @@ export interface IdempotencyErrorDetails {
  * again later **with the same {@link IdempotencyError.key}** is safe and either executes
  * once or replays the first result. When it is false, the answer is final for this key:
  * {@link IdempotencyError.retry} says what to do instead when idem answered it (`new_key`:
- * an unknown outcome or a mismatch, find out what happened and use a new key; `never`: fix
- * the request, e.g. an `OPERATION_REJECTED` whose {@link IdempotencyError.operation} says
- * why).
+ * an unknown outcome, a mismatch, or a result kept for the key, such as `OPERATION_FAILED` or
+ * an `OPERATION_REJECTED` whose {@link IdempotencyError.operation} says why: retrying the
+ * same key only replays it, so find out what happened, fix the request if it was refused,
+ * and use a new key; `never`: the request is malformed or not allowed, fix it first).
  */
 export class IdempotencyError extends Error {
   override readonly name: string = "IdempotencyError";
@@ -107,6 +110,13 @@ export class IdempotencyError extends Error {
    */
   readonly type: string | undefined;
   /**
+   * Which occurrence of the error this was: the problem `instance` behind `idem proxy`, or
+   * `error.instance` of the coordination API, a `urn:uuid:…` that the server also logs with
+   * the error; quote it when you report a problem. `undefined` if the answer had none (an
+   * idem older than the member, or an answer that is not idem's).
+   */
+  readonly instance: string | undefined;
+  /**
    * For a key mismatch (`idempotency_key_mismatch`, `IDEMPOTENCY_KEY_MISMATCH`): which parts
    * of the request differ from the key's first request: `method`, `path`, `header`, `body`
    * (for the coordination API, `method` is the operation and `body` the payload).
@@ -135,6 +145,7 @@ export class IdempotencyError extends Error {
     this.retry = details.retry;
     this.retryable = details.retry === undefined ? details.retryable : details.retry === "same_key";
     this.type = details.type;
+    this.instance = details.instance;
     this.differs = details.differs;
     this.operation = details.operation;
     this.body = details.body;

@@ -183,6 +183,8 @@ export interface ErrorDocument {
   readonly retry: string | undefined;
   /** `type`: the URL of the code's entry in the error reference. */
   readonly type: string | undefined;
+  /** `instance`: a `urn:uuid:…` naming this occurrence, also in the server's log. */
+  readonly instance: string | undefined;
   /** `differs`: for a mismatch, what differs from the key's first request. */
   readonly differs: readonly string[] | undefined;
   /** `error.operation`: for `OPERATION_REJECTED`, the operation's own answer. */
@@ -221,6 +223,7 @@ export function errorDocument({ response, body }: Exchange): ErrorDocument | und
     message: text(members === top ? top["detail"] : members["message"]),
     retry: text(members["retry"]),
     type: text(members["type"]),
+    instance: text(members["instance"]),
     differs: Array.isArray(differs) ? differs.filter((part): part is string => typeof part === "string") : undefined,
     operation:
       operation !== undefined && typeof operation["status"] === "number"

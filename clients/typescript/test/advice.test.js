@@ -9,6 +9,7 @@ import { CoordinationClient, IdempotencyError, IdempotentClient } from "../dist/
 import { errorDocument } from "../dist/shared.js";
 
 const DOCS = "https://github.com/example/idem/blob/main/docs/guides/errors.md";
+const INSTANCE = "urn:uuid:00000000-0000-4000-8000-000000000000";
 
 /** A problem+json document as the layer and `idem proxy` write it. */
 function problem(status, code, retry, extra = {}) {
@@ -21,7 +22,7 @@ function problem(status, code, retry, extra = {}) {
       status,
       code,
       detail: `what to do about ${code}`,
-      instance: "urn:uuid:00000000-0000-4000-8000-000000000000",
+      instance: INSTANCE,
       ...(retry === undefined ? {} : { retry }),
       ...extra,
     },
@@ -91,27 +92,30 @@ function exchange(status, body) {
   return { response: new Response(null, { status }), body };
 }
 
-test("errorDocument reads a problem+json document: code, detail, retry, type, differs", () => {
+test("errorDocument reads a problem+json document: code, detail, retry, type, instance, differs", () => {
   const { body } = problem(422, "idempotency_key_mismatch", "new_key", { differs: ["body", "header"] });
   assert.deepEqual(errorDocument(exchange(422, body)), {
     code: "idempotency_key_mismatch",
     message: "what to do about idempotency_key_mismatch",
     retry: "new_key",
     type: `${DOCS}#idempotency_key_mismatch`,
+    instance: INSTANCE,
     differs: ["body", "header"],
     operation: undefined,
   });
 });
 
-test("errorDocument reads an idem serve document: error.code, message, retry, type, operation", () => {
-  const { body } = serveError(402, "OPERATION_REJECTED", "never", {
+test("errorDocument reads an idem serve document: error.code, message, retry, type, instance, operation", () => {
+  const { body } = serveError(402, "OPERATION_REJECTED", "new_key", {
+    instance: INSTANCE,
     operation: { status: 402, body: { reason: "card_declined" } },
   });
   assert.deepEqual(errorDocument(exchange(402, body)), {
     code: "OPERATION_REJECTED",
     message: "what to do about OPERATION_REJECTED",
-    retry: "never",
+    retry: "new_key",
     type: `${DOCS}#operation_rejected`,
+    instance: INSTANCE,
     differs: undefined,
     operation: { status: 402, body: { reason: "card_declined" } },
   });
@@ -122,8 +126,18 @@ test("errorDocument ignores successes, bodies without a code, and members of the
   assert.equal(errorDocument(exchange(503, { retry: "same_key" })), undefined, "no code: not idem's document");
   assert.equal(errorDocument(exchange(503, "Service Unavailable")), undefined);
   assert.equal(errorDocument(exchange(503, [{ code: "x" }])), undefined);
-  const odd = errorDocument(exchange(409, { code: "x", retry: 3, type: null, differs: ["body", 7], operation: { status: "402" } }));
-  assert.deepEqual(odd, { code: "x", message: undefined, retry: undefined, type: undefined, differs: ["body"], operation: undefined });
+  const odd = errorDocument(
+    exchange(409, { code: "x", retry: 3, type: null, instance: 1, differs: ["body", 7], operation: { status: "402" } }),
+  );
+  assert.deepEqual(odd, {
+    code: "x",
+    message: undefined,
+    retry: undefined,
+    type: undefined,
+    instance: undefined,
+    differs: ["body"],
+    operation: undefined,
+  });
 });
 
 // ---- IdempotentClient: problem+json -------------------------------------------------------
@@ -158,10 +172,18 @@ test("IdempotentClient does not retry new_key, even on a status the old rule ret
 });
 
 test("IdempotentClient does not retry never (a 502 here) and returns the advice", async () => {
-  const { fetch, calls } = scripted(problem(502, "operation_failed", "never"), answer(201, {}));
+  const { fetch, calls } = scripted(problem(502, "something_new", "never"), answer(201, {}));
   const response = await proxyClient(fetch).post("/charges", { body: {} });
   assert.equal(response.status, 502);
   assert.equal(response.retry, "never");
+  assert.equal(calls.length, 1);
+});
+
+test("IdempotentClient does not retry operation_failed: new_key, its result is kept for the key", async () => {
+  const { fetch, calls } = scripted(problem(502, "operation_failed", "new_key"), answer(201, {}));
+  const response = await proxyClient(fetch).post("/charges", { body: {} });
+  assert.equal(response.status, 502);
+  assert.equal(response.retry, "new_key");
   assert.equal(calls.length, 1);
 });
 
@@ -231,11 +253,60 @@ test("IdempotentClient without advice keeps the status rule: 5xx retried, a pass
   assert.equal((await proxyClient(unknown.fetch).post("/charges", { body: {} })).attempts, 1);
 });
 
+test("IdempotentClient retries a passed-on 429 with the same key after Retry-After (capped by maxDelayMs)", async () => {
+  const limited = answer(429, { error: "slow down" }, { "retry-after": "1" });
+  const { fetch, calls } = scripted(limited, answer(201, { id: "ch_1" }, { "x-idempotent-replayed": "false" }));
+  const started = Date.now();
+  const response = await proxyClient(fetch, { maxDelayMs: 200 }).post("/charges", { key: "k-429", body: {} });
+  const waited = Date.now() - started;
+  assert.equal(response.status, 201);
+  assert.deepEqual(response.body, { id: "ch_1" });
+  assert.equal(response.attempts, 2);
+  assert.equal(response.replayed, false, "idem released the key on the 429: the retry executed");
+  assert.deepEqual(
+    calls.map((call) => call.key),
+    ["k-429", "k-429"],
+  );
+  assert.ok(waited >= 180, `waited ${waited} ms: Retry-After 1 s capped at maxDelayMs 200, not backoff`);
+});
+
+test("IdempotentClient reads an HTTP-date Retry-After on a 429; a replayed 429 is final", async () => {
+  const limited = answer(429, {}, { "retry-after": new Date(Date.now() + 60_000).toUTCString() });
+  const { fetch, calls } = scripted(limited, answer(201, {}));
+  const started = Date.now();
+  const response = await proxyClient(fetch, { maxDelayMs: 150 }).post("/charges", { body: {} });
+  assert.equal(response.status, 201);
+  assert.equal(calls.length, 2);
+  assert.ok(Date.now() - started >= 130, "the date was honoured, capped at maxDelayMs");
+
+  const stored = scripted(answer(429, {}, { "retry-after": "1", "x-idempotent-replayed": "true" }), answer(201, {}));
+  const replay = await proxyClient(stored.fetch).post("/charges", { body: {} });
+  assert.equal(replay.status, 429);
+  assert.equal(replay.replayed, true);
+  assert.equal(stored.calls.length, 1);
+});
+
+test("IdempotentClient spent on a 429 throws a retryable IdempotencyError", async () => {
+  const { fetch, calls } = scripted(answer(429, {}, { "retry-after": "0" }));
+  const error = await rejection(proxyClient(fetch, { retries: 1 }).post("/charges", { key: "k", body: {} }));
+  assert.equal(calls.length, 2);
+  assert.equal(error.status, 429);
+  assert.equal(error.retryable, true);
+  assert.equal(error.retry, undefined);
+});
+
+test("IdempotencyError.instance comes from a problem+json document's instance", async () => {
+  const { fetch } = scripted(problem(503, "store_unavailable", "same_key"));
+  const error = await rejection(proxyClient(fetch, { retries: 0 }).post("/charges", { body: {} }));
+  assert.equal(error.code, "store_unavailable");
+  assert.equal(error.instance, INSTANCE);
+});
+
 // ---- CoordinationClient: {"error":{...}} --------------------------------------------------
 
-test("CoordinationClient exposes OPERATION_REJECTED: the operation's status and body, retry never, not retried", async () => {
+test("CoordinationClient exposes OPERATION_REJECTED: the operation's status and body, retry new_key, not retried", async () => {
   const { fetch, calls } = scripted(
-    serveError(402, "OPERATION_REJECTED", "never", { operation: { status: 402, body: { reason: "card_declined" } } }),
+    serveError(402, "OPERATION_REJECTED", "new_key", { operation: { status: 402, body: { reason: "card_declined" } } }),
     answer(200, { status: "completed", result: {} }),
   );
   const error = await rejection(serveClient(fetch).execute("payment.charge", { amount: 1 }, { key: "k-402" }));
@@ -243,10 +314,20 @@ test("CoordinationClient exposes OPERATION_REJECTED: the operation's status and 
   assert.equal(error.status, 402);
   assert.equal(error.code, "OPERATION_REJECTED");
   assert.deepEqual(error.operation, { status: 402, body: { reason: "card_declined" } });
-  assert.equal(error.retry, "never");
+  assert.equal(error.retry, "new_key");
   assert.equal(error.retryable, false);
   assert.equal(error.type, `${DOCS}#operation_rejected`);
   assert.match(error.message, /HTTP 402 OPERATION_REJECTED: what to do/);
+});
+
+test("IdempotencyError.instance comes from an idem serve document's error.instance, undefined without one", async () => {
+  const withIt = scripted(serveError(422, "IDEMPOTENCY_KEY_MISMATCH", "new_key", { instance: INSTANCE }));
+  const error = await rejection(serveClient(withIt.fetch).execute("op", {}, { key: "k" }));
+  assert.equal(error.code, "IDEMPOTENCY_KEY_MISMATCH");
+  assert.equal(error.instance, INSTANCE);
+
+  const older = scripted(serveError(422, "IDEMPOTENCY_KEY_MISMATCH", "new_key"));
+  assert.equal((await rejection(serveClient(older.fetch).execute("op", {}, { key: "k" }))).instance, undefined);
 });
 
 test("CoordinationClient does not retry new_key: a mismatch says what differs", async () => {
@@ -317,6 +398,7 @@ test("IdempotencyError.retryable agrees with the advice when there is one", () =
   const bare = new IdempotencyError("m", { ...base, retryable: false });
   assert.equal(bare.retry, undefined);
   assert.equal(bare.type, undefined);
+  assert.equal(bare.instance, undefined);
   assert.equal(bare.differs, undefined);
   assert.equal(bare.operation, undefined);
 });

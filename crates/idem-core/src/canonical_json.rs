@@ -52,7 +52,12 @@ pub const MAX_EXPONENT: i64 = 999_999_999;
 
 /// A parsed document: numbers kept as their exact canonical decimal text.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Json {
+    /// An array element a JSON-pointer filter left out. It keeps its place, so the elements
+    /// after it keep their indexes (`[A,B,C]` less `/0` and `/1` is `[-,-,C]`, never `[C]`
+    /// nor `[B]`), and is written `-`, which no parsed document contains.
+    Omitted,
     /// `null`.
     Null,
     /// `true` or `false`.
@@ -146,15 +151,22 @@ impl Json {
                 (!kept.is_empty()).then_some(Self::Object(kept))
             }
             Self::Array(items) => {
+                // Elements keep their indexes: one with nothing kept stays as `Omitted`, so
+                // `[{"id":1},{}]` and `[{},{"id":1}]` stay apart.
                 let kept: Vec<Self> = items
                     .iter()
                     .enumerate()
-                    .filter_map(|(index, item)| {
+                    .map(|(index, item)| {
                         let paths = below(&index.to_string());
-                        (!paths.is_empty()).then(|| item.keep(&paths)).flatten()
+                        (!paths.is_empty())
+                            .then(|| item.keep(&paths))
+                            .flatten()
+                            .unwrap_or(Self::Omitted)
                     })
                     .collect();
-                (!kept.is_empty()).then_some(Self::Array(kept))
+                kept.iter()
+                    .any(|item| *item != Self::Omitted)
+                    .then_some(Self::Array(kept))
             }
             _ => None,
         }
@@ -176,12 +188,12 @@ impl Json {
             }
             Self::Array(items) => {
                 if rest.is_empty() {
-                    if first == "*" {
-                        items.clear();
-                    } else if let Ok(index) = first.parse::<usize>()
-                        && index < items.len()
-                    {
-                        items.remove(index);
+                    // Left in place as `Omitted`: removing would move the elements after
+                    // it to other indexes, where later pointers would find them.
+                    for (index, item) in items.iter_mut().enumerate() {
+                        if first == "*" || *first == index.to_string() {
+                            *item = Self::Omitted;
+                        }
                     }
                 } else {
                     for (index, item) in items.iter_mut().enumerate() {
@@ -197,6 +209,7 @@ impl Json {
 
     fn write(&self, out: &mut Vec<u8>) {
         match self {
+            Self::Omitted => out.push(b'-'),
             Self::Null => out.extend_from_slice(b"null"),
             Self::Bool(true) => out.extend_from_slice(b"true"),
             Self::Bool(false) => out.extend_from_slice(b"false"),
@@ -711,6 +724,38 @@ mod tests {
         );
         assert!(
             is_pointer("/a~1b/~0c") && is_pointer("") && !is_pointer("a") && !is_pointer("/a~2")
+        );
+    }
+
+    /// Left out elements keep their place: removing them shifted the rest, so two pointers
+    /// removed `[A,B,C]`'s first and third element, and `[A,B,C]` and `[X,B,Y]` were one
+    /// request; an include closed up the array, so an id's position did not count.
+    #[test]
+    fn filtered_arrays_keep_every_elements_index() {
+        let canonical = |body: &[u8], filter: &dyn Fn(Json) -> Json| {
+            String::from_utf8(filter(Json::parse(body).unwrap()).canonical()).unwrap()
+        };
+        let exclude_first_two = |mut document: Json| {
+            document.remove("/items/0");
+            document.remove("/items/1");
+            document
+        };
+        assert_eq!(
+            canonical(br#"{"items":["A","B","C"]}"#, &exclude_first_two),
+            r#"{"items":[-,-,"C"]}"#
+        );
+        assert_ne!(
+            canonical(br#"{"items":["A","B","C"]}"#, &exclude_first_two),
+            canonical(br#"{"items":["X","B","Y"]}"#, &exclude_first_two)
+        );
+        let ids = |document: Json| document.only(&["/items/*/id".into()]);
+        assert_ne!(
+            canonical(br#"{"items":[{"id":1},{}]}"#, &ids),
+            canonical(br#"{"items":[{},{"id":1}]}"#, &ids)
+        );
+        assert_eq!(
+            canonical(br#"{"items":[{"id":1,"at":2},{"at":3}]}"#, &ids),
+            r#"{"items":[{"id":1},-]}"#
         );
     }
 }

@@ -123,6 +123,23 @@ pub(crate) struct Config {
     pub(crate) body_buffer_timeout: Duration,
 }
 
+impl Config {
+    /// Whether `method` is covered. An extension method that differs from a covered one only
+    /// in ASCII case (`post`) is covered too: hyper passes it on as sent, and many servers
+    /// (Django, Werkzeug) upper-case it and run it as `POST`, so it must not escape the key.
+    pub(crate) fn covers(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+            || (!method
+                .as_str()
+                .bytes()
+                .all(|byte| byte.is_ascii_uppercase())
+                && self
+                    .methods
+                    .iter()
+                    .any(|covered| covered.as_str().eq_ignore_ascii_case(method.as_str())))
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")

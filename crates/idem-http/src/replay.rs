@@ -6,10 +6,17 @@ use http_body_util::{BodyExt, Full};
 use idem_core::StoredResponse;
 
 use crate::body::ResponseBody;
+use crate::headers::ReplayedHeaders;
 
 /// Rebuilds the response a replay returns. Headers the store returns that are no longer
-/// valid HTTP (impossible unless the store was tampered with) are dropped.
-pub(crate) fn replay_response(stored: &StoredResponse, body: Bytes) -> Response<ResponseBody> {
+/// valid HTTP (impossible unless the store was tampered with) are dropped, and so is every
+/// header `replayed` would not store today: a record written by an earlier version, or before
+/// the list was narrowed, never replays a `Set-Cookie` the current settings keep back.
+pub(crate) fn replay_response(
+    stored: &StoredResponse,
+    body: Bytes,
+    replayed: &ReplayedHeaders,
+) -> Response<ResponseBody> {
     let mut response = Response::new(
         Full::new(body)
             .map_err(|never| match never {})
@@ -22,7 +29,8 @@ pub(crate) fn replay_response(stored: &StoredResponse, body: Bytes) -> Response<
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_maybe_shared(value.clone()),
-        ) {
+        ) && replayed.stores(&name)
+        {
             headers.append(name, value);
         }
     }

@@ -125,7 +125,7 @@ where
             config: Arc::clone(&self.config),
             request_body: PhantomData,
         };
-        if !call.config.methods.contains(request.method()) {
+        if !call.config.covers(request.method()) {
             return Box::pin(call.pass_through(request));
         }
         let span = tracing::info_span!(
@@ -270,19 +270,19 @@ where
         body: &[u8],
     ) -> Result<Identity, Refusal> {
         let config = &self.config;
+        let content_type = parts.headers.get(header::CONTENT_TYPE);
         let mut builder = Fingerprint::builder()
             // Filters only mean something on a parsed body, whatever order the builder's
-            // options were set in.
-            .canonical_json(config.canonical_json || !config.json_filter.is_empty())
+            // options were set in; and only a body sent as JSON is read as JSON: `1.0` and
+            // `1` sent as `text/plain` are two requests to the handler reading them.
+            .canonical_json(
+                (config.canonical_json || !config.json_filter.is_empty())
+                    && content_type.is_some_and(is_json_media_type),
+            )
             .json_filter(config.json_filter.clone())
             .method(parts.method.as_str())
             .path_and_query(&fingerprinted_target(&parts.uri))
-            .content_type(
-                parts
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .map(HeaderValue::as_bytes),
-            );
+            .content_type(content_type.map(HeaderValue::as_bytes));
         for name in &config.fingerprint_headers {
             builder = builder.header(
                 name.as_str(),
@@ -442,7 +442,7 @@ where
             .into_response();
         };
         Disposition::Replayed.record();
-        let mut response = replay_response(stored, body);
+        let mut response = replay_response(stored, body, &self.config.replayed_headers);
         response.headers_mut().insert(
             self.config.replayed_header.clone(),
             HeaderValue::from_static("true"),
@@ -510,4 +510,19 @@ fn fingerprinted_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
             std::borrow::Cow::Owned(normal)
         }
     }
+}
+
+/// Whether a `Content-Type` names JSON: `application/json` or any `+json` type (RFC 6839),
+/// parameters aside, in any ASCII case.
+fn is_json_media_type(content_type: &HeaderValue) -> bool {
+    let essence = content_type
+        .as_bytes()
+        .split(|byte| *byte == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5
+            && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
+            && essence.contains(&b'/'))
 }

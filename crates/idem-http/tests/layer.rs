@@ -1458,3 +1458,103 @@ async fn a_keyed_request_without_a_principal_is_refused_when_one_is_required() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(executions.count(), 1);
 }
+
+/// A record stored while `Set-Cookie` was replayed (an earlier version, or before the list was
+/// narrowed) replays without it under today's settings: the filter applies on the way out too.
+#[tokio::test]
+async fn a_record_stored_with_a_cookie_replays_without_it_under_todays_settings() {
+    let store = MemoryStore::new();
+    let executions = Executions::default();
+    let permissive = IdempotencyLayer::builder(store.clone())
+        .replayed_headers(idem_http::ReplayedHeaders::AllExcept(Vec::new()))
+        .build();
+    let (status, headers, _) = send(
+        &app(permissive, &executions),
+        post_with_key("/charges", "cookie-then", "{}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers.get_all("set-cookie").iter().count(), 2);
+    let today = app(IdempotencyLayer::new(store), &executions);
+    let (status, headers, _) = send(&today, post_with_key("/charges", "cookie-then", "{}")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["x-idempotent-replayed"], "true");
+    assert!(headers.get("set-cookie").is_none(), "{headers:?}");
+    assert_eq!(
+        headers.get_all("link").iter().count(),
+        2,
+        "others still replay"
+    );
+    assert_eq!(executions.count(), 1);
+}
+
+/// An extension method that is a covered method in another case (`post`) is covered: many
+/// servers run it as `POST`, so it must not pass without its key.
+#[tokio::test]
+async fn a_covered_method_in_lower_case_is_covered() {
+    let executions = Executions::default();
+    let layer = IdempotencyLayer::builder(MemoryStore::new())
+        .require_key(true)
+        .build();
+    let app = app(layer, &executions);
+    let request = Request::builder()
+        .method("post")
+        .uri("/charges")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, _, body) = send(&app, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem_code(&body), "idempotency_key_missing");
+    assert_eq!(executions.count(), 0);
+}
+
+/// Canonical JSON reads only bodies sent as JSON: `1.0` and `1` sent as `text/plain` are two
+/// requests to a handler that reads text.
+#[tokio::test]
+async fn only_a_body_sent_as_json_is_read_as_json() {
+    let executions = Executions::default();
+    let app = app(
+        IdempotencyLayer::builder(MemoryStore::new())
+            .canonical_json(true)
+            .build(),
+        &executions,
+    );
+    let with_type = |content_type: &str, body: &'static str| {
+        let key = if content_type.starts_with("text/") {
+            "typed-text"
+        } else {
+            "typed-json"
+        };
+        Request::post("/charges")
+            .header("idempotency-key", key)
+            .header("content-type", content_type)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    assert_eq!(
+        send(&app, with_type("text/plain", "1.0")).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&app, with_type("text/plain", "1")).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "text is compared byte for byte"
+    );
+    assert_eq!(
+        send(
+            &app,
+            with_type("application/problem+json; charset=utf-8", "1.0")
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    let (status, headers, _) = send(
+        &app,
+        with_type("application/problem+json; charset=utf-8", " 1 "),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["x-idempotent-replayed"], "true", "+json is JSON");
+    assert_eq!(executions.count(), 2);
+}

@@ -171,6 +171,17 @@ pub struct CommonArgs {
     #[arg(long, env = "IDEM_MISMATCH_STATUS", value_name = "STATUS")]
     pub mismatch_status: Option<u16>,
 
+    /// An upstream's or operation's status that means "not processed, try later": passed to
+    /// the client, the key released so that a retry executes; repeat or separate by commas,
+    /// `none` for no such status. Only statuses answered before any effect [default: 429,503].
+    #[arg(
+        long = "transient-status",
+        env = "IDEM_TRANSIENT_STATUSES",
+        value_name = "STATUS",
+        value_delimiter = ','
+    )]
+    pub transient_statuses: Vec<String>,
+
     /// Where each error's `type` points: `<URL>#<code>`, your copy of the error reference
     /// [default: the repository's docs/guides/errors.md].
     #[arg(long, env = "IDEM_PROBLEM_BASE_URL", value_name = "URL")]

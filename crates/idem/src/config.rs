@@ -18,6 +18,7 @@
 //! body_read_timeout = "30s"
 //! send_timeout = "30s"           # a client that stops reading is cut off after this
 //! mismatch_status = 422          # or 409, 400
+//! transient_statuses = [429, 503]   # "not processed, try later": passed on, key released
 //! problem_base_url = "https://docs.example.com/idem/errors"   # error `type`s point here
 //!
 //! [proxy]
@@ -109,6 +110,7 @@ pub struct FileConfig {
     body_read_timeout: Option<String>,
     send_timeout: Option<String>,
     mismatch_status: Option<u16>,
+    transient_statuses: Option<Vec<u16>>,
     problem_base_url: Option<String>,
     admin_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
@@ -225,6 +227,8 @@ pub struct ServerSettings {
     pub send_timeout: Duration,
     /// The status of a mismatch answer.
     pub mismatch_status: http::StatusCode,
+    /// Upstream or operation statuses that mean "not processed": passed on, key released.
+    pub transient_statuses: Vec<http::StatusCode>,
     /// Where problem types point, if not the default.
     pub problem_base_url: Option<String>,
     /// The admin listener's address, if any.
@@ -411,6 +415,41 @@ fn mismatch_status(status: Option<u16>) -> anyhow::Result<http::StatusCode> {
         })
 }
 
+/// `--transient-status` (or the file's `transient_statuses`, or 429 and 503): 4xx and 5xx
+/// statuses only, since a success or a redirect is an answer; `none` on the command line is
+/// the empty list.
+fn transient_statuses(
+    flags: &[String],
+    file: Option<&[u16]>,
+) -> anyhow::Result<Vec<http::StatusCode>> {
+    let codes: Vec<u16> = match (flags, file) {
+        ([], None) => return Ok(idem_http::DEFAULT_TRANSIENT_STATUSES.to_vec()),
+        ([], Some(file)) => file.to_vec(),
+        ([none], _) if none.trim().eq_ignore_ascii_case("none") => Vec::new(),
+        (flags, _) => flags
+            .iter()
+            .map(|flag| {
+                flag.trim().parse::<u16>().map_err(|_| {
+                    anyhow::anyhow!("--transient-status {flag:?}: a status such as 429, or none")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    codes
+        .into_iter()
+        .map(|code| {
+            http::StatusCode::from_u16(code)
+                .ok()
+                .filter(|status| status.is_client_error() || status.is_server_error())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--transient-status {code}: only a 4xx or 5xx status can mean \"not processed\""
+                    )
+                })
+        })
+        .collect()
+}
+
 /// `--problem-base-url`: an absolute http(s) URL without a fragment (the code is appended
 /// as one).
 fn problem_base_url(url: &str) -> anyhow::Result<String> {
@@ -479,6 +518,18 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
         Some(listen) => listen,
         None => DEFAULT_LISTEN.parse()?,
     };
+    // The scope is one setting written two ways: a scope flag replaces the file's, whichever
+    // of the two the file names, as every other flag replaces its file key.
+    let scope_from_args = args.scope_header.is_some() || args.scope_cookie.is_some();
+    // An unset keep-alive timeout follows a shorter header-read timeout instead of refusing
+    // to start: the wait for the next request's head counts toward both.
+    let header_read_timeout = args
+        .header_read_timeout
+        .or(file_duration(
+            "header_read_timeout",
+            file.header_read_timeout.as_ref(),
+        )?)
+        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT);
     let common = ServerSettings {
         listen,
         store: StoreLocation::parse(
@@ -496,32 +547,28 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
             .or(file_duration("lease", file.lease.as_ref())?)
             .unwrap_or(idem_core::DEFAULT_LEASE),
         wait: args.wait.or(file_duration("wait", file.wait.as_ref())?),
-        scope_header: args
-            .scope_header
-            .clone()
-            .or_else(|| file.scope_header.clone())
-            .map(|name| header_name("--scope-header", &name))
-            .transpose()?,
-        scope_cookie: args
-            .scope_cookie
-            .clone()
-            .or_else(|| file.scope_cookie.clone())
-            .map(|name| cookie_name(&name))
-            .transpose()?,
-        header_read_timeout: args
-            .header_read_timeout
-            .or(file_duration(
-                "header_read_timeout",
-                file.header_read_timeout.as_ref(),
-            )?)
-            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        scope_header: if scope_from_args {
+            args.scope_header.clone()
+        } else {
+            file.scope_header.clone()
+        }
+        .map(|name| header_name("--scope-header", &name))
+        .transpose()?,
+        scope_cookie: if scope_from_args {
+            args.scope_cookie.clone()
+        } else {
+            file.scope_cookie.clone()
+        }
+        .map(|name| cookie_name(&name))
+        .transpose()?,
+        header_read_timeout,
         keep_alive_timeout: Some(
             args.keep_alive_timeout
                 .or(file_duration(
                     "keep_alive_timeout",
                     file.keep_alive_timeout.as_ref(),
                 )?)
-                .unwrap_or(DEFAULT_KEEP_ALIVE_TIMEOUT),
+                .unwrap_or_else(|| DEFAULT_KEEP_ALIVE_TIMEOUT.min(header_read_timeout)),
         )
         .filter(|idle| !idle.is_zero()),
         max_connections: args
@@ -540,6 +587,10 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
             .or(file_duration("send_timeout", file.send_timeout.as_ref())?)
             .unwrap_or(DEFAULT_SEND_TIMEOUT),
         mismatch_status: mismatch_status(args.mismatch_status.or(file.mismatch_status))?,
+        transient_statuses: transient_statuses(
+            &args.transient_statuses,
+            file.transient_statuses.as_deref(),
+        )?,
         problem_base_url: args
             .problem_base_url
             .clone()
@@ -764,6 +815,120 @@ mod tests {
             proxy_from(&["idem", "proxy", "--config", path, "--upstream", "http://x"]).unwrap_err()
         );
         assert!(error.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn a_short_header_read_timeout_alone_shortens_the_keep_alive_default() {
+        let resolved = proxy_from(&[
+            "idem",
+            "proxy",
+            "--upstream",
+            "http://x",
+            "--header-read-timeout",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(resolved.common.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(
+            resolved.common.keep_alive_timeout,
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn a_scope_flag_replaces_the_files_scope_of_either_kind() {
+        let file = write("scope_cookie = \"session\"\n");
+        let path = file.path().to_str().unwrap();
+        let resolved = proxy_from(&[
+            "idem",
+            "proxy",
+            "--upstream",
+            "http://x",
+            "--config",
+            path,
+            "--scope-header",
+            "x-api-key",
+        ])
+        .unwrap();
+        assert_eq!(
+            resolved
+                .common
+                .scope_header
+                .as_ref()
+                .map(HeaderName::as_str),
+            Some("x-api-key")
+        );
+        assert_eq!(resolved.common.scope_cookie, None);
+        let resolved =
+            proxy_from(&["idem", "proxy", "--upstream", "http://x", "--config", path]).unwrap();
+        assert_eq!(resolved.common.scope_cookie.as_deref(), Some("session"));
+    }
+
+    #[test]
+    fn transient_statuses_come_from_flags_the_file_or_the_default() {
+        let statuses = |resolved: Proxy| -> Vec<u16> {
+            resolved
+                .common
+                .transient_statuses
+                .iter()
+                .map(http::StatusCode::as_u16)
+                .collect()
+        };
+        let base = ["idem", "proxy", "--upstream", "http://x"];
+        assert_eq!(statuses(proxy_from(&base).unwrap()), [429, 503]);
+        let flag = |value: &str| {
+            let mut args = base.to_vec();
+            args.extend(["--transient-status", value]);
+            proxy_from(&args)
+        };
+        assert_eq!(statuses(flag("429,418").unwrap()), [429, 418]);
+        assert!(statuses(flag("none").unwrap()).is_empty());
+        let file = write("transient_statuses = [503]\n");
+        let mut args = base.to_vec();
+        args.extend(["--config", file.path().to_str().unwrap()]);
+        assert_eq!(statuses(proxy_from(&args).unwrap()), [503]);
+        for (value, reason) in [
+            ("200", "only a 4xx or 5xx"),
+            ("soon", "a status such as 429"),
+        ] {
+            let error = format!("{:#}", flag(value).unwrap_err());
+            assert!(error.contains(reason), "{value}: {error}");
+        }
+    }
+
+    /// Every hostile-client key of the file is read, not only its flag.
+    #[test]
+    fn the_files_client_protections_are_read() {
+        let file = write(
+            "scope_cookie = \"sid\"\n[proxy]\nupstream = \"http://x\"\nrequire_principal = true\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\"]\nreplay_headers = []\n",
+        );
+        let resolved =
+            proxy_from(&["idem", "proxy", "--config", file.path().to_str().unwrap()]).unwrap();
+        assert_eq!(resolved.common.scope_cookie.as_deref(), Some("sid"));
+        assert!(resolved.require_principal);
+        assert_eq!(
+            resolved.trusted_proxies,
+            vec![
+                "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                "192.0.2.1/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(resolved.replayed_headers, ReplayedHeaders::Only(Vec::new()));
+        let file = write("[proxy]\nupstream = \"http://x\"\nno_replay_headers = [\"x-hint\"]\n");
+        let path = file.path().to_str().unwrap();
+        let resolved = proxy_from(&["idem", "proxy", "--config", path]).unwrap();
+        let ReplayedHeaders::AllExcept(denied) = resolved.replayed_headers else {
+            panic!("a deny list")
+        };
+        assert!(denied.iter().any(|name| name == "x-hint"));
+        assert!(denied.iter().any(|name| name == "set-cookie"));
+        // A flag of either kind replaces both of the file's lists.
+        let resolved =
+            proxy_from(&["idem", "proxy", "--config", path, "--replay-header", "x-a"]).unwrap();
+        assert_eq!(
+            resolved.replayed_headers,
+            ReplayedHeaders::Only(vec![HeaderName::from_static("x-a")])
+        );
     }
 
     #[test]

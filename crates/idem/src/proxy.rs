@@ -93,6 +93,10 @@ impl Forwarder {
         let original_host = parts.headers.get(header::HOST).cloned();
         parts.uri = self.upstream.target(&parts.uri)?;
         remove_hop_by_hop(&mut parts.headers);
+        // A `[::]` listener sees IPv4 peers as `::ffff:a.b.c.d`: compared, and named
+        // downstream, as the IPv4 addresses they are.
+        let client_address =
+            client_address.map(|peer| SocketAddr::new(peer.ip().to_canonical(), peer.port()));
         let trusted = client_address.is_some_and(|peer| {
             self.trusted_proxies
                 .iter()
@@ -178,10 +182,7 @@ fn add_forwarding_headers(
 ) {
     let Some(client) = client else { return };
     let ip = client.ip().to_string();
-    let forwarded_for = match headers
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok())
-    {
+    let forwarded_for = match joined(headers, "x-forwarded-for") {
         Some(earlier) => format!("{earlier}, {ip}"),
         None => ip.clone(),
     };
@@ -202,10 +203,7 @@ fn add_forwarding_headers(
             headers.insert("x-forwarded-host", value);
         }
     }
-    if let Some(earlier) = headers
-        .get(header::FORWARDED)
-        .and_then(|value| value.to_str().ok())
-    {
+    if let Some(earlier) = joined(headers, header::FORWARDED.as_str()) {
         forwarded = format!("{earlier}, {forwarded}");
     }
     for (name, value) in [("x-forwarded-for", forwarded_for), ("forwarded", forwarded)] {
@@ -216,6 +214,20 @@ fn add_forwarding_headers(
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
+}
+
+/// Every line of a list header, in order, as one comma-separated list (RFC 9110 §5.3): a
+/// trusted proxy that added a line of its own instead of appending to the client's must not
+/// lose its line to the client's. Lines that are not text are left out.
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let lines: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
 }
 
 /// `text` as an RFC 9110 quoted-string (RFC 7239 `Forwarded` values): in quotes, with `"`

@@ -3,7 +3,13 @@
 //!
 //! Rules and requests are matched in the normal form of their paths
 //! ([`idem_http::path::normalize`]), so that no spelling of a path (`/%70ayments`,
-//! `/x/../payments`, `//payments`) escapes a rule written for `/payments`.
+//! `/x/../payments`, `//payments`) escapes a rule written for `/payments`. Matching is also
+//! as loose as the servers behind a gateway are, since an upstream that reads two spellings
+//! as one resource must see one rule for both: literal segments and methods compare without
+//! regard to ASCII case (ASP.NET's routing, Django's `post`), a segment's `;` parameters are
+//! ignored (`/payments;jsessionid=1/x` is `/payments/x` to Tomcat and Spring), and so is a
+//! trailing slash (Express, older Spring). A looser match only ever applies a rule to more
+//! spellings of its own path.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -103,6 +109,12 @@ impl RouteRule {
                 "**" if index + 1 == parts.len() => Segment::Rest,
                 "**" => anyhow::bail!("route {:?}: `**` may only end a pattern", self.path),
                 "*" => Segment::Any,
+                literal if literal.contains(';') => {
+                    anyhow::bail!(
+                        "route {:?}: a segment cannot hold ';' (its parameters are ignored when matching)",
+                        self.path
+                    )
+                }
                 literal => Segment::Literal(literal.to_owned()),
             });
         }
@@ -131,15 +143,26 @@ impl RouteRule {
 impl Route {
     /// Whether the rule applies to a request for `path` (in its normal form) with `method`.
     fn matches(&self, method: &Method, path: &str) -> bool {
-        if self.method.as_ref().is_some_and(|own| own != method) {
+        if self
+            .method
+            .as_ref()
+            .is_some_and(|own| !own.as_str().eq_ignore_ascii_case(method.as_str()))
+        {
             return false;
         }
-        let mut path = path.trim_start_matches('/').split('/');
+        let path = path.trim_start_matches('/');
+        // A trailing slash names the same resource as the path without it (`/a/` is `/a`;
+        // `/` alone stays one empty segment, which only `**` matches).
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let mut path = path
+            .split('/')
+            .map(|segment| segment.split_once(';').map_or(segment, |(name, _)| name));
         for segment in &self.segments {
             match (segment, path.next()) {
                 (Segment::Rest, _) => return true,
                 (Segment::Any, Some(_)) => {}
-                (Segment::Literal(literal), Some(actual)) if literal == actual => {}
+                (Segment::Literal(literal), Some(actual))
+                    if literal.eq_ignore_ascii_case(actual) => {}
                 _ => return false,
             }
         }
@@ -292,6 +315,33 @@ mod tests {
             );
         }
         assert!(rules.skips(&parts("POST", "/.")));
+        // Spellings that servers behind a gateway read as the same resource: a trailing
+        // slash, a segment's `;` parameters, another ASCII case of the path or the method.
+        for (method, spelling) in [
+            ("POST", "/payments/p1/"),
+            ("POST", "/payments;jsessionid=1/p1"),
+            ("POST", "/payments/p1;v=2"),
+            ("POST", "/PAYMENTS/p1"),
+            ("POST", "/Pay%6Dents/p1"),
+        ] {
+            assert!(
+                rules.requires_key(&parts(method, spelling), false),
+                "{spelling}"
+            );
+        }
+        let methods = table(
+            r#"
+            [[routes]]
+            method = "POST"
+            path = "/payments/**"
+            require_key = true
+            "#,
+        );
+        assert!(
+            methods.requires_key(&parts("post", "/payments/x"), false),
+            "an extension method `post` is POST to many servers"
+        );
+        assert!(!methods.requires_key(&parts("PUT", "/payments/x"), false));
         let spelt = table(
             r#"
             [[routes]]
@@ -314,6 +364,7 @@ mod tests {
             ("path = \"/a\"\nmethod = \"PO ST\"", "invalid method"),
             ("path = \"/a\"\nttl = \"0s\"", "ttl must be longer than 0s"),
             (r#"path = "/a%2fb""#, "encoded '/'"),
+            (r#"path = "/a;v=1/b""#, "cannot hold ';'"),
         ] {
             let parsed: RouteRule = toml::from_str(rule).unwrap();
             let error = parsed.compile().unwrap_err().to_string();

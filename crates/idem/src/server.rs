@@ -102,6 +102,7 @@ impl Server {
             .scope(self.scope_source())
             .body_read_timeout(self.common.body_read_timeout)
             .mismatch_status(self.common.mismatch_status)
+            .transient_statuses(self.common.transient_statuses.iter().copied())
     }
 
     /// Whose key it is: the `--scope-header` or `--scope-cookie` value, or `Authorization`.

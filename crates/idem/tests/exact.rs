@@ -42,7 +42,8 @@ async fn answer(
     State(operation): State<Operation>,
     Path(status): Path<u16>,
     body: Bytes,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     operation.received.lock().unwrap().push(body);
     let status = StatusCode::from_u16(status).unwrap();
     if status == StatusCode::CREATED {
@@ -50,19 +51,23 @@ async fn answer(
         return (
             status,
             r#"{"balance": 123456789012345678901234}"#.to_owned(),
-        );
+        )
+            .into_response();
+    }
+    if matches!(status.as_u16(), 429 | 503) {
+        return (status, [("retry-after", "7")], r#"{"busy":true}"#).into_response();
     }
     let document = match status.as_u16() {
         402 => json!({"decline_code": "insufficient_funds"}),
         500 => json!({"stack": "secret internals"}),
         _ => json!({"id": "op_1"}),
     };
-    (status, document.to_string())
+    (status, document.to_string()).into_response()
 }
 
 async fn serve(operation: &Operation, extra: &[&str]) -> Idem {
     let url = operation.start().await;
-    let definitions: Vec<String> = [200, 201, 402, 429, 500]
+    let definitions: Vec<String> = [200, 201, 402, 429, 500, 503]
         .iter()
         .map(|status| format!("op{status}={url}/{status}"))
         .collect();
@@ -196,6 +201,58 @@ async fn an_operations_refusal_is_exposed_and_its_failure_hidden() {
     }
 }
 
+/// "Not processed, try later" is passed on with the operation's `Retry-After`, the key left
+/// free; which statuses mean that is a setting (`--transient-status`).
+#[tokio::test]
+async fn a_not_processed_answer_carries_its_retry_after_and_the_list_is_a_setting() {
+    let operation = Operation::default();
+    let idem = serve(&operation, &[]).await;
+    for (key, body) in [
+        ("rate-1", r#"{"operation":"op429","payload":{}}"#),
+        ("down-1", r#"{"operation":"op503","payload":{}}"#),
+    ] {
+        let response = client()
+            .post(idem.url("/v1/idempotency/execute"))
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502);
+        assert_eq!(response.headers()["retry-after"], "7", "{key}");
+        let document: Value = response.json().await.unwrap();
+        assert_eq!(document["error"]["code"], "OPERATION_UNREACHABLE");
+        assert_eq!(document["error"]["retry"], "same_key");
+        assert!(
+            document["error"]["instance"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:uuid:"),
+            "{document}"
+        );
+    }
+    drop(idem);
+
+    // Behind a balancer that answers 503 after its backend ran, 503 must be kept.
+    let operation = Operation::default();
+    let idem = serve(&operation, &["--transient-status", "429"]).await;
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let (status, document) =
+            execute(&idem, "down-2", r#"{"operation":"op503","payload":{}}"#).await;
+        assert_eq!(status, 502);
+        assert_eq!(document["error"]["code"], "OPERATION_FAILED");
+        assert_eq!(document["error"]["retry"], "new_key");
+        instances.push(document["error"]["instance"].clone());
+    }
+    assert_eq!(operation.calls(), 1, "kept, never re-run");
+    assert_eq!(
+        instances[0], instances[1],
+        "a replay is the first occurrence, instance included"
+    );
+}
+
 #[tokio::test]
 async fn the_mismatch_status_is_a_setting() {
     let operation = Operation::default();
@@ -257,4 +314,55 @@ async fn a_principal_sent_twice_is_refused_not_guessed() {
     let document: Value = response.json().await.unwrap();
     assert_eq!(document["error"]["code"], "PRINCIPAL_MISSING");
     assert_eq!(operation.calls(), 0);
+}
+
+/// The gateway passes an upstream's "not processed" answer on and frees the key, so the retry
+/// executes; `--transient-status` decides which statuses mean that.
+#[tokio::test]
+async fn the_gateways_not_processed_statuses_are_a_setting() {
+    let upstream = Upstream::start().await;
+    let start = |extra: &[&str]| {
+        let mut args = vec![
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory://",
+            "--upstream",
+        ];
+        let url = upstream.url();
+        args.push(&url);
+        args.extend_from_slice(extra);
+        Idem::start(&args)
+    };
+    let send = |idem: &Idem, path: &str, key: &str| {
+        client()
+            .post(idem.url(path))
+            .header("idempotency-key", key)
+            .body("{}")
+            .send()
+    };
+    let idem = start(&[]);
+    for _ in 0..2 {
+        let answer = send(&idem, "/status/503", "busy-a").await.unwrap();
+        assert_eq!(answer.status(), 503);
+        assert_eq!(answer.headers()["x-idempotent-replayed"], "false");
+    }
+    assert_eq!(upstream.calls("/status/503"), 2, "each retry executes");
+    drop(idem);
+
+    let idem = start(&["--transient-status", "429,418"]);
+    for _ in 0..2 {
+        assert_eq!(
+            send(&idem, "/status/418", "busy-b").await.unwrap().status(),
+            418
+        );
+        send(&idem, "/status/503", "kept-b").await.unwrap();
+    }
+    assert_eq!(upstream.calls("/status/418"), 2, "418 is now not processed");
+    assert_eq!(
+        upstream.calls("/status/503"),
+        3,
+        "503 is an answer now: stored and replayed"
+    );
 }

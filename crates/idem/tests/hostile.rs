@@ -177,6 +177,12 @@ async fn no_spelling_of_a_path_escapes_a_route_rule() {
         "/./payments/x",
         "/%2e%2e/payments/x",
         "/PAYMENTS/../payments/x",
+        // Spellings that servers behind a gateway read as `/payments/x`: another case (ASP.NET),
+        // a segment's parameters (Tomcat, Spring), a trailing slash (Express).
+        "/PAYMENTS/x",
+        "/Pay%6Dents/x",
+        "/payments;jsessionid=1/x",
+        "/payments/x/",
     ] {
         let (status, problem) = raw(&idem, &post(spelling, None)).await;
         assert_eq!(
@@ -185,6 +191,14 @@ async fn no_spelling_of_a_path_escapes_a_route_rule() {
             "{spelling}"
         );
     }
+    // An extension method `post` is POST to Django and Werkzeug: it needs its key too.
+    let lower_case = post("/payments/x", None).replacen("POST", "post", 1);
+    let (status, problem) = raw(&idem, &lower_case).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_missing")),
+        "method post"
+    );
     for ambiguous in [
         "/payments%2fx",
         "/payments%5Cx",
@@ -370,6 +384,31 @@ async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
     let seen = upstream.last_headers();
     assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen["x-forwarded-host"], "evil.example");
+    // A trusted proxy that added a line of its own, rather than appending to the client's,
+    // keeps its line: every line is one list, in order.
+    client()
+        .get(idem.url("/whoami"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("x-forwarded-for", "192.0.2.7")
+        .header("forwarded", "for=198.51.100.1")
+        .header("forwarded", "for=192.0.2.7")
+        .send()
+        .await
+        .unwrap();
+    let lines = upstream.last_headers();
+    assert_eq!(
+        lines["x-forwarded-for"],
+        "198.51.100.1, 192.0.2.7, 127.0.0.1"
+    );
+    assert_eq!(lines.get_all("x-forwarded-for").iter().count(), 1);
+    assert!(
+        lines["forwarded"]
+            .to_str()
+            .unwrap()
+            .starts_with("for=198.51.100.1, for=192.0.2.7, for=127.0.0.1;"),
+        "{:?}",
+        lines["forwarded"]
+    );
     assert_eq!(seen["x-forwarded-proto"], "https");
     assert_eq!(
         seen["forwarded"],

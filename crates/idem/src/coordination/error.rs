@@ -33,7 +33,7 @@ pub struct ErrorDetail {
     /// again, after `Retry-After` when there is one), `new_key` (never use this key again:
     /// check what happened, then send a new request with a new key) or `never` (fix the
     /// request first).
-    #[schema(pattern = "^(same_key|new_key|never)$")]
+    #[schema(value_type = RetryAdvice)]
     pub retry: String,
     /// Where the code is documented (the error reference, one anchor per code).
     #[serde(rename = "type")]
@@ -45,12 +45,31 @@ pub struct ErrorDetail {
     /// `operation`, `payload`, or both.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub differs: Option<Vec<String>>,
+    /// Names this occurrence of the error (`urn:uuid:…`), as RFC 9457's `instance` does: the
+    /// service logs it with every error it answers, so one answer can be found in the log. A
+    /// replayed answer keeps the instance of its first occurrence.
+    #[schema(pattern = "^urn:uuid:[0-9a-f-]{36}$")]
+    pub instance: String,
+}
+
+/// What a client does next with an error: `same_key`, `new_key` or `never`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code, reason = "described in the OpenAPI document only")]
+pub enum RetryAdvice {
+    /// Send the same request with the same key again, after `Retry-After` when there is one.
+    SameKey,
+    /// Never use this key again: check what happened, then send a new request with a new key.
+    NewKey,
+    /// Fix the request first.
+    Never,
 }
 
 /// An operation's refusal, as it answered it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct OperationAnswer {
     /// The operation's 4xx status, also the status of this answer.
+    #[schema(minimum = 400, maximum = 499)]
     pub status: u16,
     /// The operation's body: its JSON as it wrote it, or its text as a string.
     #[schema(value_type = serde_json::Value)]
@@ -65,6 +84,9 @@ pub struct ApiError {
     status: axum::http::StatusCode,
     operation: Option<OperationAnswer>,
     differs: Option<Vec<String>>,
+    instance: uuid::Uuid,
+    /// Boxed: rare, and `ApiError` travels in every handler's `Result`.
+    retry_after: Option<Box<HeaderValue>>,
 }
 
 impl ApiError {
@@ -76,7 +98,16 @@ impl ApiError {
             status: code.status(),
             operation: None,
             differs: None,
+            instance: uuid::Uuid::new_v4(),
+            retry_after: None,
         }
+    }
+
+    /// Answered with `Retry-After: value`: when a retry with the same key may succeed.
+    #[must_use]
+    pub fn with_retry_after(mut self, value: Option<HeaderValue>) -> Self {
+        self.retry_after = value.map(Box::new);
+        self
     }
 
     /// The store did not answer (or is full): nothing was executed.
@@ -187,13 +218,16 @@ impl ApiError {
                 type_uri: self.code.type_uri(),
                 operation: self.operation.clone(),
                 differs: self.differs.clone(),
+                instance: self.instance.urn().to_string(),
             },
         };
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
-    /// This error as an answer kept for a key and replayed to every retry.
+    /// This error as an answer kept for a key and replayed to every retry (logged once, here,
+    /// with its instance).
     pub fn stored(&self) -> StoredResponse {
+        self.log("kept for the key");
         StoredResponse {
             status: self.status.as_u16(),
             headers: Vec::new(),
@@ -202,11 +236,28 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// One log line per error answered, naming its instance and code; at `info` for the
+    /// client's errors (they are ordinary answers), at `warn` for the service's.
+    fn log(&self, what: &str) {
+        let code = self.code.coordination_code();
+        if self.status.is_server_error() {
+            tracing::warn!(code, status = self.status.as_u16(), instance = %self.instance.urn(), "error {what}");
+        } else {
+            tracing::info!(code, status = self.status.as_u16(), instance = %self.instance.urn(), "error {what}");
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log("answered");
         let mut response = (self.status, self.body()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+        if let Some(retry_after) = &self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::clone(retry_after));
+        }
         // As the problem documents do: the draft's `describedby` link to the error's entry.
         if let Ok(link) =
             HeaderValue::from_str(&format!("<{}>; rel=\"describedby\"", self.code.type_uri()))

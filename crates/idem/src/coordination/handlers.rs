@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use idem_core::{Begin, BeginOptions, Execution, Finish, RecordState, TransitionOutcome};
 use idem_http::ProblemCode;
+use tracing::Instrument;
 
 use super::AppState;
 use super::api::{CompleteRequest, OperationRequest, RenewRequest, StatusBody};
@@ -39,14 +40,15 @@ const STORE_UNAVAILABLE: &str =
         (status = 202, description = "Another request with this key is executing: `processing`", body = StatusBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying with the same key")),
             example = json!({"status": "processing"})),
-        (status = 400, description = BAD_KEYED_REQUEST, body = ErrorBody),
-        (status = 404, description = "`UNKNOWN_OPERATION`: no operation of that name is registered", body = ErrorBody),
-        (status = 408, description = BODY_TIMEOUT, body = ErrorBody),
-        (status = 409, description = "`OUTCOME_UNKNOWN`: an earlier execution's owner vanished mid-way", body = ErrorBody),
-        (status = 413, description = BODY_TOO_LARGE, body = ErrorBody),
-        (status = 422, description = MISMATCH, body = ErrorBody),
+        (status = 400, description = concat!("`IDEMPOTENCY_KEY_MISSING` (no `Idempotency-Key` header), `IDEMPOTENCY_KEY_INVALID` (a key outside its format, or the header sent twice), `INVALID_JSON` (the body is not JSON, or its payload names a member twice, nests deeper than 128 levels or holds a number whose exponent is beyond ±999999999), `INVALID_REQUEST` (a member missing, unknown, of the wrong type, or an empty `operation`) or `PRINCIPAL_MISSING` (the scoping header or cookie sent more than once)", "; or `OPERATION_REJECTED` with the operation's own 400"), body = ErrorBody),
+        (status = 404, description = "`UNKNOWN_OPERATION`: no operation of that name is registered; or `OPERATION_REJECTED` with the operation's own 404", body = ErrorBody),
+        (status = 408, description = "`REQUEST_BODY_TIMEOUT`: the body did not arrive within `--body-read-timeout`; nothing was executed; or `OPERATION_REJECTED` with the operation's own 408", body = ErrorBody),
+        (status = 409, description = "`OUTCOME_UNKNOWN`: an earlier execution's owner vanished mid-way; `IDEMPOTENCY_KEY_MISMATCH` under `--mismatch-status 409`; or `OPERATION_REJECTED` with the operation's own 409", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body is over 1 MiB; or `OPERATION_REJECTED` with the operation's own 413", body = ErrorBody),
+        (status = 422, description = "`IDEMPOTENCY_KEY_MISMATCH`: the key was used with another operation or payload (`error.differs` says which); or `OPERATION_REJECTED` with the operation's own 422", body = ErrorBody),
         (status = "4XX", description = OPERATION_REJECTED, body = ErrorBody),
-        (status = 502, description = "`OPERATION_UNREACHABLE` (nothing was delivered, or the operation answered that it did not process it: the key is free, retry with it), `OPERATION_FAILED` or `OPERATION_INVALID_RESPONSE` (kept for the key and replayed)", body = ErrorBody),
+        (status = 502, description = "`OPERATION_UNREACHABLE` (nothing was delivered, or the operation answered a status of `--transient-status`, 429 or 503 by default, saying it did not process it: the key is free, retry with it, after `Retry-After` when sent), `OPERATION_FAILED` or `OPERATION_INVALID_RESPONSE` (kept for the key and replayed)", body = ErrorBody,
+            headers(("Retry-After" = String, description = "`OPERATION_UNREACHABLE` only, when the operation sent one: its `Retry-After`, as it sent it"))),
         (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody),
         (status = 504, description = "`OPERATION_OUTCOME_UNKNOWN`: the operation did not answer in time (kept for the key and replayed)", body = ErrorBody),
     ))]
@@ -64,6 +66,8 @@ pub async fn execute(
         on_lapse: state.operations.on_lapse(&request.operation),
         ..state.engine.options()
     };
+    // Every line logged about this execution names its record (never the key) and operation.
+    let span = tracing::info_span!("execute", record = %request.id, operation = %request.operation);
     let begun = state
         .engine
         .begin_with(request.id, request.fingerprint, options)
@@ -73,7 +77,9 @@ pub async fn execute(
         Begin::Acquired(execution) => {
             // The call runs in its own task: a client that hangs up must not cancel an
             // operation that may already have been delivered.
-            let task = tokio::spawn(run_once(state.operations.clone(), request, execution));
+            let task = tokio::spawn(
+                run_once(state.operations.clone(), request, execution).instrument(span),
+            );
             task.await.map_err(|error| {
                 tracing::error!(%error, "execute task failed");
                 ApiError::internal()

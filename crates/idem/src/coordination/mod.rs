@@ -149,6 +149,7 @@ pub async fn run(config: config::Serve, server: Server) -> anyhow::Result<()> {
         &config.operations,
         config.operation_timeout,
         config.max_operation_response,
+        config.common.transient_statuses.clone(),
     )?;
     if config.operations.is_empty() {
         tracing::warn!(

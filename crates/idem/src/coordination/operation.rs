@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
+use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,12 +18,6 @@ use crate::config::Operation;
 /// Connect timeout for operation URLs; see the proxy's `CONNECT_TIMEOUT` for why it is short.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Answers that mean "not processed, try later": the layer's transient statuses (429, 503),
-/// never kept. Only for operations that answer them before any effect: a proxy in front of
-/// an operation that answers 503 after its backend ran (Envoy's "reset before headers") would
-/// let a retry run it again; put such operations behind their own idempotency.
-const NOT_PROCESSED: [StatusCode; 2] = idem_http::DEFAULT_TRANSIENT_STATUSES;
-
 /// What became of one call.
 #[derive(Debug)]
 pub enum OperationReply {
@@ -31,10 +25,13 @@ pub enum OperationReply {
     Succeeded(Box<RawValue>),
     /// Never delivered (connection refused): safe to run again.
     Unreachable(String),
-    /// Delivered; answered "not processed, try later" ([`NOT_PROCESSED`]): safe to run again.
+    /// Delivered; answered "not processed, try later" (one of `--transient-status`, 429 and
+    /// 503 by default): safe to run again.
     Busy {
         /// The operation's status.
         status: StatusCode,
+        /// The operation's `Retry-After`, passed on to the caller.
+        retry_after: Option<HeaderValue>,
     },
     /// Delivered; refused with a 4xx of its own: its deterministic answer (the body as
     /// JSON, or as a string when it is not JSON).
@@ -65,6 +62,11 @@ pub struct Operations {
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
     max_response: usize,
+    /// Answers that mean "not processed, try later", never kept. Only for operations that
+    /// answer them before any effect: a proxy in front of an operation that answers 503
+    /// after its backend ran (Envoy's "reset before headers") would let a retry run it
+    /// again; take 503 off the list (`--transient-status 429`) for such operations.
+    transient: Vec<StatusCode>,
 }
 
 impl Operations {
@@ -73,6 +75,7 @@ impl Operations {
         definitions: &BTreeMap<String, Operation>,
         timeout: Duration,
         max_response: usize,
+        transient: Vec<StatusCode>,
     ) -> anyhow::Result<Self> {
         let mut urls = BTreeMap::new();
         let take_over = definitions
@@ -101,6 +104,7 @@ impl Operations {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
             max_response,
+            transient,
         })
     }
 
@@ -142,13 +146,21 @@ impl Operations {
         let exchange = async {
             let response = self.client.request(request).await?;
             let status = response.status();
+            if self.transient.contains(&status) {
+                // Not processed: its body says nothing that is kept, so none is read.
+                let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+                return Ok(Err(OperationReply::Busy {
+                    status,
+                    retry_after,
+                }));
+            }
             // Read no more than the limit: an operation that answers gigabytes must not hold
             // the service's memory, and an answer that large is not kept anyway.
             let body = Limited::new(response.into_body(), self.max_response)
                 .collect()
                 .await
                 .map(http_body_util::Collected::to_bytes);
-            Ok::<_, hyper_util::client::legacy::Error>((status, body))
+            Ok::<_, hyper_util::client::legacy::Error>(Ok((status, body)))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
@@ -156,24 +168,33 @@ impl Operations {
             }
             Ok(Err(error)) if error.is_connect() => OperationReply::Unreachable(error.to_string()),
             Ok(Err(error)) => OperationReply::OutcomeUnknown(error.to_string()),
-            Ok(Ok((_, Err(error)))) if error.is::<LengthLimitError>() => OperationReply::TooLarge {
+            Ok(Ok(Err(busy))) => busy,
+            Ok(Ok(Ok((status, body)))) => self.classify(status, body),
+        }
+    }
+
+    /// What a delivered answer that is not "not processed" means for its key.
+    fn classify(
+        &self,
+        status: StatusCode,
+        body: Result<Bytes, Box<dyn std::error::Error + Send + Sync>>,
+    ) -> OperationReply {
+        match (status, body) {
+            (_, Err(error)) if error.is::<LengthLimitError>() => OperationReply::TooLarge {
                 limit: self.max_response,
             },
-            Ok(Ok((_, Err(error)))) => {
+            (_, Err(error)) => {
                 OperationReply::OutcomeUnknown(format!("the answer broke off: {error}"))
             }
-            Ok(Ok((status, _))) if NOT_PROCESSED.contains(&status) => {
-                OperationReply::Busy { status }
-            }
-            Ok(Ok((status, Ok(body)))) if status.is_client_error() => OperationReply::Rejected {
+            (status, Ok(body)) if status.is_client_error() => OperationReply::Rejected {
                 status,
                 body: as_json(&body),
             },
-            Ok(Ok((status, Ok(_)))) if !status.is_success() => OperationReply::Failed { status },
-            Ok(Ok((_, Ok(body)))) if body.is_empty() => OperationReply::Succeeded(as_json(b"null")),
+            (status, Ok(_)) if !status.is_success() => OperationReply::Failed { status },
+            (_, Ok(body)) if body.is_empty() => OperationReply::Succeeded(as_json(b"null")),
             // Kept as the operation wrote it: parsing into a `Value` would round numbers
             // through f64.
-            Ok(Ok((_, Ok(body)))) => match serde_json::from_slice::<Box<RawValue>>(&body) {
+            (_, Ok(body)) => match serde_json::from_slice::<Box<RawValue>>(&body) {
                 Ok(value) => OperationReply::Succeeded(value),
                 Err(_) => OperationReply::InvalidResponse,
             },

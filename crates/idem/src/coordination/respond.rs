@@ -104,19 +104,31 @@ pub fn settlement(outcome: OperationReply) -> Settlement {
                 "the operation could not be reached; nothing was executed, retry with the same key",
             ));
         }
-        OperationReply::Busy { status } => {
+        OperationReply::Busy {
+            status,
+            retry_after,
+        } => {
             tracing::warn!(%status, "operation answered not processed; releasing the key");
-            return Settlement::Release(ApiError::new(
-                ProblemCode::OperationUnreachable,
-                format!(
-                    "the operation answered HTTP {status} (not processed, try later); nothing was kept, retry with the same key"
-                ),
-            ));
+            let when = if retry_after.is_some() {
+                "after Retry-After"
+            } else {
+                "later"
+            };
+            return Settlement::Release(
+                ApiError::new(
+                    ProblemCode::OperationUnreachable,
+                    format!(
+                        "the operation answered HTTP {status} (not processed); nothing was kept, retry {when} with the same key"
+                    ),
+                )
+                .with_retry_after(retry_after),
+            );
         }
         OperationReply::Rejected { status, body } => ApiError::rejected(status, body),
         OperationReply::Failed { status } => {
             // The operation's 5xx says how it broke, which is its business, not the
-            // caller's: logged here (the request's span carries the record), hidden there.
+            // caller's: logged here (the execution's span carries the record id and the
+            // operation), hidden there.
             tracing::error!(%status, "operation failed; its answer is hidden and kept for this key");
             ApiError::new(
                 ProblemCode::OperationFailed,
