@@ -62,7 +62,7 @@ pub fn routes(data: &[u8]) {
         };
         let target = match parts.uri.query() {
             Some(query) => format!("{normal}?{query}"),
-            None => normal.into_owned(),
+            None => normal.to_string(),
         };
         let mut uri = parts.uri.clone().into_parts();
         uri.path_and_query =
@@ -76,7 +76,78 @@ pub fn routes(data: &[u8]) {
             parts.uri,
             normal_parts.uri
         );
+        // Another spelling of the same resource, as the servers behind a gateway read it,
+        // must find the same rule: checked against a spelling the fuzzer chose, not against
+        // the normal form the table itself computes.
+        let mut respelt_parts = normal_parts.clone();
+        if let Some(respelt) = respell(&normal, &mut input)
+            && let Ok(uri) = http::Uri::try_from(respelt.as_str())
+        {
+            respelt_parts.uri = uri;
+            if input.flag() {
+                respelt_parts.method = other_case(&parts.method);
+            }
+            assert_eq!(
+                answers,
+                self::answers(&table, &respelt_parts),
+                "{} {} and {} {} match different rules",
+                parts.method,
+                normal,
+                respelt_parts.method,
+                respelt
+            );
+        }
     }
+}
+
+/// `normal` (a path in normal form) spelt another way that names the same resource: letters
+/// in another case or percent-encoded, a `;` parameter on a segment, `./` and `//` inserted,
+/// a trailing slash. `None` for the root, whose only spelling that matters is `/`.
+fn respell(normal: &str, input: &mut Input<'_>) -> Option<String> {
+    if normal == "/" {
+        return None;
+    }
+    let mut spelt = String::with_capacity(normal.len() * 2);
+    for (index, segment) in normal.trim_start_matches('/').split('/').enumerate() {
+        spelt.push('/');
+        match input.below(6) {
+            0 => spelt.push_str("./"),
+            // Not first: a target opening with `//` would read as an authority.
+            1 if index > 0 => spelt.push('/'),
+            _ => {}
+        }
+        // The two hex digits after a `%` are recased at most, never encoded themselves.
+        let mut escape_left: u8 = 0;
+        for character in segment.chars() {
+            let in_escape = escape_left > 0;
+            escape_left = if character == '%' {
+                2
+            } else {
+                escape_left.saturating_sub(1)
+            };
+            match input.below(4) {
+                0 if character.is_ascii_alphabetic() && !in_escape => {
+                    spelt.push_str(&format!("%{:02X}", u32::from(character)));
+                }
+                1 => spelt.push(character.to_ascii_uppercase()),
+                2 => spelt.push(character.to_ascii_lowercase()),
+                _ => spelt.push(character),
+            }
+        }
+        if !segment.is_empty() && !segment.contains(';') && input.below(4) == 0 {
+            spelt.push_str(";v=1");
+        }
+    }
+    if input.flag() {
+        spelt.push('/');
+    }
+    Some(spelt)
+}
+
+/// A standard method in lower case, which many servers run as the method itself.
+fn other_case(method: &http::Method) -> http::Method {
+    http::Method::from_bytes(method.as_str().to_ascii_lowercase().as_bytes())
+        .unwrap_or_else(|_| method.clone())
 }
 
 fn answers(table: &RouteTable, parts: &Parts) -> Answers {

@@ -409,7 +409,8 @@ pub(crate) fn problem_with_status(
     if let Value::Object(members) = &mut document {
         members.extend(extra);
     }
-    tracing::debug!(code = code.code(), %instance, "answered with a problem");
+    // At info, so that the occurrence a client quotes can be found in a default log.
+    tracing::info!(code = code.code(), status = status.as_u16(), %instance, "answered with a problem");
     let mut response = Response::new(Full::new(Bytes::from(document.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -17,6 +17,8 @@ use serde_json::Value;
 
 use idem_core::DynStore;
 
+use crate::connections::{ConnectionLimits, Connections};
+
 /// Histogram buckets, in seconds, for every histogram (today only store latency): from a
 /// memory store's microseconds to a network store's timeout, so `histogram_quantile` works
 /// on any backend.
@@ -40,12 +42,20 @@ struct AdminState {
     engine: Engine<DynStore>,
 }
 
-/// Binds the admin address and serves it until `shutdown` resolves.
+/// The most connections the admin listener serves at once: a scraper, a probe or two and an
+/// operator need a handful; a slowloris on an admin port left open must not hold the file
+/// descriptors the public listener needs.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin address until `shutdown` turns true, with the public listener's
+/// timeouts (a client that stalls mid-head is cut off) and at most
+/// [`ADMIN_MAX_CONNECTIONS`] connections.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     engine: Engine<DynStore>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnectionLimits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
@@ -56,9 +66,13 @@ pub async fn serve(
         .route("/records/{key}/complete", post(complete_record))
         .with_state(AdminState { metrics, engine });
     crate::announce("admin", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = ConnectionLimits {
+        max_connections: limits.max_connections.min(ADMIN_MAX_CONNECTIONS),
+        ..limits
+    };
+    Connections::new(limits)
+        .serve(listener, app, shutdown)
+        .await;
     Ok(())
 }
 

@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use crate::config::ServerSettings;
 use crate::connections::Connections;
-use crate::signals::signalled;
 use idem_core::DynStore;
 
 /// How often expired records are swept. Expired records already behave as absent; the sweep
@@ -74,10 +73,13 @@ impl Server {
                 address.port() == 0 || address != common.listen,
                 "--admin-listen must differ from --listen: the admin port never shares the public port"
             );
-            let (engine, signal) = (engine.clone(), signalled(shutdown.clone()));
+            let (engine, signal) = (engine.clone(), shutdown.clone());
+            let limits = common.connection_limits();
             let listener = tokio::net::TcpListener::bind(address).await?;
             tokio::spawn(async move {
-                if let Err(error) = crate::admin::serve(listener, metrics, engine, signal).await {
+                if let Err(error) =
+                    crate::admin::serve(listener, metrics, engine, limits, signal).await
+                {
                     tracing::error!(%error, "admin listener failed");
                 }
             });

@@ -13,11 +13,6 @@ pub fn shutdown_on_signal() -> watch::Receiver<bool> {
     shutdown
 }
 
-/// Resolves once the shutdown flag is set.
-pub async fn signalled(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
 async fn wait_for_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -243,6 +243,7 @@ async fn clients_that_stall_mid_head_are_cut_off_and_block_nobody() {
         &["--header-read-timeout", "3s", "--keep-alive-timeout", "1s"],
     );
     let mut stalled = Vec::new();
+    let stall_began = Instant::now();
     for _ in 0..200 {
         let mut stream = TcpStream::connect(address(&idem)).await.unwrap();
         stream
@@ -267,6 +268,11 @@ async fn clients_that_stall_mid_head_are_cut_off_and_block_nobody() {
             .expect("the server closes a stalled connection");
         assert!(closed.is_err() || !String::from_utf8_lossy(&rest).contains("201"));
     }
+    assert!(
+        stall_began.elapsed() < Duration::from_secs(7),
+        "every stalled connection is closed soon after its 3 s: {:?}",
+        stall_began.elapsed()
+    );
 
     // An idle keep-alive connection is closed after the keep-alive timeout.
     let mut idle = TcpStream::connect(address(&idem)).await.unwrap();
@@ -285,6 +291,46 @@ async fn clients_that_stall_mid_head_are_cut_off_and_block_nobody() {
         idle_since.elapsed()
     );
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 201"));
+}
+
+/// The admin listener has the public one's timeouts and a small connection limit of its own:
+/// clients stalling on an admin port left reachable are cut off, and health checks resume.
+#[tokio::test]
+async fn the_admin_listener_cuts_off_stalled_clients_too() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(
+        &upstream.url(),
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--header-read-timeout",
+            "1s",
+        ],
+    );
+    let admin = idem.admin_url.clone().unwrap();
+    let admin_address = admin.trim_start_matches("http://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(&admin_address).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    for mut stream in stalled {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .expect("the admin listener closes a stalled connection")
+            .ok();
+    }
+    let health = client()
+        .get(format!("{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
 }
 
 #[tokio::test]

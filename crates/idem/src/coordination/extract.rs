@@ -189,9 +189,13 @@ async fn read_body(body: Body, timeout: std::time::Duration) -> Result<Bytes, Ap
             ProblemCode::RequestBodyTooLarge,
             format!("the body exceeds {MAX_BODY} bytes"),
         )),
+        // The client broke off its upload: nothing was read, so nothing was executed, and the
+        // same request may be sent again as it is.
         Err(error) => Err(ApiError::new(
-            ProblemCode::InvalidJson,
-            format!("the body could not be read: {error}"),
+            ProblemCode::RequestBodyUnreadable,
+            format!(
+                "the body could not be read ({error}); nothing was executed, retry with the same key"
+            ),
         )),
     }
 }
