@@ -283,7 +283,8 @@ struct HttpAnswer {
 impl HttpAnswer {
     /// Whether asking again with the same key may bring another answer. idem's errors say so
     /// themselves (`"retry": "same_key"`); for an answer without that member (the API's
-    /// own, or an older idem): a 409 (the first attempt is still executing) or a 5xx. A
+    /// own, or an older idem): a 409 (the first attempt is still executing), a 429 (a rate
+    /// limit, which idem passes on with the key released) or a 5xx. A
     /// replayed answer is the stored outcome, and a key of unknown outcome stays so: retrying
     /// only brings either back.
     fn worth_retrying(&self) -> bool {
@@ -299,7 +300,9 @@ impl HttpAnswer {
             Some(advice) => advice == "same_key",
             None => {
                 !is_outcome_unknown(self.status, &self.body)
-                    && (self.status == StatusCode::CONFLICT || self.status.is_server_error())
+                    && (self.status == StatusCode::CONFLICT
+                        || self.status == StatusCode::TOO_MANY_REQUESTS
+                        || self.status.is_server_error())
             }
         }
     }

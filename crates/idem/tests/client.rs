@@ -101,6 +101,58 @@ fn uuid_version(key: &str) -> Option<char> {
     (key.len() == 36).then(|| key.chars().nth(14)).flatten()
 }
 
+/// An upstream's rate limit passes through the gateway with the key released: the client
+/// waits its `Retry-After` and retries with the same key, which executes.
+#[tokio::test]
+async fn a_rate_limit_is_retried_with_the_same_key_and_executes() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/charges",
+        axum::routing::post(move || {
+            let call = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call == 0 {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "1")],
+                        "slow down",
+                    )
+                        .into_response()
+                } else {
+                    (StatusCode::CREATED, "{\"id\":\"ch_1\"}").into_response()
+                }
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let idem = Idem::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory://",
+        "--upstream",
+        &upstream,
+    ]);
+    let response = IdemClient::new(&idem.url)
+        .unwrap()
+        .retry_policy(fast_retries())
+        .post("/charges")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.attempts(), 2);
+    assert!(!response.replayed());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn conflict_is_retried_after_retry_after_then_replayed() {
     let upstream = Upstream::start().await;
