@@ -26,6 +26,12 @@ pub fn path(data: &[u8]) {
         }
         Err(PathError::NotAbsolute) => assert!(!path.starts_with('/'), "{path:?}"),
         Err(PathError::Backslash) => assert!(path.contains('\\'), "{path:?}"),
+        Err(PathError::DotSegmentParameter | PathError::EmptySegmentParameter) => {
+            assert!(
+                path.contains(';'),
+                "a parameter error without a ';': {path:?}"
+            );
+        }
         Err(_) => assert!(
             path.contains('%'),
             "an escape error without a '%': {path:?}"

@@ -37,6 +37,11 @@ pub enum PathError {
     /// parameter, then the dot segment, so it means `/b` there and `/a/..;/b` elsewhere.
     #[error("the request path holds a dot segment with a ';' parameter")]
     DotSegmentParameter,
+    /// A segment that is only `;` parameters (`/;x/payments`, `/a/;/../b`): Java servers
+    /// remove the parameters, then the empty segment it leaves, so the segment is not there
+    /// for them and is one segment elsewhere.
+    #[error("the request path holds a segment that is only ';' parameters")]
+    EmptySegmentParameter,
 }
 
 /// The normal form of `path` (only the path: no query), borrowed when `path` is already
@@ -63,10 +68,14 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path.as_bytes())?;
-    if decoded.split('/').any(|segment| {
-        segment.contains(';') && matches!(segment.split(';').next(), Some("." | ".."))
-    }) {
-        return Err(PathError::DotSegmentParameter);
+    for segment in decoded.split('/') {
+        if let Some((name, _)) = segment.split_once(';') {
+            match name {
+                "." | ".." => return Err(PathError::DotSegmentParameter),
+                "" => return Err(PathError::EmptySegmentParameter),
+                _ => {}
+            }
+        }
     }
     let normal = remove_dot_segments(&decoded);
     Ok(if normal == path {
@@ -231,6 +240,9 @@ mod tests {
             ("/a/..;/b", PathError::DotSegmentParameter),
             ("/a/%2e%2e;x=1/b", PathError::DotSegmentParameter),
             ("/a/.;/b", PathError::DotSegmentParameter),
+            ("/;x/payments/p1", PathError::EmptySegmentParameter),
+            ("/webhooks/;/../payments", PathError::EmptySegmentParameter),
+            ("/items/;", PathError::EmptySegmentParameter),
         ] {
             assert_eq!(normalize(path).unwrap_err(), error, "{path:?}");
         }

@@ -415,9 +415,10 @@ fn mismatch_status(status: Option<u16>) -> anyhow::Result<http::StatusCode> {
         })
 }
 
-/// `--transient-status` (or the file's `transient_statuses`, or 429 and 503): 4xx and 5xx
-/// statuses only, since a success or a redirect is an answer; `none` on the command line is
-/// the empty list.
+/// `--transient-status` (or the file's `transient_statuses`, or 429 and 503): 4xx statuses
+/// and 503 only. A success or a redirect is an answer; another 5xx may follow the effect, and
+/// 504 is also the gateway's own "outcome unknown", which must stay kept. `none` on the
+/// command line is the empty list.
 fn transient_statuses(
     flags: &[String],
     file: Option<&[u16]>,
@@ -440,10 +441,12 @@ fn transient_statuses(
         .map(|code| {
             http::StatusCode::from_u16(code)
                 .ok()
-                .filter(|status| status.is_client_error() || status.is_server_error())
+                .filter(|status| {
+                    status.is_client_error() || *status == http::StatusCode::SERVICE_UNAVAILABLE
+                })
                 .ok_or_else(|| {
                     anyhow::anyhow!(
-                        "--transient-status {code}: only a 4xx or 5xx status can mean \"not processed\""
+                        "--transient-status {code}: only a 4xx status or 503 can mean \"not processed\" (other 5xx may follow the effect, and 502 and 504 are also the gateway's own answers for an outcome it does not know)"
                     )
                 })
         })
@@ -888,7 +891,8 @@ mod tests {
         args.extend(["--config", file.path().to_str().unwrap()]);
         assert_eq!(statuses(proxy_from(&args).unwrap()), [503]);
         for (value, reason) in [
-            ("200", "only a 4xx or 5xx"),
+            ("200", "only a 4xx status or 503"),
+            ("504", "only a 4xx status or 503"),
             ("soon", "a status such as 429"),
         ] {
             let error = format!("{:#}", flag(value).unwrap_err());

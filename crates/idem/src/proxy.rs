@@ -182,10 +182,7 @@ fn add_forwarding_headers(
 ) {
     let Some(client) = client else { return };
     let ip = client.ip().to_string();
-    let forwarded_for = match joined(headers, "x-forwarded-for") {
-        Some(earlier) => format!("{earlier}, {ip}"),
-        None => ip.clone(),
-    };
+    let forwarded_for = appended(joined(headers, "x-forwarded-for"), &ip);
     let node = if client.is_ipv6() {
         format!("\"[{ip}]\"")
     } else {
@@ -203,11 +200,9 @@ fn add_forwarding_headers(
             headers.insert("x-forwarded-host", value);
         }
     }
-    if let Some(earlier) = joined(headers, header::FORWARDED.as_str()) {
-        forwarded = format!("{earlier}, {forwarded}");
-    }
+    let forwarded = appended(joined(headers, header::FORWARDED.as_str()), &forwarded);
     for (name, value) in [("x-forwarded-for", forwarded_for), ("forwarded", forwarded)] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Ok(value) = HeaderValue::from_bytes(&value) {
             headers.insert(name, value);
         }
     }
@@ -218,16 +213,29 @@ fn add_forwarding_headers(
 
 /// Every line of a list header, in order, as one comma-separated list (RFC 9110 §5.3): a
 /// trusted proxy that added a line of its own instead of appending to the client's must not
-/// lose its line to the client's. Lines that are not text are left out.
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let lines: Vec<&str> = headers
+/// lose its line to the client's. Bytes, not text: a client that puts a non-ASCII byte in the
+/// line a trusted proxy appends to must not get the whole line, and the proxy's entry for the
+/// client with it, dropped.
+fn joined(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    let lines: Vec<&[u8]> = headers
         .get_all(name)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(str::trim)
+        .map(|value| value.as_bytes().trim_ascii())
         .filter(|line| !line.is_empty())
         .collect();
-    (!lines.is_empty()).then(|| lines.join(", "))
+    (!lines.is_empty()).then(|| lines.join(&b", "[..]))
+}
+
+/// `earlier, this`, or `this` alone.
+fn appended(earlier: Option<Vec<u8>>, this: &str) -> Vec<u8> {
+    match earlier {
+        Some(mut list) => {
+            list.extend_from_slice(b", ");
+            list.extend_from_slice(this.as_bytes());
+            list
+        }
+        None => this.as_bytes().to_vec(),
+    }
 }
 
 /// `text` as an RFC 9110 quoted-string (RFC 7239 `Forwarded` values): in quotes, with `"`

@@ -102,7 +102,10 @@ impl RouteRule {
         );
         let path = normalize(&self.path)
             .map_err(|error| anyhow::anyhow!("route {:?}: {error}", self.path))?;
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // A trailing slash is ignored as in requests (`/a/` is `/a`), or the rule would
+        // never match: the root alone stays one empty segment.
+        let path = path.trim_start_matches('/');
+        let parts: Vec<&str> = path.strip_suffix('/').unwrap_or(path).split('/').collect();
         let mut segments = Vec::with_capacity(parts.len());
         for (index, part) in parts.iter().enumerate() {
             segments.push(match *part {
@@ -342,6 +345,19 @@ mod tests {
             "an extension method `post` is POST to many servers"
         );
         assert!(!methods.requires_key(&parts("PUT", "/payments/x"), false));
+        let slashed = table(
+            r#"
+            [[routes]]
+            path = "/api/payments/"
+            require_key = true
+            "#,
+        );
+        for spelling in ["/api/payments/", "/api/payments"] {
+            assert!(
+                slashed.requires_key(&parts("POST", spelling), false),
+                "a rule written with a trailing slash: {spelling}"
+            );
+        }
         let spelt = table(
             r#"
             [[routes]]

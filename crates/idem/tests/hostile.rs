@@ -205,6 +205,9 @@ async fn no_spelling_of_a_path_escapes_a_route_rule() {
         "/payments/x%00",
         "/pay%zzments",
         "/x/..;/payments/y",
+        // A segment of parameters only is no segment to Tomcat: `/payments/x` there.
+        "/;x/payments/x",
+        "/webhooks/;/../payments/x",
     ] {
         let (status, problem) = raw(&idem, &post(ambiguous, Some("k-amb"))).await;
         assert_eq!(
@@ -447,6 +450,21 @@ async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
         "198.51.100.1, 192.0.2.7, 127.0.0.1"
     );
     assert_eq!(lines.get_all("x-forwarded-for").iter().count(), 1);
+    // A client's non-ASCII byte in the line a trusted proxy appended to does not drop the
+    // line, and with it the proxy's entry for the client.
+    client()
+        .get(idem.url("/whoami"))
+        .header(
+            "x-forwarded-for",
+            reqwest::header::HeaderValue::from_bytes(b"x\x80, 198.51.100.1").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        upstream.last_headers()["x-forwarded-for"].as_bytes(),
+        b"x\x80, 198.51.100.1, 127.0.0.1"
+    );
     assert!(
         lines["forwarded"]
             .to_str()
