@@ -85,15 +85,31 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     })
 }
 
-/// No escape, no empty segment, no dot segment: nothing to do.
+/// No escape, no parameter, no empty segment, no dot segment: nothing to do. One pass over
+/// the bytes (every request's path comes here), looking at each segment as it ends.
 fn is_normal(path: &str) -> bool {
-    !path.contains('%')
-        && !path.contains(';')
-        && !path.contains("//")
-        && !path.contains("/./")
-        && !path.contains("/../")
-        && !path.ends_with("/.")
-        && !path.ends_with("/..")
+    let bytes = path.as_bytes();
+    // Where the current segment starts (just after its `/`).
+    let mut segment_start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'%' | b';' => return false,
+            b'/' => {
+                if index > 0 && !is_plain_segment(&bytes[segment_start..index]) {
+                    return false;
+                }
+                segment_start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    // The last segment may be empty (a trailing slash), never a dot segment.
+    !matches!(&bytes[segment_start..], b"." | b"..")
+}
+
+/// A segment between two slashes that needs no normalising: not empty, not `.` or `..`.
+fn is_plain_segment(segment: &[u8]) -> bool {
+    !matches!(segment, b"" | b"." | b"..")
 }
 
 /// Decodes escapes of unreserved characters, upper-cases the others, refuses the ambiguous.

@@ -191,6 +191,11 @@ impl RouteTable {
     }
 
     fn matching(&self, parts: &Parts) -> Option<&Route> {
+        // Asked up to four times a request (skip, key, TTL, on-lapse): with no rules, the
+        // path is not even looked at.
+        if self.routes.is_empty() {
+            return None;
+        }
         // A path with no normal form (an encoded `/`) is matched as sent: it is the HTTP
         // layer's to refuse, and its fingerprint takes it as sent too.
         let path = normalize(parts.uri.path()).unwrap_or(Cow::Borrowed(parts.uri.path()));

@@ -5,7 +5,8 @@
 //!   connection opens or the previous response ends, so half a head and silence is closed;
 //! - an idle keep-alive connection is closed after `keep_alive_timeout`;
 //! - a client that stops reading its response (its receive window stays full) is cut off
-//!   once a write has made no progress for `send_timeout`, so it cannot hold a slot;
+//!   once a write has made no progress for `send_timeout` (watched by the connection's task,
+//!   see `write_progress`), so it cannot hold a slot;
 //! - at most `max_connections` are served at once: past that, new connections wait in the
 //!   listen backlog until one closes, and the ones already open are served as usual;
 //! - on shutdown, accepting stops and every connection finishes its request and closes.
@@ -29,6 +30,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+use write_progress::{WatchedStream, WriteProgress};
+
+mod write_progress;
 
 /// The connection limits, resolved from the settings.
 #[derive(Debug, Clone, Copy)]
@@ -163,14 +168,16 @@ fn serve_connection(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(limits.keep_alive_timeout.is_some());
     // Hyper bounds reading the head, not writing the response: a client that never reads
-    // would hold its slot (and the drain) for as long as it likes.
-    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-    stream.set_write_timeout(Some(limits.send_timeout));
-    let connection = builder.serve_connection(TokioIo::new(Box::pin(stream)), service);
+    // would hold its slot (and the drain) for as long as it likes. Its writes are watched
+    // below instead.
+    let progress = Arc::new(WriteProgress::default());
+    let stream = WatchedStream::new(stream, Arc::clone(&progress));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::spawn(async move {
         let _permit = permit;
         let mut connection = pin!(connection);
         let mut closing = false;
+        let mut stall = StallWatch::new(limits.send_timeout);
         loop {
             let idle_deadline = limits
                 .keep_alive_timeout
@@ -189,6 +196,12 @@ fn serve_connection(
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                _ = stall.check.tick() => {
+                    if stall.stalled(progress.snapshot()) {
+                        tracing::debug!(%peer, "client stopped reading its answer; connection closed");
+                        return;
+                    }
+                }
                 () = sleep_until_some(idle_deadline), if !closing => {
                     if limits.keep_alive_timeout.is_some_and(|limit| activity.idle_for() >= limit) {
                         tracing::debug!(%peer, "idle keep-alive connection closed");
@@ -199,6 +212,42 @@ fn serve_connection(
             }
         }
     });
+}
+
+/// Whether a connection's writes have been stuck for the send timeout: checked four times a
+/// timeout, so a client that stopped reading is cut off between one and one and a half send
+/// timeouts after its last byte was taken.
+struct StallWatch {
+    check: tokio::time::Interval,
+    timeout: Duration,
+    last_written: u64,
+    stuck_since: Option<Instant>,
+}
+
+impl StallWatch {
+    fn new(timeout: Duration) -> Self {
+        let period = (timeout / 4).max(Duration::from_millis(1));
+        let mut check = tokio::time::interval_at(Instant::now() + period, period);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            check,
+            timeout,
+            last_written: 0,
+            stuck_since: None,
+        }
+    }
+
+    /// Notes a check of `(written, blocked)`; true once a write has waited, with nothing
+    /// written, for the whole timeout.
+    fn stalled(&mut self, (written, blocked): (u64, bool)) -> bool {
+        if !blocked || written != self.last_written {
+            self.last_written = written;
+            self.stuck_since = None;
+            return false;
+        }
+        let since = *self.stuck_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= self.timeout
+    }
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {
@@ -265,5 +314,25 @@ impl Drop for Busy {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_stuck_for_the_timeout_is_a_stall_and_progress_is_not() {
+        let mut watch = StallWatch::new(Duration::from_millis(40));
+        assert!(!watch.stalled((0, true)), "stuck, but not for long yet");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(watch.stalled((0, true)), "stuck for the whole timeout");
+        assert!(!watch.stalled((10, true)), "bytes went out: not stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!watch.stalled((10, true)), "stuck again, the clock starts anew");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!watch.stalled((10, false)), "nothing waits to be written: an idle client");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!watch.stalled((10, true)));
     }
 }
