@@ -8,7 +8,7 @@
 //! - `server`: what both commands share (one engine, the sweeper, the durability check,
 //!   serving with a graceful drain); `signals`: SIGTERM and SIGINT; `admin`: metrics,
 //!   health, readiness and `/records` on the admin listener.
-//! - `proxy`: the gateway; `coordination`: `idem serve`'s JSON API; `records`: looking up and
+//! - `proxy`: the gateway (`path_guard`: refusing paths with no single meaning); `coordination`: `idem serve`'s JSON API; `records`: looking up and
 //!   resolving one record, for `idem records` and the admin listener.
 
 pub mod cli;
@@ -18,6 +18,7 @@ pub mod routes;
 mod admin;
 mod connections;
 mod coordination;
+mod path_guard;
 mod proxy;
 mod records;
 mod server;

@@ -17,7 +17,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::ConnectInfo;
-use axum::middleware::Next;
 use axum::response::IntoResponse;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
@@ -30,6 +29,7 @@ use ipnet::IpNet;
 use tower::ServiceBuilder;
 
 use crate::config;
+use crate::path_guard::OneMeaningPerPathLayer;
 use crate::server::Server;
 use crate::upstream::Upstream;
 
@@ -253,34 +253,6 @@ fn quoted_string(text: &str) -> String {
     quoted
 }
 
-/// One path, one meaning: route rules and fingerprints work on the path's normal form
-/// ([`idem_http::path`]), so no spelling of a path escapes a rule, and a path with no single
-/// meaning is refused here, before anything else sees it. A path that has one is forwarded as
-/// the client sent it: the upstream reads it as it always did (an object store's `//` stays),
-/// and every reading it can have is the one the rules judged.
-async fn one_meaning_per_path(request: Request<Body>, next: Next) -> Response<Body> {
-    let path = request.uri().path();
-    // Only origin-form targets have a path to normalise; `*` and authority forms match no
-    // rule (every rule starts with '/') and are forwarded as they came.
-    if path.starts_with('/')
-        && let Err(error) = idem_http::path::normalize(path)
-    {
-        return ambiguous_path(&error.to_string());
-    }
-    next.run(request).await
-}
-
-fn ambiguous_path(reason: &str) -> Response<Body> {
-    // Counted with the layer's outcomes: the request never reaches the layer.
-    metrics::counter!("idem_requests_total", "outcome" => "path_ambiguous").increment(1);
-    tracing::info!(reason, "request path refused: no single meaning");
-    ProblemCode::PathAmbiguous
-        .response(&format!(
-            "{reason}; nothing was forwarded. Send the path with its characters as they are (or percent-encode only what must be)"
-        ))
-        .map(Body::new)
-}
-
 async fn unreachable(error: ForwardError) -> impl IntoResponse {
     tracing::warn!(%error, "request not delivered upstream; key released");
     let detail = "the upstream could not be reached, so the request was not delivered and nothing was executed; retry with the same key";
@@ -328,7 +300,7 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         .on_cancel(idem_http::CancelPolicy::RunToCompletion)
         .build();
     let service = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn(one_meaning_per_path))
+        .layer(OneMeaningPerPathLayer)
         .layer(HandleErrorLayer::new(unreachable))
         .layer(layer)
         .service(forwarder);

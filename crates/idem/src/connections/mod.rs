@@ -329,9 +329,15 @@ mod tests {
         assert!(watch.stalled((0, true)), "stuck for the whole timeout");
         assert!(!watch.stalled((10, true)), "bytes went out: not stuck");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!watch.stalled((10, true)), "stuck again, the clock starts anew");
+        assert!(
+            !watch.stalled((10, true)),
+            "stuck again, the clock starts anew"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!watch.stalled((10, false)), "nothing waits to be written: an idle client");
+        assert!(
+            !watch.stalled((10, false)),
+            "nothing waits to be written: an idle client"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!watch.stalled((10, true)));
     }
