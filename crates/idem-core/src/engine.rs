@@ -270,16 +270,25 @@ impl<S: Store> Engine<S> {
             let (Begin::InFlight { .. }, Some(deadline)) = (&begun, deadline) else {
                 return Ok(begun);
             };
-            // Wait for the owner to finish: poll the record (it may live in another process,
-            // so there is nothing local to be notified by) until it completes, is released or
-            // lapses, or until the deadline; then decide again.
+            // Wait for the owner to finish, then decide again: woken at once when the owner is
+            // an execution of this process; otherwise (it may live in another) the record is
+            // re-read on a backoff until it completes, is released or lapses, or until the
+            // deadline.
+            let waiting = self.state.leases.wait_for(id);
+            let mut finished = Box::pin(waiting.finished());
             loop {
                 let now = Instant::now();
                 if now >= deadline {
                     return Ok(begun);
                 }
-                tokio::time::sleep(pause.min(deadline - now)).await;
-                pause = (pause * 2).min(WAIT_POLL_MAX);
+                tokio::select! {
+                    () = &mut finished => {}
+                    () = tokio::time::sleep(pause.min(deadline - now)) => {
+                        pause = (pause * 2).min(WAIT_POLL_MAX);
+                    }
+                }
+                // Listening again before the read: a finish after the read still wakes it.
+                finished = Box::pin(waiting.finished());
                 match self.status(id).await? {
                     Some(snapshot) if snapshot.lease_left().is_some_and(|left| !left.is_zero()) => {
                     }

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -35,12 +37,16 @@ pub(crate) struct EngineState<S> {
     pub(crate) leases: LeaseRegistry,
 }
 
-/// The leases an engine keeps alive, and the one renewer task that renews them.
+/// The leases an engine keeps alive, the one renewer task that renews them, and the
+/// duplicates in this process waiting for one of those executions to finish.
 #[derive(Default)]
 pub(crate) struct LeaseRegistry {
     entries: Mutex<HashMap<LeaseKey, Arc<LeaseState>>>,
     next_serial: AtomicU64,
     renewer: Mutex<Option<JoinHandle<()>>>,
+    /// Woken when an execution of the record leaves the registry: after its completion or
+    /// release was applied (or given up), so a waiter that reads the record then sees it.
+    waiters: Mutex<HashMap<RecordId, Arc<Notify>>>,
 }
 
 impl LeaseRegistry {
@@ -56,11 +62,59 @@ impl LeaseRegistry {
         key
     }
 
-    /// Stops keeping `key`'s lease alive.
+    /// Stops keeping `key`'s lease alive, and wakes the duplicates waiting for its record.
     pub(crate) fn remove(&self, key: &LeaseKey) {
         lock(&self.entries).remove(key);
+        if let Some(waiters) = lock(&self.waiters).remove(&key.0) {
+            waiters.notify_waiters();
+        }
     }
 
+    /// A duplicate of `id`'s in-flight request starts waiting in this process: it is woken
+    /// when an execution of `id` here finishes. An owner in another process wakes nobody, so
+    /// waiters still re-read the record on a backoff.
+    pub(crate) fn wait_for(&self, id: RecordId) -> Waiting<'_> {
+        let notify = Arc::clone(lock(&self.waiters).entry(id).or_default());
+        Waiting {
+            registry: self,
+            id,
+            notify,
+        }
+    }
+}
+
+/// One duplicate waiting for a record's execution; dropped, it leaves no entry behind unless
+/// another waiter still holds it.
+pub(crate) struct Waiting<'a> {
+    registry: &'a LeaseRegistry,
+    id: RecordId,
+    notify: Arc<Notify>,
+}
+
+impl Waiting<'_> {
+    /// Resolves when an execution of the record in this process finishes. Create it before
+    /// reading the record, so that a finish between the read and the await still wakes it.
+    pub(crate) fn finished(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiters = lock(&self.registry.waiters);
+        // Two holders left, the map and this waiter: the last one out removes the entry (a
+        // finish may have removed it, or replaced it with a newer one, already).
+        if waiters
+            .get(&self.id)
+            .is_some_and(|entry| Arc::ptr_eq(entry, &self.notify))
+            && Arc::strong_count(&self.notify) == 2
+        {
+            waiters.remove(&self.id);
+        }
+    }
+}
+
+impl LeaseRegistry {
     /// The leases last renewed at least `due_after` before `now`.
     pub(crate) fn due(
         &self,

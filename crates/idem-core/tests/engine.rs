@@ -650,6 +650,39 @@ async fn waiting_duplicate_gets_the_replay_once_the_owner_completes() {
     assert!(matches!(waiter.await.unwrap(), Begin::Replay(r) if r == response("done")));
 }
 
+/// On the paused clock: the waiter re-reads the record at 5, 15, 35, 75 and 155 ms; its owner,
+/// in the same process, completes at 150 ms. Woken by the owner, it answers at 150 ms; polling
+/// alone, it would answer at 155 ms.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_duplicate_is_woken_by_its_owner_in_this_process_not_polled() {
+    let engine = Engine::builder(MemoryStore::new())
+        .wait_for_in_flight(Duration::from_secs(10))
+        .build();
+    let Begin::Acquired(execution) = engine.begin(id("k"), request("a")).await.unwrap() else {
+        panic!()
+    };
+    let waiter = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let begun = engine.begin(id("k"), request("a")).await.unwrap();
+            (tokio::time::Instant::now(), begun)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let completed_at = tokio::time::Instant::now();
+    assert!(matches!(
+        execution.complete(response("done")).await,
+        Finish::Done
+    ));
+    let (answered_at, begun) = waiter.await.unwrap();
+    assert!(matches!(begun, Begin::Replay(r) if r == response("done")));
+    assert_eq!(
+        answered_at - completed_at,
+        Duration::ZERO,
+        "answered when its owner finished, not at its next re-read"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_duplicate_takes_over_a_released_key() {
     let engine = Engine::builder(MemoryStore::new())
