@@ -130,15 +130,7 @@ async fn a_rate_limit_is_retried_with_the_same_key_and_executes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let idem = Idem::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory://",
-        "--upstream",
-        &upstream,
-    ]);
+    let idem = Idem::proxy_on_memory(&upstream, &[]);
     let response = IdemClient::new(&idem.url)
         .unwrap()
         .retry_policy(fast_retries())

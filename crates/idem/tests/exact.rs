@@ -321,20 +321,7 @@ async fn a_principal_sent_twice_is_refused_not_guessed() {
 #[tokio::test]
 async fn the_gateways_not_processed_statuses_are_a_setting() {
     let upstream = Upstream::start().await;
-    let start = |extra: &[&str]| {
-        let mut args = vec![
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "memory://",
-            "--upstream",
-        ];
-        let url = upstream.url();
-        args.push(&url);
-        args.extend_from_slice(extra);
-        Idem::start(&args)
-    };
+    let start = |extra: &[&str]| Idem::proxy_on_memory(&upstream.url(), extra);
     let send = |idem: &Idem, path: &str, key: &str| {
         client()
             .post(idem.url(path))

@@ -29,6 +29,22 @@ impl Idem {
         Self::start_with_env(args, &[])
     }
 
+    /// `idem proxy` on the memory store in front of `upstream`, with `extra` flags.
+    #[allow(dead_code, reason = "not every test binary starts a proxy this way")]
+    pub fn proxy_on_memory(upstream: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory://",
+            "--upstream",
+            upstream,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_with(args, env, Stdio::inherit())
     }
