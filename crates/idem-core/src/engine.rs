@@ -3,10 +3,13 @@
 //! by its [`Execution`] guard.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine_state::{EngineState, LeaseRegistry};
+use tokio::sync::futures::Notified;
+
+use crate::engine_state::{EngineState, LeaseRegistry, Waiting};
 use crate::execution::{Execution, MAX_SETTLE};
 use crate::store::timed;
 use crate::{
@@ -264,36 +267,57 @@ impl<S: Store> Engine<S> {
             .state
             .wait
             .and_then(|limit| Instant::now().checked_add(limit));
+        // Listening from before the first read: an owner in this process that finishes
+        // between that read and the wait still wakes the duplicate.
+        let waiting = deadline.map(|deadline| (deadline, self.state.leases.wait_for(id)));
         let mut pause = WAIT_POLL_START;
         loop {
+            let finished = waiting
+                .as_ref()
+                .map(|(_, waiting)| Box::pin(waiting.finished()));
             let begun = self.try_begin(id, fingerprint, options).await?;
-            let (Begin::InFlight { .. }, Some(deadline)) = (&begun, deadline) else {
+            let (Begin::InFlight { .. }, Some((deadline, waiting)), Some(finished)) =
+                (&begun, &waiting, finished)
+            else {
                 return Ok(begun);
             };
-            // Wait for the owner to finish, then decide again: woken at once when the owner is
-            // an execution of this process; otherwise (it may live in another) the record is
-            // re-read on a backoff until it completes, is released or lapses, or until the
-            // deadline.
-            let waiting = self.state.leases.wait_for(id);
-            let mut finished = Box::pin(waiting.finished());
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Ok(begun);
+            if !self
+                .wait_for_owner(id, *deadline, waiting, finished, &mut pause)
+                .await?
+            {
+                return Ok(begun);
+            }
+        }
+    }
+
+    /// Waits for the owner of `id` to finish: woken at once when the owner is an execution of
+    /// this process; otherwise (it may live in another) the record is re-read on a backoff
+    /// until it completes, is released or lapses. True once it may have: decide again; false
+    /// once `deadline` passed.
+    async fn wait_for_owner<'a>(
+        &self,
+        id: RecordId,
+        deadline: Instant,
+        waiting: &'a Waiting<'_>,
+        mut finished: Pin<Box<Notified<'a>>>,
+        pause: &mut Duration,
+    ) -> Result<bool, StoreError> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            tokio::select! {
+                () = &mut finished => {}
+                () = tokio::time::sleep((*pause).min(deadline - now)) => {
+                    *pause = (*pause * 2).min(WAIT_POLL_MAX);
                 }
-                tokio::select! {
-                    () = &mut finished => {}
-                    () = tokio::time::sleep(pause.min(deadline - now)) => {
-                        pause = (pause * 2).min(WAIT_POLL_MAX);
-                    }
-                }
-                // Listening again before the read: a finish after the read still wakes it.
-                finished = Box::pin(waiting.finished());
-                match self.status(id).await? {
-                    Some(snapshot) if snapshot.lease_left().is_some_and(|left| !left.is_zero()) => {
-                    }
-                    _ => break,
-                }
+            }
+            // Listening again before the read: a finish after the read still wakes it.
+            finished = Box::pin(waiting.finished());
+            match self.status(id).await? {
+                Some(snapshot) if snapshot.lease_left().is_some_and(|left| !left.is_zero()) => {}
+                _ => return Ok(true),
             }
         }
     }

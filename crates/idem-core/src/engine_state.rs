@@ -46,7 +46,8 @@ pub(crate) struct LeaseRegistry {
     renewer: Mutex<Option<JoinHandle<()>>>,
     /// Woken when an execution of the record leaves the registry: after its completion or
     /// release was applied (or given up), so a waiter that reads the record then sees it.
-    waiters: Mutex<HashMap<RecordId, Arc<Notify>>>,
+    /// With the number of waiters holding each entry: the last one out removes it.
+    waiters: Mutex<HashMap<RecordId, (Arc<Notify>, usize)>>,
 }
 
 impl LeaseRegistry {
@@ -65,7 +66,9 @@ impl LeaseRegistry {
     /// Stops keeping `key`'s lease alive, and wakes the duplicates waiting for its record.
     pub(crate) fn remove(&self, key: &LeaseKey) {
         lock(&self.entries).remove(key);
-        if let Some(waiters) = lock(&self.waiters).remove(&key.0) {
+        // Not removed here: a waiter woken while the record is still in flight (an execution
+        // that was abandoned, or one of two resuming one lease) waits on for the next finish.
+        if let Some((waiters, _)) = lock(&self.waiters).get(&key.0) {
             waiters.notify_waiters();
         }
     }
@@ -74,7 +77,12 @@ impl LeaseRegistry {
     /// when an execution of `id` here finishes. An owner in another process wakes nobody, so
     /// waiters still re-read the record on a backoff.
     pub(crate) fn wait_for(&self, id: RecordId) -> Waiting<'_> {
-        let notify = Arc::clone(lock(&self.waiters).entry(id).or_default());
+        let notify = {
+            let mut waiters = lock(&self.waiters);
+            let (notify, count) = waiters.entry(id).or_default();
+            *count += 1;
+            Arc::clone(notify)
+        };
         Waiting {
             registry: self,
             id,
@@ -83,8 +91,7 @@ impl LeaseRegistry {
     }
 }
 
-/// One duplicate waiting for a record's execution; dropped, it leaves no entry behind unless
-/// another waiter still holds it.
+/// One duplicate waiting for a record's execution; the last one dropped removes its entry.
 pub(crate) struct Waiting<'a> {
     registry: &'a LeaseRegistry,
     id: RecordId,
@@ -92,8 +99,9 @@ pub(crate) struct Waiting<'a> {
 }
 
 impl Waiting<'_> {
-    /// Resolves when an execution of the record in this process finishes. Create it before
-    /// reading the record, so that a finish between the read and the await still wakes it.
+    /// Resolves when an execution of the record in this process finishes. Created before
+    /// reading the record, it is woken by a finish between the read and the await too
+    /// (tokio's `notify_waiters` reaches every `Notified` created before it, polled or not).
     pub(crate) fn finished(&self) -> Notified<'_> {
         self.notify.notified()
     }
@@ -102,14 +110,11 @@ impl Waiting<'_> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut waiters = lock(&self.registry.waiters);
-        // Two holders left, the map and this waiter: the last one out removes the entry (a
-        // finish may have removed it, or replaced it with a newer one, already).
-        if waiters
-            .get(&self.id)
-            .is_some_and(|entry| Arc::ptr_eq(entry, &self.notify))
-            && Arc::strong_count(&self.notify) == 2
-        {
-            waiters.remove(&self.id);
+        if let Some((_, count)) = waiters.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                waiters.remove(&self.id);
+            }
         }
     }
 }
@@ -186,4 +191,40 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IdempotencyKey, KeyPolicy, Scope};
+
+    fn id() -> RecordId {
+        let key = IdempotencyKey::parse(b"waited-for", KeyPolicy::Any).expect("a key");
+        RecordId::new(&Scope::anonymous(), &key)
+    }
+
+    #[test]
+    fn the_last_waiter_out_removes_the_entry_and_a_finish_keeps_it() {
+        let registry = LeaseRegistry::default();
+        let first = registry.wait_for(id());
+        let second = registry.wait_for(id());
+        let key = registry.insert(
+            id(),
+            crate::LeaseToken::random(),
+            Arc::new(LeaseState::new()),
+        );
+        registry.remove(&key);
+        assert_eq!(
+            lock(&registry.waiters).len(),
+            1,
+            "still waited for after a finish"
+        );
+        drop(first);
+        assert_eq!(lock(&registry.waiters).len(), 1);
+        drop(second);
+        assert!(
+            lock(&registry.waiters).is_empty(),
+            "no entry outlives its waiters"
+        );
+    }
 }
