@@ -16,15 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 fn proxy(upstream: &Upstream) -> Idem {
-    Idem::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory://",
-        "--upstream",
-        &upstream.url(),
-    ])
+    Idem::proxy_on_memory(&upstream.url(), &[])
 }
 
 fn fast_retries() -> RetryPolicy {

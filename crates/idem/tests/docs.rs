@@ -59,15 +59,7 @@ fn shell_examples_in_the_guides_run() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let upstream = format!("http://127.0.0.1:{port}");
-    let idem = Idem::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory://",
-        "--upstream",
-        &upstream,
-    ]);
+    let idem = Idem::proxy_on_memory(&upstream, &[]);
     let binary_dir = Path::new(env!("CARGO_BIN_EXE_idem"))
         .parent()
         .unwrap()

@@ -264,18 +264,10 @@ async fn the_mismatch_status_is_a_setting() {
     assert_eq!(document["error"]["differs"], json!(["operation"]));
 
     let upstream = Upstream::start().await;
-    let proxy = Idem::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory://",
-        "--upstream",
+    let proxy = Idem::proxy_on_memory(
         &upstream.url(),
-        "--mismatch-status",
-        "400",
-        "--canonical-json",
-    ]);
+        &["--mismatch-status", "400", "--canonical-json"],
+    );
     let send = |body: &'static str| {
         client()
             .post(proxy.url("/charges"))

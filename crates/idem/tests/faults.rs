@@ -967,19 +967,10 @@ async fn a_slow_response_body_keeps_its_key_owned() {
     let _exclusive = EXCLUSIVE.lock().await;
     let upstream =
         SlowBodyUpstream::start(Duration::from_millis(500), Duration::from_secs(2)).await;
-    let idem = Idem::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory://",
-        "--upstream",
+    let idem = Idem::proxy_on_memory(
         &upstream.url(),
-        "--lease",
-        "1s",
-        "--upstream-timeout",
-        "3s",
-    ]);
+        &["--lease", "1s", "--upstream-timeout", "3s"],
+    );
     let key = unique("slow-body");
     let started = Instant::now();
     let first = {

@@ -13,17 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn proxy(upstream: &str, extra: &[&str]) -> Idem {
-    let mut args = vec![
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory://",
-        "--upstream",
-        upstream,
-    ];
-    args.extend_from_slice(extra);
-    Idem::start(&args)
+    Idem::proxy_on_memory(upstream, extra)
 }
 
 fn address(idem: &Idem) -> String {

@@ -9,17 +9,7 @@ use serde_json::Value;
 use support::{Idem, Upstream, client, free_port};
 
 fn proxy(upstream: &str, extra: &[&str]) -> Idem {
-    let mut args = vec![
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory://",
-        "--upstream",
-        upstream,
-    ];
-    args.extend_from_slice(extra);
-    Idem::start(&args)
+    Idem::proxy_on_memory(upstream, extra)
 }
 
 async fn code(response: reqwest::Response) -> (u16, String) {
