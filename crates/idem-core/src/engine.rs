@@ -11,10 +11,10 @@ use tokio::sync::futures::Notified;
 
 use crate::engine_state::{EngineState, LeaseRegistry, Waiting};
 use crate::execution::{Execution, MAX_SETTLE};
-use crate::store::timed;
+use crate::store::{announced, timed};
 use crate::{
     BeginOutcome, BeginRequest, Fingerprint, FingerprintPart, LeaseToken, OnLapse, RecordId,
-    RecordSnapshot, RecordState, Store, StoreError, StoredResponse, TransitionOutcome,
+    RecordSnapshot, RecordState, Store, StoreError, StoredResponse, TransitionOutcome, Watch,
 };
 
 /// How long a completed record is replayed by default: a day, as Stripe and the IETF draft's
@@ -33,8 +33,13 @@ pub const MIN_UNKNOWN_OUTCOME_KEPT: Duration = Duration::from_secs(60 * 60);
 
 /// First pause between two looks at an in-flight record while waiting for it.
 const WAIT_POLL_START: Duration = Duration::from_millis(5);
-/// Longest pause between two looks: bounds how late a waiter notices a completion.
+/// Longest pause between two looks: bounds how late a waiter notices a completion on a
+/// store that does not announce finishes.
 const WAIT_POLL_MAX: Duration = Duration::from_millis(200);
+/// The pause between two looks when the store announces the finish: the look only notices a
+/// lapsed lease (an owner that died) or an announcement lost while the store's subscription
+/// was reconnecting.
+const WAIT_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Runs the idempotency protocol over a store. Cheap to clone: clones share the store.
 pub struct Engine<S> {
@@ -291,9 +296,11 @@ impl<S: Store> Engine<S> {
     }
 
     /// Waits for the owner of `id` to finish: woken at once when the owner is an execution of
-    /// this process; otherwise (it may live in another) the record is re-read on a backoff
-    /// until it completes, is released or lapses. True once it may have: decide again; false
-    /// once `deadline` passed.
+    /// this process or, on a store that announces finishes, of another; otherwise the record
+    /// is re-read on a backoff until it completes, is released or lapses (with an
+    /// announcement, only on the slower [`WAIT_FALLBACK`] one: for a lapse, or a lost
+    /// announcement). True once it may have finished: decide again; false once `deadline`
+    /// passed.
     async fn wait_for_owner<'a>(
         &self,
         id: RecordId,
@@ -302,6 +309,14 @@ impl<S: Store> Engine<S> {
         mut finished: Pin<Box<Notified<'a>>>,
         pause: &mut Duration,
     ) -> Result<bool, StoreError> {
+        let mut feed = match self.watch(id).await {
+            Watch::NotInFlight => return Ok(true),
+            Watch::Announced(feed) => {
+                *pause = (*pause).max(WAIT_FALLBACK);
+                Some(feed)
+            }
+            _ => None,
+        };
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -309,8 +324,9 @@ impl<S: Store> Engine<S> {
             }
             tokio::select! {
                 () = &mut finished => {}
+                () = announced(&mut feed, id) => {}
                 () = tokio::time::sleep((*pause).min(deadline - now)) => {
-                    *pause = (*pause * 2).min(WAIT_POLL_MAX);
+                    *pause = (*pause * 2).min(WAIT_POLL_MAX.max(*pause));
                 }
             }
             // Listening again before the read: a finish after the read still wakes it.
@@ -319,6 +335,15 @@ impl<S: Store> Engine<S> {
                 Some(snapshot) if snapshot.lease_left().is_some_and(|left| !left.is_zero()) => {}
                 _ => return Ok(true),
             }
+        }
+    }
+
+    /// Asks the store to announce `id`'s finish. A store that cannot is no reason to fail
+    /// the request: the waiter falls back to re-reading the record.
+    async fn watch(&self, id: RecordId) -> Watch {
+        match timed("watch", self.state.store.watch(id)).await {
+            Ok(watch) => watch,
+            Err(_) => Watch::Unsupported,
         }
     }
 

@@ -89,7 +89,8 @@ pub use record::{
 pub use scope::{RecordId, Scope};
 pub use store::{
     BeginOutcome, BeginRequest, BoxError, CompleteRequest, DurabilityRisk, DynStore, ErasedStore,
-    OnLapse, OperationTimedOut, RecordSnapshot, Store, StoreError, TransitionOutcome, bounded,
+    FinishFeed, FinishListener, OnLapse, OperationTimedOut, RecordSnapshot, Store, StoreError,
+    TransitionOutcome, Watch, bounded,
 };
 
 #[doc(hidden)]

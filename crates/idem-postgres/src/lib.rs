@@ -29,6 +29,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
+//! | `announce` | this process's `LISTEN` for the finishes of watched records, which wakes waiting duplicates |
 //! | `store` | [`PostgresStore`]: connecting, the pool, the migrations, the [`Store`](idem_core::Store) implementation |
 //! | `sql` | the one statement of each transition, and why each is race-free |
 //! | `row` | idem's types as columns and back: timestamps, tokens, headers, a row into a record |
@@ -58,6 +59,7 @@
 //! # }
 //! ```
 
+mod announce;
 mod durability;
 mod error;
 #[cfg(feature = "fuzzing")]

@@ -31,6 +31,21 @@ macro_rules! clock {
     };
 }
 
+/// The channel the finish of a watched record is announced on; the payload is its id in hex.
+pub(crate) const FINISHED_CHANNEL: &str = "idem_records_finished";
+
+/// The tail of `COMPLETE` and `RELEASE`: one row per record the `finished` CTE changed (so
+/// the statement's row count says whether it applied), announcing it only if a waiter
+/// watches it. A `NOTIFY` makes the commit take a server-wide lock, so executions nobody
+/// waits for must not send one. The announcement is delivered when the statement commits.
+macro_rules! announce_finish {
+    () => {
+        "
+SELECT CASE WHEN watched THEN pg_notify('idem_records_finished', encode(id, 'hex')) END
+FROM finished"
+    };
+}
+
 /// `clock.now + <duration in ms>`, saturating at `i64::MAX`.
 macro_rules! later {
     ($duration:literal) => {
@@ -202,30 +217,58 @@ WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now"
 /// `UPDATE` re-checks its `WHERE` on the newest version of a row that changed after its
 /// snapshot, so a concurrent takeover (a new token) or release is never overwritten. A lapsed
 /// lease not taken over still carries the owner's token, so its completion is accepted.
+///
+/// A record a waiter marked (`WATCH`) is announced on [`FINISHED_CHANNEL`]: see
+/// [`announce_finish!`].
 pub(crate) const COMPLETE: &str = concat!(
+    "
+WITH ",
+    clock!(),
+    ",
+finished AS (
+    UPDATE idem_records
+    SET state = 'completed', response_status = $4, response_headers = $5, response_body = $6,
+        expires_at = ",
+    later!("$7"),
+    "
+    FROM clock
+    WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now
+    RETURNING id, watched
+)",
+    announce_finish!()
+);
+
+/// Release. `$1` now override, `$2` id, `$3` token. One row: applied; none: stale lease.
+/// A watched record is announced as for `COMPLETE`.
+pub(crate) const RELEASE: &str = concat!(
+    "
+WITH ",
+    clock!(),
+    ",
+finished AS (
+    DELETE FROM idem_records
+    USING clock
+    WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now
+    RETURNING id, watched
+)",
+    announce_finish!()
+);
+
+/// Watch. `$1` now override, `$2` id. One row affected: the record is in flight and now
+/// marked, so its completion or release will be announced; none: it is not in flight.
+///
+/// The mark is a row update like a renewal's, so it waits for (and is re-checked after) a
+/// concurrent completion: either the completion sees the mark and announces, or the mark
+/// finds the record completed and the waiter reads it at once.
+pub(crate) const WATCH: &str = concat!(
     "
 WITH ",
     clock!(),
     "
 UPDATE idem_records
-SET state = 'completed', response_status = $4, response_headers = $5, response_body = $6,
-    expires_at = ",
-    later!("$7"),
-    "
+SET watched = true
 FROM clock
-WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now"
-);
-
-/// Release. `$1` now override, `$2` id, `$3` token. One row affected: applied; none: stale
-/// lease.
-pub(crate) const RELEASE: &str = concat!(
-    "
-WITH ",
-    clock!(),
-    "
-DELETE FROM idem_records
-USING clock
-WHERE id = $2 AND state = 'in_flight' AND token = $3 AND expires_at > clock.now"
+WHERE id = $2 AND state = 'in_flight' AND expires_at > clock.now"
 );
 
 /// Get. `$1` now override, `$2` id. The live row, if any, with the statement's `now`.

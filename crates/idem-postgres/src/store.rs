@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use idem_core::store::transition::{self, Write};
 use idem_core::{
-    BeginOutcome, BeginRequest, Clock, CompleteRequest, DurabilityRisk, LeaseToken, OnLapse,
-    RecordId, RecordSnapshot, Store, StoreError, TransitionOutcome,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, DurabilityRisk, FinishListener, LeaseToken,
+    OnLapse, RecordId, RecordSnapshot, Store, StoreError, TransitionOutcome, Watch,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
+use crate::announce;
 use crate::durability::DurabilitySettings;
 use crate::error::{ConnectError, store_error};
 use crate::row::{duration_to_sql, now_from_row, record_from_row, timestamp_to_sql, token_to_sql};
@@ -59,6 +60,8 @@ const MAX_SWEEP_BATCH: i64 = 10_000;
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This process's subscription to announced finishes, started by the first watch.
+    listener: Arc<FinishListener>,
     /// A clock that replaces the server's, for tests only; see
     /// [`PostgresStoreBuilder::clock`].
     clock: Option<Arc<dyn Clock>>,
@@ -155,6 +158,7 @@ impl PostgresStoreBuilder {
             .connect_lazy_with(options);
         PostgresStore {
             pool,
+            listener: Arc::default(),
             clock: self.clock.clone(),
         }
     }
@@ -194,7 +198,11 @@ impl PostgresStore {
     /// pool's own acquire timeout.
     #[must_use]
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool, clock: None }
+        Self {
+            pool,
+            listener: Arc::default(),
+            clock: None,
+        }
     }
 
     /// The pool, to share it with the application or to close it.
@@ -229,7 +237,7 @@ impl PostgresStore {
 
 /// Runs one statement within [`OPERATION_TIMEOUT`] (see [`idem_core::bounded`]), sorting
 /// its driver errors.
-async fn bounded_statement<T>(
+pub(crate) async fn bounded_statement<T>(
     operation: &'static str,
     future: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, StoreError> {
@@ -362,6 +370,27 @@ impl Store for PostgresStore {
         .await?;
         // At most `limit` rows, which came from a usize.
         Ok(usize::try_from(result.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn watch(&self, id: RecordId) -> Result<Watch, StoreError> {
+        // Listening before marking: a completion right after the mark is heard.
+        let feed = self
+            .listener
+            .subscribe(|sender| announce::listen(self.pool.clone(), sender))
+            .await?;
+        let result = bounded_statement(
+            "watch",
+            sqlx::query(sql::WATCH)
+                .bind(self.now_override())
+                .bind(id.as_bytes().as_slice())
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(if result.rows_affected() == 1 {
+            Watch::Announced(feed)
+        } else {
+            Watch::NotInFlight
+        })
     }
 
     async fn durability_risks(&self) -> Result<Vec<DurabilityRisk>, StoreError> {

@@ -653,3 +653,14 @@ async fn a_silent_server_is_unavailable_within_the_timeouts_not_a_hang() {
         .expect("a valid URL");
     support::silent_server_is_unavailable_within(&store, OPERATION_TIMEOUT + SLACK).await;
 }
+
+/// Two instances (two pools) of one database: a duplicate waiting on one is woken by the
+/// other's completion through `NOTIFY`.
+#[tokio::test]
+async fn a_duplicate_waiting_on_another_instance_is_woken_by_notify() {
+    idem_core::testkit::instances::a_waiter_on_another_instance_is_woken_by_the_announcement(
+        store().await,
+        store().await,
+    )
+    .await;
+}

@@ -10,6 +10,7 @@
 //! | `token`, `lease_until` | the owner's token and lease (in flight only) |
 //! | `expires_at` | when the record is forgotten, on Redis's clock |
 //! | `status`, `headers`, `has_body`, `body` | the stored response (completed only) |
+//! | `watched` | `1` once a waiter asked for its finish to be announced (in flight only) |
 //!
 //! Tokens and times are decimal strings (see `lua/prelude.lua`), times in milliseconds of the
 //! clock the scripts read (Redis's `TIME`, unless a test gave the store a clock of its own);
@@ -40,6 +41,18 @@ fn unreadable(what: impl Into<String>) -> DecodeError {
 /// slot as this one and a script can still touch both atomically.
 pub(crate) fn record_key(prefix: &str, id: RecordId) -> String {
     format!("{prefix}:{{{}}}", id.to_hex())
+}
+
+/// The record a key names (`{prefix}:{<hex id>}`, as [`record_key`] writes it), or `None` for
+/// a key of another prefix or shape: the message `complete.lua` and `release.lua` announce.
+pub(crate) fn record_id_from_key(prefix: &str, key: &str) -> Option<RecordId> {
+    let hex = key
+        .strip_prefix(prefix)?
+        .strip_prefix(":{")?
+        .strip_suffix('}')?;
+    let mut bytes = [0_u8; 32];
+    hex::decode_to_slice(hex, &mut bytes).ok()?;
+    Some(RecordId::from_bytes(bytes))
 }
 
 /// A decimal u64 as the scripts store and compare it.
@@ -195,6 +208,21 @@ fn visible_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_announced_key_names_its_record_and_only_in_its_own_prefix() {
+        let id = RecordId::from_bytes([0x5a; 32]);
+        let key = record_key("idem", id);
+        assert_eq!(record_id_from_key("idem", &key), Some(id));
+        assert_eq!(record_id_from_key("other", &key), None);
+        assert_eq!(
+            record_id_from_key("ide", &key),
+            None,
+            "a prefix of the prefix"
+        );
+        assert_eq!(record_id_from_key("idem", "idem:{ab}"), None);
+        assert_eq!(record_id_from_key("idem", &key.replace('}', "")), None);
+    }
 
     fn bulk(text: &[u8]) -> Value {
         Value::BulkString(text.to_vec())

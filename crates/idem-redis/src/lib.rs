@@ -75,11 +75,13 @@
 //! |---|---|
 //! | `store` | [`RedisStore`]: connecting to one Redis or a cluster, the scripts, the [`Store`](idem_core::Store) implementation |
 //! | `lua/` | the script of each transition (`begin.lua`, `renew.lua`, ...), and `prelude.lua` they share |
+//! | `announce` | this process's subscription to the finishes of watched records, which wakes waiting duplicates |
 //! | `codec` | how a record is laid out in Redis (its key, its hash's fields) and reading scripts' replies back |
 //! | `durability` | the server settings that may lose records, read from every primary, and what each risks |
 //! | `error` | [`ConnectError`], and how driver errors become [`StoreError`](idem_core::StoreError)s |
 //! | `fuzzing` | (feature `fuzzing`) the reply decoders, for the fuzz targets in `crates/idem-fuzz` |
 
+mod announce;
 mod codec;
 mod durability;
 mod error;

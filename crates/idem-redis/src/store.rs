@@ -5,8 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use idem_core::{
-    BeginOutcome, BeginRequest, Clock, CompleteRequest, DurabilityRisk, LeaseToken, OnLapse,
-    RecordId, RecordSnapshot, Store, StoreError, TransitionOutcome,
+    BeginOutcome, BeginRequest, Clock, CompleteRequest, DurabilityRisk, FinishListener, LeaseToken,
+    OnLapse, RecordId, RecordSnapshot, Store, StoreError, TransitionOutcome, Watch,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -16,6 +16,7 @@ use redis::{
     Client, Cmd, FromRedisValue, RedisError, RedisResult, Script, ScriptInvocation, Value,
 };
 
+use crate::announce::{self, finished_channel};
 use crate::codec::{begin_outcome, record_key, snapshot};
 use crate::durability::{self, NodeReplies};
 use crate::error::{ConnectError, store_error};
@@ -81,6 +82,7 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/renew
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/complete.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/release.lua")));
 static GET: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/get.lua")));
+static WATCH: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/watch.lua")));
 
 /// A connection to one Redis or to a cluster; both are cheap to clone and multiplex.
 #[derive(Clone)]
@@ -136,7 +138,7 @@ impl Connection {
     /// Loads every script, so the first requests need no NOSCRIPT round trip, and so that
     /// a server refusing scripts is found at start rather than on the first request.
     async fn load_scripts(&self) -> RedisResult<()> {
-        for script in [&*BEGIN, &*RENEW, &*COMPLETE, &*RELEASE, &*GET] {
+        for script in [&*BEGIN, &*RENEW, &*COMPLETE, &*RELEASE, &*GET, &*WATCH] {
             match self.clone() {
                 Self::Single(mut connection) => script.load_async(&mut connection).await?,
                 Self::Cluster(mut connection) => script.load_async(&mut connection).await?,
@@ -155,6 +157,12 @@ impl Connection {
 pub struct RedisStore {
     connection: Connection,
     key_prefix: String,
+    /// What finish announcements are published on: `finished_channel(key_prefix)`.
+    channel: String,
+    /// A node to subscribe to announcements on (any node of a cluster hears them all), and
+    /// this process's subscription, started by the first watch.
+    announcements: Client,
+    listener: Arc<FinishListener>,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -235,17 +243,19 @@ impl RedisStoreBuilder {
     pub fn connect_lazy(self, url: &str) -> Result<RedisStore, ConnectError> {
         let (key_prefix, clock) = self.parts()?;
         let client = Client::open(url).map_err(ConnectError::InvalidUrl)?;
+        let manager_client = client.clone();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(RECONNECT_RETRIES);
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
+        let manager = ConnectionManager::new_lazy_with_config(manager_client, config)
             .map_err(ConnectError::InvalidUrl)?;
-        Ok(RedisStore {
-            connection: Connection::Single(manager),
+        Ok(RedisStore::new(
+            Connection::Single(manager),
             key_prefix,
+            client,
             clock,
-        })
+        ))
     }
 
     /// Connects to a Redis Cluster through any of its nodes (`urls`; the others are
@@ -259,6 +269,9 @@ impl RedisStoreBuilder {
         urls: &[impl AsRef<str>],
     ) -> Result<RedisStore, ConnectError> {
         let (key_prefix, clock) = self.parts()?;
+        // Announcements reach the subscribers of every node: any one will do.
+        let first = urls.first().map_or("", AsRef::as_ref);
+        let announcements = Client::open(first).map_err(ConnectError::InvalidUrl)?;
         let client = ClusterClient::builder(urls.iter().map(AsRef::as_ref))
             .connection_timeout(CONNECTION_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
@@ -271,11 +284,12 @@ impl RedisStoreBuilder {
             Ok(connection)
         })
         .await?;
-        Ok(RedisStore {
+        Ok(RedisStore::new(
             connection,
             key_prefix,
+            announcements,
             clock,
-        })
+        ))
     }
 }
 
@@ -291,6 +305,22 @@ async fn bounded_connect<T>(
 }
 
 impl RedisStore {
+    fn new(
+        connection: Connection,
+        key_prefix: String,
+        announcements: Client,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> Self {
+        Self {
+            connection,
+            channel: finished_channel(&key_prefix),
+            key_prefix,
+            announcements,
+            listener: Arc::default(),
+            clock,
+        }
+    }
+
     /// Connects to one Redis with default options; see [`RedisStoreBuilder::connect`].
     ///
     /// # Errors
@@ -415,7 +445,8 @@ impl Store for RedisStore {
             .arg(headers)
             .arg(has_body)
             .arg(body)
-            .arg(self.now_arg());
+            .arg(self.now_arg())
+            .arg(&self.channel);
         Ok(fenced_outcome(
             self.run_script("complete", &invocation).await?,
         ))
@@ -430,10 +461,29 @@ impl Store for RedisStore {
         invocation
             .key(self.key(id))
             .arg(token.as_u64().to_string())
-            .arg(self.now_arg());
+            .arg(self.now_arg())
+            .arg(&self.channel);
         Ok(fenced_outcome(
             self.run_script("release", &invocation).await?,
         ))
+    }
+
+    async fn watch(&self, id: RecordId) -> Result<Watch, StoreError> {
+        // Subscribed before marking: a completion right after the mark is heard.
+        let feed = self
+            .listener
+            .subscribe(|sender| {
+                announce::listen(self.announcements.clone(), self.key_prefix.clone(), sender)
+            })
+            .await?;
+        let mut invocation = WATCH.prepare_invoke();
+        invocation.key(self.key(id)).arg(self.now_arg());
+        let in_flight: i64 = self.run_script("watch", &invocation).await?;
+        Ok(if in_flight == 1 {
+            Watch::Announced(feed)
+        } else {
+            Watch::NotInFlight
+        })
     }
 
     /// A script rather than `HGETALL` and `TIME`: the clock must be the one of the node that
@@ -495,7 +545,7 @@ mod tests {
 
     #[test]
     fn every_script_is_distinct() {
-        let scripts = [&*BEGIN, &*RENEW, &*COMPLETE, &*RELEASE, &*GET];
+        let scripts = [&*BEGIN, &*RENEW, &*COMPLETE, &*RELEASE, &*GET, &*WATCH];
         let hashes: std::collections::HashSet<_> =
             scripts.iter().map(|script| script.get_hash()).collect();
         assert_eq!(hashes.len(), scripts.len());

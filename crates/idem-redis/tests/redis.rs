@@ -620,3 +620,34 @@ async fn a_silent_server_is_unavailable_within_the_timeouts_not_a_hang() {
         .expect("a valid URL");
     support::silent_server_is_unavailable_within(&store, OPERATION_TIMEOUT + SLACK).await;
 }
+
+/// Two instances (two connections) of one Redis: a duplicate waiting on one is woken by the
+/// other's completion through `PUBLISH`.
+#[tokio::test]
+async fn a_duplicate_waiting_on_another_instance_is_woken_by_publish() {
+    let prefix = unique_prefix("announced");
+    idem_core::testkit::instances::a_waiter_on_another_instance_is_woken_by_the_announcement(
+        store_with_prefix(&prefix).await,
+        store_with_prefix(&prefix).await,
+    )
+    .await;
+}
+
+/// The same across a cluster's nodes: the announcement is published on the node that owns
+/// the record and heard by a subscriber connected to the first node.
+#[tokio::test]
+async fn a_duplicate_waiting_on_another_cluster_instance_is_woken_by_publish() {
+    let prefix = unique_prefix("announced-cluster");
+    let connect = || async {
+        RedisStore::builder()
+            .key_prefix(&prefix)
+            .connect_cluster(&cluster_urls())
+            .await
+            .unwrap_or_else(|error| panic!("Redis Cluster must be reachable: {error}"))
+    };
+    idem_core::testkit::instances::a_waiter_on_another_instance_is_woken_by_the_announcement(
+        connect().await,
+        connect().await,
+    )
+    .await;
+}

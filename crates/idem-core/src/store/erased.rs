@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{
     BeginOutcome, BeginRequest, CompleteRequest, DurabilityRisk, RecordSnapshot, Store, StoreError,
-    TransitionOutcome,
+    TransitionOutcome, Watch,
 };
 use crate::{LeaseToken, RecordId};
 
@@ -43,6 +43,8 @@ pub trait ErasedStore: Send + Sync + 'static {
     fn sweep_expired(&self, limit: usize) -> BoxFuture<'_, Result<usize, StoreError>>;
     /// See [`Store::durability_risks`].
     fn durability_risks(&self) -> BoxFuture<'_, Result<Vec<DurabilityRisk>, StoreError>>;
+    /// See [`Store::watch`].
+    fn watch(&self, id: RecordId) -> BoxFuture<'_, Result<Watch, StoreError>>;
 }
 
 impl<S: Store> ErasedStore for S {
@@ -78,6 +80,9 @@ impl<S: Store> ErasedStore for S {
     }
     fn durability_risks(&self) -> BoxFuture<'_, Result<Vec<DurabilityRisk>, StoreError>> {
         Box::pin(Store::durability_risks(self))
+    }
+    fn watch(&self, id: RecordId) -> BoxFuture<'_, Result<Watch, StoreError>> {
+        Box::pin(Store::watch(self, id))
     }
 }
 
@@ -147,5 +152,8 @@ impl Store for DynStore {
         &self,
     ) -> impl Future<Output = Result<Vec<DurabilityRisk>, StoreError>> + Send {
         self.0.durability_risks()
+    }
+    fn watch(&self, id: RecordId) -> impl Future<Output = Result<Watch, StoreError>> + Send {
+        self.0.watch(id)
     }
 }

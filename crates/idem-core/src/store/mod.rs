@@ -32,11 +32,14 @@
 
 mod erased;
 pub mod transition;
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use erased::{DynStore, ErasedStore};
+pub(crate) use watch::announced;
+pub use watch::{FinishFeed, FinishListener, Watch};
 
 use crate::{Fingerprint, LeaseToken, Record, RecordId, StoredResponse, Timestamp};
 
@@ -292,6 +295,17 @@ pub trait Store: Send + Sync + 'static {
     /// several instances at once, and must not block the other operations for long.
     fn sweep_expired(&self, limit: usize)
     -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Asks the store to announce when the execution of `id`, in flight now, finishes
+    /// (completes or is released), whichever instance runs it: [`Watch::Announced`] with the
+    /// feed it will be announced on, [`Watch::NotInFlight`] when it is not in flight any more,
+    /// or [`Watch::Unsupported`] (the default) for a store that does not announce. A store
+    /// that does subscribes before it marks the record, so that no finish after the mark is
+    /// missed; see the [`watch`](self::watch) module for what a lost announcement costs.
+    fn watch(&self, id: RecordId) -> impl Future<Output = Result<Watch, StoreError>> + Send {
+        let _ = id;
+        std::future::ready(Ok(Watch::Unsupported))
+    }
 
     /// What in the backend's own settings may make it forget records (an eviction policy, a
     /// write acknowledged before it is durable, asynchronous replication), read from the

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     BeginOutcome, BeginRequest, Clock, CompleteRequest, Fingerprint, LeaseToken, ManualClock,
     OnLapse, Record, RecordId, RecordSnapshot, RecordState, Store, StoredResponse, Timestamp,
-    TransitionOutcome,
+    TransitionOutcome, Watch,
 };
 
 /// Duplicates racing on one key in the concurrency check: "hundreds of tasks".
@@ -1199,4 +1199,76 @@ pub async fn expired_records_behave_as_absent_without_a_sweep<S: Store>(
         },
         "live records survive"
     );
+}
+
+/// A watched execution's completion and its release are announced on the feed the watch
+/// answered, an execution nobody watched is not announced, and a record that is not in flight
+/// cannot be watched. A store that does not announce answers `Unsupported` to every watch.
+pub async fn watched_finishes_are_announced<S: Store>(store: S, _clock: ManualClock) {
+    let unwatched = begin_request(fresh_id(), "nobody waits for it");
+    let completed = begin_request(fresh_id(), "waited for, completes");
+    let released = begin_request(fresh_id(), "waited for, released");
+    for request in [&unwatched, &completed, &released] {
+        assert_eq!(begin(&store, request.clone()).await, BeginOutcome::Acquired);
+    }
+    let mut feed = match watch(&store, completed.id).await {
+        Watch::Unsupported => {
+            assert!(matches!(
+                watch(&store, fresh_id()).await,
+                Watch::Unsupported
+            ));
+            return;
+        }
+        Watch::Announced(feed) => feed,
+        other => panic!("an in-flight record is watched, not {other:?}"),
+    };
+    let Watch::Announced(mut released_feed) = watch(&store, released.id).await else {
+        panic!("an in-flight record is watched");
+    };
+    // Finished first: were it announced, it would be heard before the watched one.
+    assert_eq!(
+        complete(&store, &unwatched, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        complete(&store, &completed, sample_response()).await,
+        TransitionOutcome::Applied
+    );
+    assert_eq!(
+        next_announced(&mut feed, &[unwatched.id, completed.id]).await,
+        completed.id,
+        "only watched executions are announced"
+    );
+    assert_eq!(release(&store, &released).await, TransitionOutcome::Applied);
+    assert_eq!(
+        next_announced(&mut released_feed, &[released.id]).await,
+        released.id
+    );
+    for id in [completed.id, released.id, fresh_id()] {
+        assert!(
+            matches!(watch(&store, id).await, Watch::NotInFlight),
+            "completed, released and absent records are not in flight"
+        );
+    }
+}
+
+async fn watch<S: Store>(store: &S, id: RecordId) -> Watch {
+    store.watch(id).await.expect("watch answers")
+}
+
+/// The first of `ids` announced on `feed`, skipping the records of other checks that share
+/// the store; fails after ten seconds without one.
+async fn next_announced(feed: &mut crate::FinishFeed, ids: &[RecordId]) -> RecordId {
+    let wait = async {
+        loop {
+            match feed.recv().await {
+                Ok(id) if ids.contains(&id) => return id,
+                Ok(_) => {}
+                Err(error) => panic!("the feed failed: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("an announcement within ten seconds")
 }

@@ -20,6 +20,7 @@
 
 pub mod checks;
 pub mod faults;
+pub mod instances;
 mod model;
 
 use std::future::Future;
@@ -141,6 +142,7 @@ macro_rules! __store_conformance_common {
             status_reports_each_state,
             snapshot_reads_the_store_clock,
             records_are_isolated_by_id,
+            watched_finishes_are_announced,
         );
         #[test]
         fn matches_reference_model() {
