@@ -122,6 +122,13 @@ pub struct CommonArgs {
     #[arg(long, env = "IDEM_WAIT", value_name = "DURATION", value_parser = parse_duration)]
     pub wait: Option<std::time::Duration>,
 
+    /// How long this instance answers retries of a completed key from its own memory
+    /// instead of asking PostgreSQL or Redis again (completed records never change); a
+    /// record deleted by hand or expired meanwhile keeps replaying here for at most this
+    /// long. `0s` turns it off; the memory and embedded stores have none [default: 5s].
+    #[arg(long, env = "IDEM_REPLAY_CACHE", value_name = "DURATION", value_parser = parse_duration)]
+    pub replay_cache: Option<std::time::Duration>,
+
     /// Scope keys by this header (an API key, a tenant id) instead of `Authorization`.
     #[arg(
         long,

@@ -8,6 +8,7 @@
 //! ttl = "24h"
 //! lease = "30s"
 //! # wait = "2s"                  # a duplicate waits for the result (at most 1h); default 409
+//! replay_cache = "5s"            # PostgreSQL, Redis: replays answered from memory this long; "0s": off
 //! admin_listen = "127.0.0.1:9090"
 //! log_format = "json"            # or "human" (the default)
 //! accept_store_risks = false     # true: start on a Redis that may evict records
@@ -102,6 +103,7 @@ pub struct FileConfig {
     ttl: Option<String>,
     lease: Option<String>,
     wait: Option<String>,
+    replay_cache: Option<String>,
     scope_header: Option<String>,
     scope_cookie: Option<String>,
     header_read_timeout: Option<String>,
@@ -211,6 +213,8 @@ pub struct ServerSettings {
     pub lease: Duration,
     /// How long a duplicate waits for an in-flight result; `None`: 409 at once.
     pub wait: Option<Duration>,
+    /// How long a network store's replays are answered from this process; zero: never.
+    pub replay_cache: Duration,
     /// The header whose value scopes keys; `None`: `Authorization` (or the cookie).
     pub scope_header: Option<HeaderName>,
     /// The cookie whose value scopes keys, when no header does.
@@ -550,6 +554,10 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
             .or(file_duration("lease", file.lease.as_ref())?)
             .unwrap_or(idem_core::DEFAULT_LEASE),
         wait: args.wait.or(file_duration("wait", file.wait.as_ref())?),
+        replay_cache: args
+            .replay_cache
+            .or(file_duration("replay_cache", file.replay_cache.as_ref())?)
+            .unwrap_or(idem_core::DEFAULT_REPLAY_CACHE_MAX_AGE),
         scope_header: if scope_from_args {
             args.scope_header.clone()
         } else {

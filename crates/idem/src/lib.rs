@@ -28,6 +28,7 @@ mod upstream;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
@@ -108,7 +109,8 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
         ttl,
     } = args;
     let location = store::StoreLocation::parse(&store)?;
-    let mut engine = idem_core::Engine::builder(store::open(&location).await?)
+    // No replay cache: an operator reads and resolves the store's records as they are.
+    let mut engine = idem_core::Engine::builder(store::open(&location, Duration::ZERO).await?)
         .lease(lease.unwrap_or(idem_core::DEFAULT_LEASE))
         .ttl(ttl.unwrap_or(idem_core::DEFAULT_TTL));
     if let Some(grace) = grace {

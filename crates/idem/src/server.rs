@@ -43,7 +43,7 @@ impl Server {
         if let Some(base) = &common.problem_base_url {
             idem_http::set_problem_base(base.clone());
         }
-        let store = crate::store::open(&common.store).await?;
+        let store = crate::store::open(&common.store, common.replay_cache).await?;
         tracing::info!(store = %common.store.describe(), "store open");
         if let crate::store::StoreLocation::Memory { max_records, .. } = &common.store {
             // Records live a TTL: the bound is a rate. Say it, so a full store is no surprise.

@@ -1,7 +1,9 @@
 //! Opening the store named by `--store`.
 
 use anyhow::Context;
-use idem_core::{DynStore, MemoryStore};
+use std::time::Duration;
+
+use idem_core::{DEFAULT_REPLAY_CACHE_BYTES, DynStore, MemoryStore, ReplayCache, Store};
 use idem_embedded::EmbeddedStore;
 use idem_postgres::PostgresStore;
 use idem_redis::RedisStore;
@@ -108,8 +110,10 @@ fn memory(rest: &str) -> anyhow::Result<StoreLocation> {
     })
 }
 
-/// Opens (and for databases, connects to and migrates) the store.
-pub async fn open(location: &StoreLocation) -> anyhow::Result<DynStore> {
+/// Opens (and for databases, connects to and migrates) the store; a network store's replays
+/// are answered from this process for up to `replay_cache` (zero: never; see
+/// [`ReplayCache`]).
+pub async fn open(location: &StoreLocation, replay_cache: Duration) -> anyhow::Result<DynStore> {
     Ok(match location {
         StoreLocation::Memory {
             max_records,
@@ -122,22 +126,34 @@ pub async fn open(location: &StoreLocation) -> anyhow::Result<DynStore> {
                 )
             })?)
         }
-        StoreLocation::Postgres(url) => DynStore::new(
+        StoreLocation::Postgres(url) => cached(
             PostgresStore::connect(url)
                 .await
                 .context("cannot connect to the PostgreSQL store")?,
+            replay_cache,
         ),
-        StoreLocation::Redis(url) => DynStore::new(
+        StoreLocation::Redis(url) => cached(
             RedisStore::connect(url)
                 .await
                 .context("cannot connect to the Redis store")?,
+            replay_cache,
         ),
-        StoreLocation::RedisCluster(nodes) => DynStore::new(
+        StoreLocation::RedisCluster(nodes) => cached(
             RedisStore::connect_cluster(nodes)
                 .await
                 .context("cannot connect to the Redis cluster store")?,
+            replay_cache,
         ),
     })
+}
+
+/// `store` behind a replay cache of `max_age`, or as it is for a zero age.
+fn cached(store: impl Store, max_age: Duration) -> DynStore {
+    if max_age.is_zero() {
+        DynStore::new(store)
+    } else {
+        DynStore::new(ReplayCache::new(store, max_age, DEFAULT_REPLAY_CACHE_BYTES))
+    }
 }
 
 /// Creates or upgrades the schema of a store that has one (`idem migrate`); the others need

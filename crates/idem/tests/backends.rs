@@ -183,3 +183,80 @@ async fn postgres_outage_fails_closed_and_recovers() {
 async fn redis_outage_fails_closed_and_recovers() {
     store_outage_fails_closed_and_recovers(&redis_url(), 6379).await;
 }
+
+/// The cache-hit count an instance reports on its admin listener.
+async fn replay_cache_hits(idem: &Idem) -> u64 {
+    let admin = idem.admin_url.as_ref().expect("an admin listener");
+    let metrics = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("idem_replay_cache_hits_total "))
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+/// Retries of a completed key on one instance are answered from its cache after the first
+/// replay (the same bytes, the replay marker), never for another request with the key, and not
+/// at all with `--replay-cache 0s`.
+async fn replays_come_from_the_instance_cache(store: &str) {
+    let upstream = Upstream::start().await;
+    let start = |cache: &str| {
+        Idem::start(&[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--store",
+            store,
+            "--upstream",
+            &upstream.url(),
+            "--replay-cache",
+            cache,
+        ])
+    };
+    let (cached, uncached) = (start("5s"), start("0s"));
+    let key = unique("cached");
+    let send = |idem: &Idem, body: &'static str| {
+        client()
+            .post(idem.url("/charges"))
+            .header("idempotency-key", &key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let first = send(&cached, "{\"amount\":1}").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first_body = first.bytes().await.unwrap();
+    for idem in [&cached, &cached, &cached, &uncached, &uncached] {
+        let replay = send(idem, "{\"amount\":1}").await.unwrap();
+        assert_eq!(replay.status(), 201);
+        assert_eq!(replay.headers()["x-idempotent-replayed"], "true");
+        assert_eq!(replay.bytes().await.unwrap(), first_body);
+    }
+    let other = send(&cached, "{\"amount\":2}").await.unwrap();
+    assert_eq!(other.status(), 422, "another request with the key is still refused");
+    assert_eq!(upstream.calls("/charges"), 1);
+    assert_eq!(
+        replay_cache_hits(&cached).await,
+        2,
+        "the first replay asks the store, the next two are cached"
+    );
+    assert_eq!(replay_cache_hits(&uncached).await, 0, "--replay-cache 0s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replays_come_from_the_instance_cache() {
+    replays_come_from_the_instance_cache(&postgres_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_replays_come_from_the_instance_cache() {
+    replays_come_from_the_instance_cache(&redis_url()).await;
+}

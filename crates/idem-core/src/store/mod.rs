@@ -31,6 +31,7 @@
 //! the conformance suite in `idem_core::testkit` is their executable definition.
 
 mod erased;
+mod replay_cache;
 pub mod transition;
 mod watch;
 
@@ -38,6 +39,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use erased::{DynStore, ErasedStore};
+pub use replay_cache::{DEFAULT_REPLAY_CACHE_BYTES, DEFAULT_REPLAY_CACHE_MAX_AGE, ReplayCache};
 pub(crate) use watch::announced;
 pub use watch::{FinishFeed, FinishListener, Watch};
 
