@@ -88,10 +88,10 @@ pub use record::{
 };
 pub use scope::{RecordId, Scope};
 pub use store::{
-    BeginOutcome, BeginRequest, BoxError, CompleteRequest, DurabilityRisk, DynStore, ErasedStore,
-    DEFAULT_REPLAY_CACHE_BYTES, DEFAULT_REPLAY_CACHE_MAX_AGE, FinishFeed, FinishListener, OnLapse,
-    OperationTimedOut, RecordSnapshot, ReplayCache, Store, StoreError, TransitionOutcome, Watch,
-    bounded,
+    BeginOutcome, BeginRequest, BoxError, CompleteRequest, DEFAULT_REPLAY_CACHE_BYTES,
+    DEFAULT_REPLAY_CACHE_MAX_AGE, DurabilityRisk, DynStore, ErasedStore, FinishFeed,
+    FinishListener, OnLapse, OperationTimedOut, RecordSnapshot, ReplayCache, Store, StoreError,
+    TransitionOutcome, Watch, bounded,
 };
 
 #[doc(hidden)]

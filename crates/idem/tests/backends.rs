@@ -241,7 +241,11 @@ async fn replays_come_from_the_instance_cache(store: &str) {
         assert_eq!(replay.bytes().await.unwrap(), first_body);
     }
     let other = send(&cached, "{\"amount\":2}").await.unwrap();
-    assert_eq!(other.status(), 422, "another request with the key is still refused");
+    assert_eq!(
+        other.status(),
+        422,
+        "another request with the key is still refused"
+    );
     assert_eq!(upstream.calls("/charges"), 1);
     assert_eq!(
         replay_cache_hits(&cached).await,

@@ -23,8 +23,8 @@ use quick_cache::sync::Cache;
 use tokio::time::Instant;
 
 use super::{
-    BeginOutcome, BeginRequest, CompleteRequest, DurabilityRisk, RecordSnapshot, Store,
-    StoreError, TransitionOutcome, Watch,
+    BeginOutcome, BeginRequest, CompleteRequest, DurabilityRisk, RecordSnapshot, Store, StoreError,
+    TransitionOutcome, Watch,
 };
 use crate::{Fingerprint, LeaseToken, RecordId, StoredResponse};
 
@@ -143,7 +143,10 @@ impl<S: Store> Store for ReplayCache<S> {
         self.store.get(id)
     }
 
-    fn sweep_expired(&self, limit: usize) -> impl Future<Output = Result<usize, StoreError>> + Send {
+    fn sweep_expired(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
         self.store.sweep_expired(limit)
     }
 
@@ -177,7 +180,9 @@ mod tests {
     fn request(id: RecordId, fingerprint: &str) -> BeginRequest {
         BeginRequest {
             id,
-            fingerprint: Fingerprint::builder().part("test", fingerprint.as_bytes()).finish(),
+            fingerprint: Fingerprint::builder()
+                .part("test", fingerprint.as_bytes())
+                .finish(),
             token: LeaseToken::random(),
             lease: Duration::from_secs(30),
             ttl: Duration::from_secs(3600),
@@ -188,7 +193,10 @@ mod tests {
     fn response(body: &'static str) -> StoredResponse {
         StoredResponse {
             status: 201,
-            headers: vec![("content-type".into(), bytes::Bytes::from_static(b"text/plain"))],
+            headers: vec![(
+                "content-type".into(),
+                bytes::Bytes::from_static(b"text/plain"),
+            )],
             body: Some(bytes::Bytes::from_static(body.as_bytes())),
         }
     }
@@ -200,14 +208,20 @@ mod tests {
         let store = MemoryStore::with_clock(clock.clone());
         let cache = ReplayCache::new(store, max_age, DEFAULT_REPLAY_CACHE_BYTES);
         let first = request(RecordId::from_bytes([7; 32]), "charge 10");
-        assert_eq!(cache.begin(first.clone()).await.unwrap(), BeginOutcome::Acquired);
+        assert_eq!(
+            cache.begin(first.clone()).await.unwrap(),
+            BeginOutcome::Acquired
+        );
         let completion = CompleteRequest {
             id: first.id,
             token: first.token,
             response: response("charged"),
             ttl: Duration::from_secs(3600),
         };
-        assert_eq!(cache.complete(completion).await.unwrap(), TransitionOutcome::Applied);
+        assert_eq!(
+            cache.complete(completion).await.unwrap(),
+            TransitionOutcome::Applied
+        );
         (clock, cache, first)
     }
 
@@ -253,13 +267,19 @@ mod tests {
         let store = MemoryStore::new();
         let cache = ReplayCache::new(store.clone(), Duration::from_secs(60), 1 << 20);
         let first = request(RecordId::from_bytes([9; 32]), "slow");
-        assert_eq!(cache.begin(first.clone()).await.unwrap(), BeginOutcome::Acquired);
+        assert_eq!(
+            cache.begin(first.clone()).await.unwrap(),
+            BeginOutcome::Acquired
+        );
         let duplicate = request(first.id, "slow");
         assert!(matches!(
             cache.begin(duplicate.clone()).await.unwrap(),
             BeginOutcome::InFlight { .. }
         ));
-        assert_eq!(store.release(first.id, first.token).await.unwrap(), TransitionOutcome::Applied);
+        assert_eq!(
+            store.release(first.id, first.token).await.unwrap(),
+            TransitionOutcome::Applied
+        );
         assert_eq!(
             cache.begin(duplicate).await.unwrap(),
             BeginOutcome::Acquired,
