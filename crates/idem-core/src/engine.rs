@@ -298,9 +298,9 @@ impl<S: Store> Engine<S> {
     /// Waits for the owner of `id` to finish: woken at once when the owner is an execution of
     /// this process or, on a store that announces finishes, of another; otherwise the record
     /// is re-read on a backoff until it completes, is released or lapses (with an
-    /// announcement, only on the slower [`WAIT_FALLBACK`] one: for a lapse, or a lost
-    /// announcement). True once it may have finished: decide again; false once `deadline`
-    /// passed.
+    /// announcement, only every [`WAIT_FALLBACK`]: for a lapse, or a lost announcement).
+    /// True once it may have finished: decide again (a wake always decides again, so a key
+    /// released and taken by a new owner is watched anew); false once `deadline` passed.
     async fn wait_for_owner<'a>(
         &self,
         id: RecordId,
@@ -309,12 +309,21 @@ impl<S: Store> Engine<S> {
         mut finished: Pin<Box<Notified<'a>>>,
         pause: &mut Duration,
     ) -> Result<bool, StoreError> {
-        let mut feed = match self.watch(id).await {
+        // An owner in this process wakes its waiters itself; asking the store would only add
+        // a write and an announcement.
+        let watch = if self.state.leases.holds(id) {
+            Watch::Unsupported
+        } else {
+            // Within what is left of the wait: a store slow to subscribe must not hold the
+            // waiter past its deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::timeout(left, self.watch(id))
+                .await
+                .unwrap_or(Watch::Unsupported)
+        };
+        let mut feed = match watch {
             Watch::NotInFlight => return Ok(true),
-            Watch::Announced(feed) => {
-                *pause = (*pause).max(WAIT_FALLBACK);
-                Some(feed)
-            }
+            Watch::Announced(feed) => Some(feed),
             _ => None,
         };
         loop {
@@ -322,11 +331,14 @@ impl<S: Store> Engine<S> {
             if now >= deadline {
                 return Ok(false);
             }
+            let nap = if feed.is_some() { WAIT_FALLBACK } else { *pause };
             tokio::select! {
-                () = &mut finished => {}
-                () = announced(&mut feed, id) => {}
-                () = tokio::time::sleep((*pause).min(deadline - now)) => {
-                    *pause = (*pause * 2).min(WAIT_POLL_MAX.max(*pause));
+                () = &mut finished => return Ok(true),
+                () = announced(&mut feed, id) => return Ok(true),
+                () = tokio::time::sleep(nap.min(deadline - now)) => {
+                    if feed.is_none() {
+                        *pause = (*pause * 2).min(WAIT_POLL_MAX);
+                    }
                 }
             }
             // Listening again before the read: a finish after the read still wakes it.

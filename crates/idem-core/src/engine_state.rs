@@ -73,6 +73,11 @@ impl LeaseRegistry {
         }
     }
 
+    /// Whether an execution of this process holds a lease on `id`.
+    pub(crate) fn holds(&self, id: RecordId) -> bool {
+        lock(&self.entries).keys().any(|(held, _, _)| *held == id)
+    }
+
     /// A duplicate of `id`'s in-flight request starts waiting in this process: it is woken
     /// when an execution of `id` here finishes. An owner in another process wakes nobody, so
     /// waiters still re-read the record on a backoff.

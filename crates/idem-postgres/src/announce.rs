@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use idem_core::{RecordId, StoreError};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
@@ -16,15 +16,19 @@ use crate::store::bounded_statement;
 /// Waiters meanwhile fall back to re-reading their records.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
-/// Listens on a connection of `pool`'s own (held for as long as the store lives: one
-/// connection of the pool) and forwards each announced id to `sender`. Answers once the
-/// `LISTEN` is in place, so a record marked after this returns is announced to it.
+/// Listens on a connection of its own, opened with `pool`'s options but outside it (a
+/// listener holds its connection for as long as the store lives: taken from the pool, it
+/// would leave a pool of one with none), and forwards each announced id to `sender`. Answers
+/// once the `LISTEN` is in place, so a record marked after this returns is announced to it.
 pub(crate) async fn listen(
-    pool: PgPool,
+    pool: &PgPool,
     sender: broadcast::Sender<RecordId>,
 ) -> Result<AbortHandle, StoreError> {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
     let mut listener = bounded_statement("watch", async {
-        let mut listener = PgListener::connect_with(&pool).await?;
+        let mut listener = PgListener::connect_with(&own).await?;
         listener.listen(FINISHED_CHANNEL).await?;
         Ok(listener)
     })
@@ -41,6 +45,7 @@ pub(crate) async fn listen(
                 // The connection was lost; the next call reconnects and listens again.
                 // Announcements sent meanwhile are lost: waiters re-read on their backoff.
                 Ok(None) => tracing::debug!("finish announcements: connection lost"),
+                Err(sqlx::Error::PoolClosed) => break,
                 Err(error) => {
                     tracing::warn!(%error, "finish announcements: cannot reconnect");
                     tokio::time::sleep(RECONNECT_PAUSE).await;

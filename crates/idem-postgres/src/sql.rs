@@ -144,10 +144,12 @@ upsert AS (
     WHERE NOT EXISTS (SELECT FROM snapshot WHERE NOT acquirable)
     ON CONFLICT (id) DO UPDATE SET
         (fingerprint, state, token, lease_until, expires_at,
-         response_status, response_headers, response_body, acquisition, created_at)
+         response_status, response_headers, response_body, acquisition, created_at, watched)
         = (SELECT EXCLUDED.fingerprint, EXCLUDED.state, EXCLUDED.token, EXCLUDED.lease_until,
                   EXCLUDED.expires_at, EXCLUDED.response_status, EXCLUDED.response_headers,
-                  EXCLUDED.response_body, EXCLUDED.acquisition, EXCLUDED.created_at
+                  EXCLUDED.response_body, EXCLUDED.acquisition, EXCLUDED.created_at,
+                  -- A fresh acquisition starts unwatched (the column's default).
+                  EXCLUDED.watched
            FROM clock
            WHERE r.expires_at <= clock.now
               OR ($7 AND r.state = 'in_flight' AND r.lease_until <= clock.now
@@ -160,7 +162,7 @@ upsert AS (
                         + GREATEST(EXCLUDED.lease_until::numeric - r.lease_until::numeric, 0),
                         9223372036854775807)::bigint,
                   r.response_status, r.response_headers, r.response_body,
-                  EXCLUDED.acquisition, r.created_at
+                  EXCLUDED.acquisition, r.created_at, r.watched
            FROM clock
            WHERE r.expires_at > clock.now
              AND r.state = 'in_flight' AND r.lease_until <= clock.now
@@ -168,7 +170,7 @@ upsert AS (
            UNION ALL
            SELECT r.fingerprint, r.state, r.token, r.lease_until,
                   r.expires_at, r.response_status, r.response_headers,
-                  r.response_body, r.acquisition, r.created_at
+                  r.response_body, r.acquisition, r.created_at, r.watched
            FROM clock
            WHERE r.expires_at > clock.now
              AND NOT (r.state = 'in_flight' AND r.lease_until <= clock.now
@@ -254,21 +256,34 @@ finished AS (
     announce_finish!()
 );
 
-/// Watch. `$1` now override, `$2` id. One row affected: the record is in flight and now
-/// marked, so its completion or release will be announced; none: it is not in flight.
+/// Watch. `$1` now override, `$2` id. Returns one row, `in_flight`: true when the record is
+/// in flight and marked, so that its completion or release will be announced; false when it
+/// is not in flight.
 ///
-/// The mark is a row update like a renewal's, so it waits for (and is re-checked after) a
-/// concurrent completion: either the completion sees the mark and announces, or the mark
-/// finds the record completed and the waiter reads it at once.
+/// A record already marked (by another waiter, committed) is not written again: a herd of
+/// waiters would otherwise queue a row version and a commit each on the row's lock, ahead of
+/// the completion. Otherwise the mark is a row update like a renewal's, so it waits for (and
+/// is re-checked after) a concurrent completion: either the completion sees the mark and
+/// announces, or the mark finds the record completed and the waiter reads it at once. (A
+/// mark committed by another waiter after this statement's snapshot makes both parts say
+/// no: the waiter decides again and watches anew.)
 pub(crate) const WATCH: &str = concat!(
     "
 WITH ",
     clock!(),
-    "
-UPDATE idem_records
-SET watched = true
-FROM clock
-WHERE id = $2 AND state = 'in_flight' AND expires_at > clock.now"
+    ",
+live AS (
+    SELECT watched FROM idem_records, clock
+    WHERE id = $2 AND state = 'in_flight' AND expires_at > clock.now
+),
+marked AS (
+    UPDATE idem_records
+    SET watched = true
+    FROM clock
+    WHERE id = $2 AND state = 'in_flight' AND expires_at > clock.now AND NOT watched
+    RETURNING 1
+)
+SELECT EXISTS (SELECT FROM marked) OR EXISTS (SELECT FROM live WHERE watched) AS in_flight"
 );
 
 /// Get. `$1` now override, `$2` id. The live row, if any, with the statement's `now`.

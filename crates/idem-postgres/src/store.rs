@@ -169,6 +169,10 @@ fn migrator() -> Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     // Not "dangerous" here: idem's migrations were never recorded anywhere else.
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    // An instance of the previous release restarting during a rolling upgrade finds a newer
+    // migration applied: it must start, not refuse. Migrations only ever add what older
+    // statements do not read (a column with a default), so its statements still work.
+    migrator.set_ignore_missing(true);
     migrator
 }
 
@@ -376,17 +380,18 @@ impl Store for PostgresStore {
         // Listening before marking: a completion right after the mark is heard.
         let feed = self
             .listener
-            .subscribe(|sender| announce::listen(self.pool.clone(), sender))
+            .subscribe(|sender| announce::listen(&self.pool, sender))
             .await?;
-        let result = bounded_statement(
+        let row = bounded_statement(
             "watch",
             sqlx::query(sql::WATCH)
                 .bind(self.now_override())
                 .bind(id.as_bytes().as_slice())
-                .execute(&self.pool),
+                .fetch_one(&self.pool),
         )
         .await?;
-        Ok(if result.rows_affected() == 1 {
+        let in_flight: bool = row.try_get("in_flight").map_err(store_error)?;
+        Ok(if in_flight {
             Watch::Announced(feed)
         } else {
             Watch::NotInFlight
@@ -410,5 +415,29 @@ fn fenced_outcome(rows_affected: u64) -> TransitionOutcome {
         TransitionOutcome::Applied
     } else {
         TransitionOutcome::StaleLease
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The previous release restarting on a database a newer one migrated (a rolling upgrade,
+    /// or a rollback) starts: its migrator, which knows fewer migrations, accepts the newer
+    /// ones applied.
+    #[tokio::test]
+    async fn an_older_release_starts_on_a_database_a_newer_one_migrated() {
+        let url = std::env::var("IDEM_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let store = PostgresStore::connect(&url)
+            .await
+            .unwrap_or_else(|error| panic!("PostgreSQL at {url} must be reachable: {error}"));
+        let mut older = migrator();
+        assert!(older.migrations.len() > 1, "there is a newer migration to miss");
+        older.migrations = older.migrations[..1].to_vec().into();
+        older
+            .run(store.pool())
+            .await
+            .expect("an older release accepts newer migrations applied");
     }
 }

@@ -655,12 +655,18 @@ async fn a_silent_server_is_unavailable_within_the_timeouts_not_a_hang() {
 }
 
 /// Two instances (two pools) of one database: a duplicate waiting on one is woken by the
-/// other's completion through `NOTIFY`.
+/// other's completion through `NOTIFY`. The waiter's pool has one connection: its `LISTEN`
+/// must not take it (every statement after would wait for a connection and fail).
 #[tokio::test]
 async fn a_duplicate_waiting_on_another_instance_is_woken_by_notify() {
+    let pool_of_one = PostgresStore::builder(&url())
+        .max_connections(1)
+        .connect()
+        .await
+        .expect("PostgreSQL must be reachable");
     idem_core::testkit::instances::a_waiter_on_another_instance_is_woken_by_the_announcement(
         store().await,
-        store().await,
+        pool_of_one,
     )
     .await;
 }

@@ -2,7 +2,8 @@
 //! store's finish channel), forwarded to the engine's waiters; see `idem_core::store::Watch`.
 //!
 //! A cluster delivers a `PUBLISH` to the subscribers of every node, so one connection to any
-//! node hears the finishes of all of them.
+//! node hears the finishes of all of them; a subscription that breaks moves on to the next
+//! seed node.
 
 use std::time::Duration;
 
@@ -27,16 +28,17 @@ pub(crate) fn finished_channel(prefix: &str) -> String {
     format!("{prefix}:finished")
 }
 
-/// Subscribes on a connection of its own to `client`'s server and forwards each announced
-/// record of `prefix` to `sender`. Answers once subscribed, so a record marked after this
-/// returns is announced to it.
+/// Subscribes on a connection of its own to one of `nodes` (the server, or a cluster's seed
+/// nodes, tried in turn) and forwards each announced record of `prefix` to `sender`. Answers
+/// once subscribed, so a record marked after this returns is announced to it.
 pub(crate) async fn listen(
-    client: Client,
+    nodes: Vec<Client>,
     prefix: String,
     sender: broadcast::Sender<RecordId>,
 ) -> Result<AbortHandle, StoreError> {
     let channel = finished_channel(&prefix);
-    let mut pubsub = subscribe(&client, &channel).await?;
+    let mut next = 0;
+    let mut pubsub = subscribe_any(&nodes, &mut next, &channel).await?;
     let task = tokio::spawn(async move {
         loop {
             let mut messages = pubsub.on_message();
@@ -52,7 +54,7 @@ pub(crate) async fn listen(
             // re-read on their backoff.
             pubsub = loop {
                 tokio::time::sleep(RECONNECT_PAUSE).await;
-                match subscribe(&client, &channel).await {
+                match subscribe_any(&nodes, &mut next, &channel).await {
                     Ok(pubsub) => break pubsub,
                     Err(error) => {
                         tracing::warn!(%error, "finish announcements: cannot resubscribe");
@@ -62,6 +64,25 @@ pub(crate) async fn listen(
         }
     });
     Ok(task.abort_handle())
+}
+
+/// Subscribes on the first of `nodes`, from the one at `next` on, that accepts; `next` is left
+/// at the one after it, so the next attempt starts with another node.
+async fn subscribe_any(
+    nodes: &[Client],
+    next: &mut usize,
+    channel: &str,
+) -> Result<PubSub, StoreError> {
+    let mut last_error = StoreError::unavailable("no node to subscribe to");
+    for _ in 0..nodes.len() {
+        let node = &nodes[*next % nodes.len()];
+        *next = (*next + 1) % nodes.len();
+        match subscribe(node, channel).await {
+            Ok(pubsub) => return Ok(pubsub),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
 }
 
 async fn subscribe(client: &Client, channel: &str) -> Result<PubSub, StoreError> {

@@ -159,9 +159,9 @@ pub struct RedisStore {
     key_prefix: String,
     /// What finish announcements are published on: `finished_channel(key_prefix)`.
     channel: String,
-    /// A node to subscribe to announcements on (any node of a cluster hears them all), and
+    /// The nodes to subscribe to announcements on (any node of a cluster hears them all), and
     /// this process's subscription, started by the first watch.
-    announcements: Client,
+    announcements: Vec<Client>,
     listener: Arc<FinishListener>,
     clock: Option<Arc<dyn Clock>>,
 }
@@ -253,7 +253,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore::new(
             Connection::Single(manager),
             key_prefix,
-            client,
+            vec![client],
             clock,
         ))
     }
@@ -270,8 +270,11 @@ impl RedisStoreBuilder {
     ) -> Result<RedisStore, ConnectError> {
         let (key_prefix, clock) = self.parts()?;
         // Announcements reach the subscribers of every node: any one will do.
-        let first = urls.first().map_or("", AsRef::as_ref);
-        let announcements = Client::open(first).map_err(ConnectError::InvalidUrl)?;
+        let announcements = urls
+            .iter()
+            .map(|url| Client::open(url.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConnectError::InvalidUrl)?;
         let client = ClusterClient::builder(urls.iter().map(AsRef::as_ref))
             .connection_timeout(CONNECTION_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
@@ -308,7 +311,7 @@ impl RedisStore {
     fn new(
         connection: Connection,
         key_prefix: String,
-        announcements: Client,
+        announcements: Vec<Client>,
         clock: Option<Arc<dyn Clock>>,
     ) -> Self {
         Self {

@@ -306,6 +306,10 @@ fn check(common: &ServerSettings) -> anyhow::Result<()> {
         !common.ttl.is_zero(),
         "--ttl must be longer than 0s: it is how long results are replayed"
     );
+    anyhow::ensure!(
+        common.replay_cache <= idem_core::MAX_REPLAY_CACHE_AGE,
+        "--replay-cache must be at most 60s: it is how long a record deleted or expired may still be replayed"
+    );
     if let Some(wait) = common.wait {
         anyhow::ensure!(wait <= MAX_WAIT, "--wait must be at most 1h");
     }
@@ -782,6 +786,7 @@ mod tests {
             ("--lease", "0s", "--lease must be longer than 0s"),
             ("--ttl", "0s", "--ttl must be longer than 0s"),
             ("--wait", "2h", "--wait must be at most 1h"),
+            ("--replay-cache", "61s", "--replay-cache must be at most 60s"),
             ("--scope-header", "bad header", "not a valid header name"),
             (
                 "--upstream-timeout",

@@ -39,7 +39,9 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use erased::{DynStore, ErasedStore};
-pub use replay_cache::{DEFAULT_REPLAY_CACHE_BYTES, DEFAULT_REPLAY_CACHE_MAX_AGE, ReplayCache};
+pub use replay_cache::{
+    DEFAULT_REPLAY_CACHE_BYTES, DEFAULT_REPLAY_CACHE_MAX_AGE, MAX_REPLAY_CACHE_AGE, ReplayCache,
+};
 pub(crate) use watch::announced;
 pub use watch::{FinishFeed, FinishListener, Watch};
 

@@ -8,11 +8,13 @@
 //! only a request with the same fingerprint for the same record id (which folds in the
 //! caller's scope), exactly what the store would have replayed; anything else asks the store.
 //!
-//! **What it can contradict, for at most its maximum age:** a record deleted outside idem (a
-//! row deleted by hand, a Redis `FLUSHDB` or eviction) or one that expired meanwhile. Within
-//! that window a retry on this instance still replays, where the store would have executed it
-//! again (for the expired or deleted record) or, if the key was reused meanwhile by another
-//! request, refused it as a mismatch.
+//! **What it can contradict, for at most its maximum age** (and never longer than the
+//! request's TTL): a record deleted outside idem (a row deleted by hand, a Redis `FLUSHDB` or
+//! eviction) or one that expired meanwhile. Within that window a retry on this instance still
+//! replays, where the store would have executed it again (for the expired or deleted record)
+//! or, if the key was reused meanwhile by another request, refused it as a mismatch. An
+//! operator's resolution through this engine (`Engine::resolve`) may likewise find a cached
+//! completion and answer that the key is not in flight.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,6 +33,10 @@ use crate::{Fingerprint, LeaseToken, RecordId, StoredResponse};
 /// How long a cached completion is answered from by default: long enough for a client's quick
 /// retries, short enough that a record deleted outside idem stops replaying within seconds.
 pub const DEFAULT_REPLAY_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// The longest maximum age the gateway accepts: past a minute, "a record deleted or expired
+/// is still replayed for a while" stops being a short, documented window.
+pub const MAX_REPLAY_CACHE_AGE: Duration = Duration::from_secs(60);
 
 /// The most bytes of responses the cache holds by default (least-recently-hit evicted first).
 pub const DEFAULT_REPLAY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -52,7 +58,9 @@ pub struct ReplayCache<S> {
 struct CachedReplay {
     fingerprint: Fingerprint,
     response: StoredResponse,
-    cached_at: Instant,
+    /// When the entry stops answering: the cache's maximum age after it was stored, or the
+    /// request's TTL if shorter (a record kept a second must not be replayed for five).
+    fresh_until: Instant,
     weight: u64,
 }
 
@@ -83,7 +91,7 @@ impl<S> ReplayCache<S> {
     /// request.
     fn cached(&self, request: &BeginRequest) -> Option<StoredResponse> {
         let replay = self.replays.get(&request.id)?;
-        (replay.cached_at.elapsed() < self.max_age && replay.fingerprint == request.fingerprint)
+        (Instant::now() < replay.fresh_until && replay.fingerprint == request.fingerprint)
             .then(|| replay.response.clone())
     }
 }
@@ -95,6 +103,7 @@ impl<S: Store> Store for ReplayCache<S> {
             return Ok(BeginOutcome::Replay(response));
         }
         let (id, fingerprint) = (request.id, request.fingerprint);
+        let fresh_for = self.max_age.min(request.ttl);
         let outcome = self.store.begin(request).await?;
         if let BeginOutcome::Replay(response) = &outcome {
             let weight = ENTRY_OVERHEAD + response_bytes(response);
@@ -103,7 +112,7 @@ impl<S: Store> Store for ReplayCache<S> {
                 Arc::new(CachedReplay {
                     fingerprint,
                     response: response.clone(),
-                    cached_at: Instant::now(),
+                    fresh_until: Instant::now() + fresh_for,
                     weight,
                 }),
             );
@@ -248,6 +257,19 @@ mod tests {
             BeginOutcome::Acquired,
             "past its max age the store decides again"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_is_never_fresh_longer_than_the_requests_ttl() {
+        let (_clock, cache, first) = completed(Duration::from_secs(60)).await;
+        let short = BeginRequest {
+            ttl: Duration::from_secs(2),
+            ..request(first.id, "charge 10")
+        };
+        cache.begin(short.clone()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let hits = cache.cached(&short);
+        assert_eq!(hits, None, "kept a 2 s TTL, not the cache's 60 s");
     }
 
     #[tokio::test]

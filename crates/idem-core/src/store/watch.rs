@@ -12,6 +12,8 @@
 //! so a lost announcement delays a waiter by at most that backoff and never misleads it.
 
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OnceCell, broadcast};
 use tokio::task::AbortHandle;
@@ -27,6 +29,10 @@ pub type FinishFeed = broadcast::Receiver<RecordId>;
 /// How many announcements a feed holds for a waiter that has not read them yet. Waiters keep
 /// up easily (each only compares ids); one that lags re-reads its record.
 const FEED_CAPACITY: usize = 1024;
+
+/// How long after a failed start the subscription is not tried again: waiters meanwhile
+/// re-read on their backoff at once, instead of each queueing behind another attempt.
+const RETRY_START_AFTER: Duration = Duration::from_secs(5);
 
 /// What [`Store::watch`](super::Store::watch) did.
 #[derive(Debug)]
@@ -48,29 +54,52 @@ pub enum Watch {
 #[derive(Debug, Default)]
 pub struct FinishListener {
     started: OnceCell<(broadcast::Sender<RecordId>, AbortOnDrop)>,
+    /// When the last start failed.
+    failed_at: Mutex<Option<Instant>>,
 }
 
 impl FinishListener {
     /// A feed of the store's announcements. The first call runs `start` with the sender to
     /// announce on; `start` subscribes and answers once it listens, with the task that
-    /// forwards what it receives. A failed start is tried again by the next call.
+    /// forwards what it receives. A failed start is tried again by a call made
+    /// [`RETRY_START_AFTER`] later; calls before that fail at once.
     ///
     /// # Errors
-    /// `start`'s error: the subscription could not be made.
+    /// `start`'s error: the subscription could not be made, now or a moment ago.
     pub async fn subscribe<Start, Started>(&self, start: Start) -> Result<FinishFeed, StoreError>
     where
         Start: FnOnce(broadcast::Sender<RecordId>) -> Started,
         Started: Future<Output = Result<AbortHandle, StoreError>>,
     {
-        let (sender, _) = self
+        if let Some((sender, _)) = self.started.get() {
+            return Ok(sender.subscribe());
+        }
+        let failed_recently = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < RETRY_START_AFTER);
+        if failed_recently {
+            return Err(StoreError::unavailable(
+                "the finish announcements' subscription failed a moment ago",
+            ));
+        }
+        let started = self
             .started
             .get_or_try_init(|| async {
                 let (sender, _) = broadcast::channel(FEED_CAPACITY);
                 let task = start(sender.clone()).await?;
                 Ok::<_, StoreError>((sender, AbortOnDrop(task)))
             })
-            .await?;
-        Ok(sender.subscribe())
+            .await;
+        match started {
+            Ok((sender, _)) => Ok(sender.subscribe()),
+            Err(error) => {
+                *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Instant::now());
+                Err(error)
+            }
+        }
     }
 }
 
