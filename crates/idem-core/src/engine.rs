@@ -331,7 +331,11 @@ impl<S: Store> Engine<S> {
             if now >= deadline {
                 return Ok(false);
             }
-            let nap = if feed.is_some() { WAIT_FALLBACK } else { *pause };
+            let nap = if feed.is_some() {
+                WAIT_FALLBACK
+            } else {
+                *pause
+            };
             tokio::select! {
                 () = &mut finished => return Ok(true),
                 () = announced(&mut feed, id) => return Ok(true),

@@ -89,9 +89,9 @@ pub use record::{
 pub use scope::{RecordId, Scope};
 pub use store::{
     BeginOutcome, BeginRequest, BoxError, CompleteRequest, DEFAULT_REPLAY_CACHE_BYTES,
-    DEFAULT_REPLAY_CACHE_MAX_AGE, DurabilityRisk, MAX_REPLAY_CACHE_AGE, DynStore, ErasedStore, FinishFeed,
-    FinishListener, OnLapse, OperationTimedOut, RecordSnapshot, ReplayCache, Store, StoreError,
-    TransitionOutcome, Watch, bounded,
+    DEFAULT_REPLAY_CACHE_MAX_AGE, DurabilityRisk, DynStore, ErasedStore, FinishFeed,
+    FinishListener, MAX_REPLAY_CACHE_AGE, OnLapse, OperationTimedOut, RecordSnapshot, ReplayCache,
+    Store, StoreError, TransitionOutcome, Watch, bounded, store_time_of,
 };
 
 #[doc(hidden)]

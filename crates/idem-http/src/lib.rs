@@ -43,7 +43,8 @@
 //!   `body`: [`ResponseBody`] and buffering; [`ScopeSource`]: whose key it is; [`path`]: the
 //!   one normal form of a request path that fingerprints (and the gateway's rules) use.
 //! - `refusal` and `problem`: every answer that is not the handler's, as problem+json with a
-//!   stable [`ProblemCode`]; `metrics`: `idem_requests_total`.
+//!   stable [`ProblemCode`]; `metrics`: `idem_requests_total`; `report`: what the layer did
+//!   with a request ([`RequestOutcome`], in the response's extensions, for an access log).
 
 mod body;
 mod completion;
@@ -56,6 +57,7 @@ pub mod path;
 mod problem;
 mod refusal;
 mod replay;
+mod report;
 mod scope;
 mod service;
 
@@ -68,6 +70,7 @@ pub use config::{
 pub use headers::{IDEMPOTENCY_KEY, ReplayedHeaders, X_IDEMPOTENT_REPLAYED};
 pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use problem::{DEFAULT_PROBLEM_BASE, PROBLEM_JSON, ProblemCode, RetryAdvice, set_problem_base};
+pub use report::RequestOutcome;
 pub use scope::ScopeSource;
 pub use service::{IdempotencyService, InnerBody};
 

@@ -50,5 +50,6 @@ impl Disposition {
     pub(crate) fn record(self) {
         metrics::counter!("idem_requests_total", "outcome" => self.label()).increment(1);
         tracing::Span::current().record("outcome", self.label());
+        crate::report::outcome(self.label());
     }
 }

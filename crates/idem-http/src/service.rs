@@ -137,7 +137,7 @@ where
             path = %request.uri().path(),
             outcome = tracing::field::Empty,
         );
-        Box::pin(call.handle(request).instrument(span))
+        Box::pin(crate::report::reported(call.handle(request)).instrument(span))
     }
 }
 
@@ -228,6 +228,7 @@ where
             Ok(identity) => identity,
             Err(refusal) => return Ok(refusal.into_response()),
         };
+        crate::report::record(identity.id);
         let request = Request::from_parts(parts, Either::Left(Full::new(body)));
         // 3. The engine decides; 4. an acquired key runs the inner service and is stored.
         match self

@@ -433,7 +433,10 @@ mod tests {
             .await
             .unwrap_or_else(|error| panic!("PostgreSQL at {url} must be reachable: {error}"));
         let mut older = migrator();
-        assert!(older.migrations.len() > 1, "there is a newer migration to miss");
+        assert!(
+            older.migrations.len() > 1,
+            "there is a newer migration to miss"
+        );
         older.migrations = older.migrations[..1].to_vec().into();
         older
             .run(store.pool())

@@ -786,7 +786,11 @@ mod tests {
             ("--lease", "0s", "--lease must be longer than 0s"),
             ("--ttl", "0s", "--ttl must be longer than 0s"),
             ("--wait", "2h", "--wait must be at most 1h"),
-            ("--replay-cache", "61s", "--replay-cache must be at most 60s"),
+            (
+                "--replay-cache",
+                "61s",
+                "--replay-cache must be at most 60s",
+            ),
             ("--scope-header", "bad header", "not a valid header name"),
             (
                 "--upstream-timeout",

@@ -8,13 +8,15 @@
 //! - `server`: what both commands share (one engine, the sweeper, the durability check,
 //!   serving with a graceful drain); `signals`: SIGTERM and SIGINT; `admin`: metrics,
 //!   health, readiness and `/records` on the admin listener.
-//! - `proxy`: the gateway (`path_guard`: refusing paths with no single meaning); `coordination`: `idem serve`'s JSON API; `records`: looking up and
+//! - `proxy`: the gateway (`path_guard`: refusing paths with no single meaning;
+//!   `access_log`: request ids and one log line per request); `coordination`: `idem serve`'s JSON API; `records`: looking up and
 //!   resolving one record, for `idem records` and the admin listener.
 
 pub mod cli;
 pub mod config;
 pub mod routes;
 
+mod access_log;
 mod admin;
 mod connections;
 mod coordination;

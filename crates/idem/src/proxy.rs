@@ -28,6 +28,7 @@ use idem_http::{InnerBody, ProblemCode, ResponseBody};
 use ipnet::IpNet;
 use tower::ServiceBuilder;
 
+use crate::access_log::{AccessLogLayer, UpstreamTime};
 use crate::config;
 use crate::path_guard::OneMeaningPerPathLayer;
 use crate::server::Server;
@@ -112,6 +113,7 @@ impl Forwarder {
         if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
             parts.headers.insert(header::HOST, host);
         }
+        let sent = std::time::Instant::now();
         match tokio::time::timeout(
             self.timeout,
             self.client.request(Request::from_parts(parts, body)),
@@ -120,6 +122,7 @@ impl Forwarder {
         {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
+                parts.extensions.insert(UpstreamTime(sent.elapsed()));
                 remove_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(
                     parts,
@@ -277,6 +280,7 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
     };
 
     let require_key = config.require_key;
+    let access_log = AccessLogLayer::new(std::sync::Arc::clone(&routes));
     let (requires, skips, ttls, lapses) = (
         std::sync::Arc::clone(&routes),
         std::sync::Arc::clone(&routes),
@@ -300,6 +304,7 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         .on_cancel(idem_http::CancelPolicy::RunToCompletion)
         .build();
     let service = ServiceBuilder::new()
+        .layer(access_log)
         .layer(OneMeaningPerPathLayer)
         .layer(HandleErrorLayer::new(unreachable))
         .layer(layer)

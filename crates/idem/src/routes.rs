@@ -12,6 +12,7 @@
 //! spellings of its own path.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -69,6 +70,9 @@ impl From<LapsePolicy> for OnLapse {
 /// A rule, checked and ready to match.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// The rule as written, `METHOD /path` (`*` for any method): the request's route in the
+    /// access log.
+    pattern: Arc<str>,
     method: Option<Method>,
     segments: Vec<Segment>,
     require_key: Option<bool>,
@@ -132,7 +136,13 @@ impl RouteRule {
             "route {:?}: ttl must be longer than 0s",
             self.path
         );
+        let pattern = format!(
+            "{} {}",
+            method.as_ref().map_or("*", Method::as_str),
+            self.path
+        );
         Ok(Route {
+            pattern: pattern.into(),
             method,
             segments,
             require_key: self.require_key,
@@ -202,6 +212,11 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|route| route.matches(&parts.method, &path))
+    }
+
+    /// The rule the request matches, as written (`POST /payments/**`), for the access log.
+    pub fn pattern(&self, parts: &Parts) -> Option<Arc<str>> {
+        self.matching(parts).map(|route| Arc::clone(&route.pattern))
     }
 
     /// Whether the request must carry a key; `default` when no rule says.

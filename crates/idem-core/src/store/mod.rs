@@ -210,17 +210,38 @@ pub async fn bounded<T>(
     }
 }
 
+tokio::task_local! {
+    /// The time the store operations of one request took so far, for [`store_time_of`].
+    static STORE_TIME: std::cell::Cell<Duration>;
+}
+
+/// Runs `future` and answers, with its output, how long the store operations made on its
+/// behalf (by the engine, through the same task) took in all: the store's share of a
+/// request's time, for an access log. Operations the renewer or a background settlement
+/// makes on another task are not counted.
+pub async fn store_time_of<F: Future>(future: F) -> (F::Output, Duration) {
+    STORE_TIME
+        .scope(std::cell::Cell::new(Duration::ZERO), async {
+            let output = future.await;
+            (output, STORE_TIME.with(std::cell::Cell::get))
+        })
+        .await
+}
+
 /// Runs one store operation on the engine's behalf, recording its latency and errors (the
-/// `idem_store_*` metrics). Every call the engine, an execution or the renewer makes goes
-/// through it.
+/// `idem_store_*` metrics, and the request's share in [`store_time_of`]). Every call the
+/// engine, an execution or the renewer makes goes through it.
 pub(crate) async fn timed<T>(
     operation: &'static str,
     future: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
     let result = future.await;
+    let took = started.elapsed();
+    // Outside `store_time_of` (the renewer, a test) nobody counts.
+    let _ = STORE_TIME.try_with(|spent| spent.set(spent.get() + took));
     metrics::histogram!("idem_store_operation_duration_seconds", "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
+        .record(took.as_secs_f64());
     if let Err(error) = &result {
         metrics::counter!("idem_store_errors_total", "operation" => operation).increment(1);
         tracing::warn!(%error, operation, "idempotency store operation failed");

@@ -95,8 +95,10 @@ impl FinishListener {
         match started {
             Ok((sender, _)) => Ok(sender.subscribe()),
             Err(error) => {
-                *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Instant::now());
+                *self
+                    .failed_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
                 Err(error)
             }
         }

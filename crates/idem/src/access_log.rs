@@ -1,0 +1,182 @@
+//! One access-log line per request, and its request id.
+//!
+//! The request id is the client's `X-Request-Id` when it sent one usable id (1 to 128
+//! characters of letters, digits and `-_.:+/=@`), otherwise a fresh UUID; either way it is
+//! set on the request passed upstream and on the response. The line (target `idem::access`,
+//! at info; JSON with `--log-format json`) names the method, the route rule the request
+//! matched, the status, what the idempotency layer did (`outcome`), the record (a hash of
+//! scope and key), the time spent in the store, upstream and in all, and the request id.
+//! Keys, bodies, cookies and `Authorization` are never written.
+//!
+//! Written by hand rather than with tower-http's request-id layers: `SetRequestId` keeps any
+//! value a client sends, however long or malformed, and one layer reading the response's
+//! extensions writes the line without another future per request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use idem_http::RequestOutcome;
+use tower::{Layer, Service};
+
+use crate::routes::RouteTable;
+
+/// The header that carries the request id.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client request id kept: longer ones are replaced (a log line is no place for
+/// a client's kilobytes).
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// How long the upstream took to answer a request's head, put in the response's extensions
+/// by the proxy's forwarder.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTime(pub Duration);
+
+/// Adds request ids and access-log lines to a service.
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    routes: Arc<RouteTable>,
+}
+
+impl AccessLogLayer {
+    /// Names each request's route by the first of `routes` it matches.
+    pub fn new(routes: Arc<RouteTable>) -> Self {
+        Self { routes }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            routes: Arc::clone(&self.routes),
+        }
+    }
+}
+
+/// The service of [`AccessLogLayer`].
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    routes: Arc<RouteTable>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
+        let request_id = request_id(request.headers().get_all(&X_REQUEST_ID));
+        request
+            .headers_mut()
+            .insert(X_REQUEST_ID, request_id.clone());
+        let method = request.method().clone();
+        let (parts, body) = request.into_parts();
+        let route = self.routes.pattern(&parts);
+        let response = self.inner.call(Request::from_parts(parts, body));
+        Box::pin(async move {
+            let mut response = response.await?;
+            let outcome = response.extensions().get::<RequestOutcome>().copied();
+            let upstream = response
+                .extensions()
+                .get::<UpstreamTime>()
+                .map(|time| time.0);
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID, request_id.clone());
+            tracing::info!(
+                target: "idem::access",
+                method = %method,
+                route = route.as_deref().unwrap_or("-"),
+                status = response.status().as_u16(),
+                outcome = outcome.map_or("-", |outcome| outcome.outcome),
+                record = outcome.and_then(|outcome| outcome.record).map(|id| id.to_hex()),
+                store_ms = outcome.map(|outcome| millis(outcome.store_time)),
+                upstream_ms = upstream.map(millis),
+                total_ms = millis(started.elapsed()),
+                request_id = request_id.to_str().unwrap_or("-"),
+                "request"
+            );
+            Ok(response)
+        })
+    }
+}
+
+/// The client's request id if it sent exactly one usable value, else a fresh one.
+fn request_id(sent: http::header::GetAll<'_, HeaderValue>) -> HeaderValue {
+    let mut values = sent.iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) if usable(value.as_bytes()) => value.clone(),
+        _ => HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    }
+}
+
+/// 1 to [`MAX_REQUEST_ID_LEN`] bytes of letters, digits and `-_.:+/=@`: what tracing
+/// systems and load balancers generate, and nothing a log reader could mistake for syntax.
+fn usable(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:+/=@".contains(byte))
+}
+
+/// Milliseconds with microsecond precision, as the log's durations read.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_id_is_kept_only_when_usable_and_alone() {
+        for kept in [
+            "abc-123",
+            "req_01HZX:7/+=@a",
+            &"a".repeat(MAX_REQUEST_ID_LEN),
+        ] {
+            assert!(usable(kept.as_bytes()), "{kept}");
+        }
+        for replaced in [
+            "",
+            "has space",
+            "quote\"",
+            "semi;colon",
+            &"a".repeat(129),
+            "é",
+        ] {
+            assert!(!usable(replaced.as_bytes()), "{replaced}");
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("one"));
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("two"));
+        let generated = request_id(headers.get_all(&X_REQUEST_ID));
+        assert!(
+            uuid::Uuid::parse_str(generated.to_str().unwrap()).is_ok(),
+            "two ids sent: which one counts is ambiguous, so a fresh one"
+        );
+    }
+
+    #[test]
+    fn durations_read_in_milliseconds() {
+        assert!((millis(Duration::from_micros(1_234)) - 1.234).abs() < f64::EPSILON);
+    }
+}

@@ -1,0 +1,136 @@
+//! `idem proxy`'s access log and request ids, read from the process's own stderr: one JSON
+//! line per request with what idempotency did, the request id passed upstream and returned,
+//! and never a key, a cookie or a credential.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Idem, Upstream, client};
+
+const KEY: &str = "key-that-must-not-be-logged-7f3a";
+const SECRET: &str = "Bearer secret-token-that-must-not-be-logged";
+const COOKIE: &str = "session=cookie-that-must-not-be-logged";
+
+/// The access-log lines written so far (target `idem::access`).
+fn access_lines(log: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "idem::access")
+        .collect()
+}
+
+/// Waits for the `count`th access line (each is written once its response is ready).
+async fn wait_for_lines(log: &std::path::Path, count: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let lines = access_lines(log);
+        if lines.len() >= count {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {count} access lines: {:?}", access_lines(log));
+}
+
+#[tokio::test]
+async fn every_request_gets_one_line_and_a_request_id_and_no_secret_is_written() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        "[[proxy.routes]]\nmethod = \"POST\"\npath = \"/charges/**\"\nrequire_key = true\n",
+    )
+    .unwrap();
+    let idem = Idem::start_with(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory://",
+            "--upstream",
+            &upstream.url(),
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "warn,idem::access=info")],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let send = |request_id: Option<&str>, body: &'static str| {
+        let mut request = client()
+            .post(idem.url("/charges/ch_1"))
+            .header("idempotency-key", KEY)
+            .header("authorization", SECRET)
+            .header("cookie", COOKIE)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(id) = request_id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+
+    let first = send(Some("req-abc.123"), "{\"amount\":1}").await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.headers()["x-request-id"], "req-abc.123", "returned");
+    assert_eq!(
+        upstream.last_headers()["x-request-id"],
+        "req-abc.123",
+        "passed upstream"
+    );
+    let replay = send(Some("has spaces, so replaced"), "{\"amount\":1}")
+        .await
+        .unwrap();
+    let generated = replay.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+    let mismatch = send(None, "{\"amount\":2}").await.unwrap();
+    assert_eq!(mismatch.status(), 422);
+    let unrouted = client().get(idem.url("/health")).send().await.unwrap();
+    assert!(unrouted.status().is_success());
+
+    let lines = wait_for_lines(&log, 4).await;
+    assert_eq!(lines.len(), 4, "one line per request: {lines:?}");
+    let fields: Vec<&Value> = lines.iter().map(|line| &line["fields"]).collect();
+    let (executed, replayed) = (fields[0], fields[1]);
+    assert_eq!(executed["outcome"], "executed");
+    assert_eq!(executed["method"], "POST");
+    assert_eq!(executed["route"], "POST /charges/**");
+    assert_eq!(executed["status"], 201);
+    assert_eq!(executed["request_id"], "req-abc.123");
+    let record = executed["record"].as_str().unwrap();
+    assert_eq!(record.len(), 64, "the record's hash");
+    for duration in ["store_ms", "upstream_ms", "total_ms"] {
+        assert!(executed[duration].as_f64().unwrap() >= 0.0, "{duration}");
+    }
+    assert_eq!(replayed["outcome"], "replayed");
+    assert_eq!(replayed["record"], record, "the same record");
+    assert_eq!(replayed["request_id"], generated.as_str());
+    assert!(
+        replayed.get("upstream_ms").is_none(),
+        "a replay reaches no upstream"
+    );
+    assert_eq!(fields[2]["outcome"], "mismatch");
+    assert_eq!(fields[2]["status"], 422);
+    assert_eq!(fields[3]["outcome"], "-", "a GET is not the layer's");
+    assert_eq!(fields[3]["route"], "-", "no rule matched");
+
+    let everything = std::fs::read_to_string(&log).unwrap();
+    for secret in [KEY, "secret-token", "cookie-that-must", "amount"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} in the log:\n{everything}"
+        );
+    }
+}
