@@ -6,7 +6,8 @@
 //! at info; JSON with `--log-format json`) names the method, the route rule the request
 //! matched, the status, what the idempotency layer did (`outcome`), the record (a hash of
 //! scope and key), the time spent in the store, upstream and in all, and the request id.
-//! Keys, bodies, cookies and `Authorization` are never written.
+//! Keys, bodies, cookies and `Authorization` are never written. The upstream's time is also
+//! a histogram, [`UPSTREAM_DURATION`], by status class.
 //!
 //! Written by hand rather than with tower-http's request-id layers: `SetRequestId` keeps any
 //! value a client sends, however long or malformed, and one layer reading the response's
@@ -30,6 +31,10 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The longest client request id kept: longer ones are replaced (a log line is no place for
 /// a client's kilobytes).
 const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The histogram of the upstream's time to a response head, by status class: the gateway's
+/// view of the API behind it.
+pub const UPSTREAM_DURATION: &str = "idem_upstream_duration_seconds";
 
 /// How long the upstream took to answer a request's head, put in the response's extensions
 /// by the proxy's forwarder.
@@ -100,11 +105,19 @@ where
             response
                 .headers_mut()
                 .insert(X_REQUEST_ID, request_id.clone());
+            let status = response.status();
+            if let Some(upstream) = upstream {
+                metrics::histogram!(
+                    UPSTREAM_DURATION,
+                    "status_class" => status_class(status)
+                )
+                .record(upstream.as_secs_f64());
+            }
             tracing::info!(
                 target: "idem::access",
                 method = %method,
                 route = route.as_deref().unwrap_or("-"),
-                status = response.status().as_u16(),
+                status = status.as_u16(),
                 outcome = outcome.map_or("-", |outcome| outcome.outcome),
                 record = outcome.and_then(|outcome| outcome.record).map(|id| id.to_hex()),
                 store_ms = outcome.map(|outcome| millis(outcome.store_time)),
@@ -135,6 +148,17 @@ fn usable(id: &[u8]) -> bool {
         && id
             .iter()
             .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:+/=@".contains(byte))
+}
+
+/// `2xx`, `4xx`...: a label with five values, whatever statuses the upstream invents.
+fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Milliseconds with microsecond precision, as the log's durations read.

@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use idem_core::{Engine, IdempotencyKey, KeyPolicy, RecordId, Scope, Store};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -19,7 +19,7 @@ use idem_core::DynStore;
 
 use crate::connections::{ConnectionLimits, Connections};
 
-/// Histogram buckets, in seconds, for every histogram (today only store latency): from a
+/// Histogram buckets, in seconds, for every histogram but the upstream's: from a
 /// memory store's microseconds to a network store's timeout, so `histogram_quantile` works
 /// on any backend.
 const STORE_LATENCY_BUCKETS: &[f64] = &[
@@ -27,10 +27,22 @@ const STORE_LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0,
 ];
 
+/// Buckets for the upstream's time to a response head: from a local API's millisecond to the
+/// default upstream timeout (30 s).
+const UPSTREAM_LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Installs the Prometheus recorder behind the `metrics` facade, once per process.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
         .set_buckets(STORE_LATENCY_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full(crate::access_log::UPSTREAM_DURATION.to_owned()),
+                UPSTREAM_LATENCY_BUCKETS,
+            )
+        })
         .map_err(|error| anyhow::anyhow!("invalid metrics buckets: {error}"))?
         .install_recorder()
         .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))

@@ -59,6 +59,8 @@ async fn every_request_gets_one_line_and_a_request_id_and_no_secret_is_written()
             &upstream.url(),
             "--log-format",
             "json",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--config",
             config.to_str().unwrap(),
         ],
@@ -125,6 +127,16 @@ async fn every_request_gets_one_line_and_a_request_id_and_no_secret_is_written()
     assert_eq!(fields[2]["status"], 422);
     assert_eq!(fields[3]["outcome"], "-", "a GET is not the layer's");
     assert_eq!(fields[3]["route"], "-", "no rule matched");
+
+    let metrics = idem.metrics().await;
+    assert!(
+        metrics.contains("idem_upstream_duration_seconds_count{status_class=\"2xx\"} 2"),
+        "the executed POST and the GET reached the upstream, the replay and mismatch did not:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("idem_upstream_duration_seconds_bucket{status_class=\"2xx\",le=\"30\"}"),
+        "the upstream's own buckets, up to its timeout"
+    );
 
     let everything = std::fs::read_to_string(&log).unwrap();
     for secret in [KEY, "secret-token", "cookie-that-must", "amount"] {

@@ -186,16 +186,8 @@ async fn redis_outage_fails_closed_and_recovers() {
 
 /// The cache-hit count an instance reports on its admin listener.
 async fn replay_cache_hits(idem: &Idem) -> u64 {
-    let admin = idem.admin_url.as_ref().expect("an admin listener");
-    let metrics = client()
-        .get(format!("{admin}/metrics"))
-        .send()
+    idem.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
         .lines()
         .find_map(|line| line.strip_prefix("idem_replay_cache_hits_total "))
         .map_or(0, |count| count.trim().parse().unwrap())

@@ -108,6 +108,23 @@ impl Idem {
         })
     }
 
+    /// The Prometheus text its admin listener serves.
+    #[allow(dead_code, reason = "not every test binary reads metrics")]
+    pub async fn metrics(&self) -> String {
+        let admin = self
+            .admin_url
+            .as_ref()
+            .expect("started with --admin-listen");
+        client()
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
