@@ -3,8 +3,8 @@
 //! The request id is the client's `X-Request-Id` when it sent one usable id (1 to 128
 //! characters of letters, digits and `-_.:+/=@`), otherwise a fresh UUID; either way it is
 //! set on the request passed upstream and on the response. The line (target `idem::access`,
-//! at info; JSON with `--log-format json`) names the method, the route rule the request
-//! matched, the status, what the idempotency layer did (`outcome`), the record (a hash of
+//! at info; JSON with `--log-format json`) names the method, the route (the proxy's rule the
+//! request matched, or `idem serve`'s route pattern), the status, what the idempotency layer did (`outcome`), the record (a hash of
 //! scope and key), the time spent in the store, upstream and in all, and the request id.
 //! Keys, bodies, cookies and `Authorization` are never written. The upstream's time is also
 //! a histogram, [`UPSTREAM_DURATION`], by status class.
@@ -41,16 +41,47 @@ pub const UPSTREAM_DURATION: &str = "idem_upstream_duration_seconds";
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTime(pub Duration);
 
+/// How a request's route is named in its line.
+#[derive(Debug, Clone)]
+enum RouteNames {
+    /// By the first of the proxy's rules it matches.
+    Rules(Arc<RouteTable>),
+    /// By the axum route that matched it (the layer runs after routing).
+    Matched,
+}
+
 /// Adds request ids and access-log lines to a service.
 #[derive(Debug, Clone)]
 pub struct AccessLogLayer {
-    routes: Arc<RouteTable>,
+    routes: RouteNames,
 }
 
 impl AccessLogLayer {
-    /// Names each request's route by the first of `routes` it matches.
+    /// Names each request's route by the first of `routes` it matches (`idem proxy`).
     pub fn new(routes: Arc<RouteTable>) -> Self {
-        Self { routes }
+        Self {
+            routes: RouteNames::Rules(routes),
+        }
+    }
+
+    /// Names each request's route by axum's route pattern (`idem serve`), for a layer added
+    /// to a router with `Router::layer`, which runs after routing.
+    pub fn matched_paths() -> Self {
+        Self {
+            routes: RouteNames::Matched,
+        }
+    }
+}
+
+impl RouteNames {
+    fn name(&self, parts: &http::request::Parts) -> Option<Arc<str>> {
+        match self {
+            Self::Rules(table) => table.pattern(parts),
+            Self::Matched => parts
+                .extensions
+                .get::<axum::extract::MatchedPath>()
+                .map(|path| Arc::from(path.as_str())),
+        }
     }
 }
 
@@ -60,7 +91,7 @@ impl<S> Layer<S> for AccessLogLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AccessLog {
             inner,
-            routes: Arc::clone(&self.routes),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -69,7 +100,7 @@ impl<S> Layer<S> for AccessLogLayer {
 #[derive(Debug, Clone)]
 pub struct AccessLog<S> {
     inner: S,
-    routes: Arc<RouteTable>,
+    routes: RouteNames,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
@@ -93,11 +124,15 @@ where
             .insert(X_REQUEST_ID, request_id.clone());
         let method = request.method().clone();
         let (parts, body) = request.into_parts();
-        let route = self.routes.pattern(&parts);
+        let route = self.routes.name(&parts);
         let response = self.inner.call(Request::from_parts(parts, body));
         Box::pin(async move {
-            let mut response = response.await?;
+            // The store's share, counted here for services that call the engine directly
+            // (`idem serve`); the idempotency layer counts its own and reports it.
+            let (response, store_time) = idem_core::store_time_of(response).await;
+            let mut response = response?;
             let outcome = response.extensions().get::<RequestOutcome>().copied();
+            let store_time = outcome.map_or(store_time, |outcome| outcome.store_time);
             let upstream = response
                 .extensions()
                 .get::<UpstreamTime>()
@@ -120,7 +155,7 @@ where
                 status = status.as_u16(),
                 outcome = outcome.map_or("-", |outcome| outcome.outcome),
                 record = outcome.and_then(|outcome| outcome.record).map(|id| id.to_hex()),
-                store_ms = outcome.map(|outcome| millis(outcome.store_time)),
+                store_ms = millis(store_time),
                 upstream_ms = upstream.map(millis),
                 total_ms = millis(started.elapsed()),
                 request_id = request_id.to_str().unwrap_or("-"),

@@ -146,3 +146,57 @@ async fn every_request_gets_one_line_and_a_request_id_and_no_secret_is_written()
         );
     }
 }
+
+#[tokio::test]
+async fn idem_serve_writes_a_line_per_call_with_its_route_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let idem = Idem::start_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory://",
+            "--log-format",
+            "json",
+        ],
+        &[("RUST_LOG", "warn,idem::access=info")],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let begun = client()
+        .post(idem.url("/v1/idempotency/records"))
+        .header("idempotency-key", KEY)
+        .header("x-request-id", "serve-call-1")
+        .body(r#"{"operation":"user.create","payload":{"email":"a@example.com"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(begun.status(), 201);
+    assert_eq!(begun.headers()["x-request-id"], "serve-call-1");
+    let status = client()
+        .get(idem.url(&format!("/v1/idempotency/records/{KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 202, "still in flight");
+
+    let lines = wait_for_lines(&log, 2).await;
+    let fields: Vec<&Value> = lines.iter().map(|line| &line["fields"]).collect();
+    assert_eq!(fields[0]["route"], "/v1/idempotency/records");
+    assert_eq!(fields[0]["status"], 201);
+    assert_eq!(fields[0]["request_id"], "serve-call-1");
+    assert!(
+        fields[0]["store_ms"].as_f64().unwrap() > 0.0,
+        "the begin's store time"
+    );
+    assert_eq!(
+        fields[1]["route"], "/v1/idempotency/records/{key}",
+        "the pattern, never the key"
+    );
+    let everything = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !everything.contains(KEY),
+        "the key in the log:\n{everything}"
+    );
+}

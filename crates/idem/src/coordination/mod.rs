@@ -36,6 +36,7 @@ use idem_core::Engine;
 use idem_http::ScopeSource;
 use utoipa::OpenApi;
 
+use crate::access_log::AccessLogLayer;
 use crate::config;
 use crate::server::Server;
 use idem_core::DynStore;
@@ -115,6 +116,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(count_requests))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        // After routing, so that each line names the route pattern.
+        .layer(AccessLogLayer::matched_paths())
         .with_state(state)
 }
 
