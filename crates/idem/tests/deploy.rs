@@ -1,0 +1,222 @@
+//! The monitoring files under `deploy/` (Prometheus alert rules and their unit tests, the
+//! Grafana dashboard) name only metrics the binary exports, and are valid for Prometheus:
+//! `promtool check rules` and `promtool test rules` run on the alerts, and every dashboard
+//! query is checked as a recording rule. `scripts/test` installs promtool (Debian's
+//! `prometheus` package) and sets `IDEM_REQUIRE_PROMTOOL=1`, so there a missing promtool
+//! fails; elsewhere those checks are skipped with a line saying so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+/// The `idem_…` names in `text`.
+fn idem_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(offset) = text[at..].find("idem_") {
+        let start = at + offset;
+        let starts_a_name =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .map_or(text.len(), |length| start + length);
+        if starts_a_name {
+            names.insert(text[start..end].to_owned());
+        }
+        at = end;
+    }
+    names
+}
+
+/// The metric names the code emits: every `"idem_…"` string literal in the crates' sources
+/// (a few are not metrics, which only makes the check lenient, never wrong about a name
+/// that is absent).
+fn exported() -> BTreeSet<String> {
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(root().join("crates")).unwrap() {
+        let source = krate.unwrap().path().join("src");
+        if source.is_dir() {
+            rust_files(&source, &mut files);
+        }
+    }
+    let mut names = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for literal in text.split('"').skip(1).step_by(2) {
+            if literal.starts_with("idem_") && idem_names(literal).len() == 1 {
+                names.insert(literal.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// A series name in a query, as the metric that produces it: a histogram's `_bucket`,
+/// `_count` and `_sum` are its own.
+fn metric_of(series: &str, exported: &BTreeSet<String>) -> String {
+    for suffix in ["_bucket", "_count", "_sum"] {
+        if let Some(base) = series.strip_suffix(suffix)
+            && exported.contains(base)
+        {
+            return base.to_owned();
+        }
+    }
+    series.to_owned()
+}
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/idem-dashboard.json")).unwrap();
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+fn dashboard_queries() -> Vec<String> {
+    dashboard()["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().clone())
+        .map(|target| target["expr"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn every_query_and_alert_names_a_metric_the_binary_exports() {
+    let exported = exported();
+    assert!(exported.contains("idem_requests_total"), "{exported:?}");
+    let alerts = std::fs::read_to_string(root().join("deploy/prometheus/idem-alerts.yml")).unwrap();
+    let tests =
+        std::fs::read_to_string(root().join("deploy/prometheus/idem-alerts.test.yml")).unwrap();
+    let mut named = BTreeSet::new();
+    for text in [alerts, tests, dashboard_queries().join("\n")] {
+        named.extend(idem_names(&text));
+    }
+    let unknown: Vec<_> = named
+        .iter()
+        .filter(|series| !exported.contains(&metric_of(series, &exported)))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/ names series no code exports: {unknown:?}"
+    );
+    assert!(
+        named.len() >= 8,
+        "the files were read and name the metrics they watch: {named:?}"
+    );
+}
+
+#[test]
+fn the_dashboard_shows_what_an_operator_is_paged_about() {
+    let titles: Vec<String> = dashboard()["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|panel| panel["title"].as_str().unwrap().to_lowercase())
+        .collect();
+    for wanted in [
+        "hit rate",
+        "duplicates prevented",
+        "unknown outcomes",
+        "store latency",
+    ] {
+        assert!(
+            titles.iter().any(|title| title.contains(wanted)),
+            "no panel for {wanted}: {titles:?}"
+        );
+    }
+}
+
+/// promtool, or `None` (with a line) where it is not installed and not required.
+fn promtool() -> Option<&'static str> {
+    let present = Command::new("promtool").arg("--version").output().is_ok();
+    if !present {
+        assert!(
+            std::env::var_os("IDEM_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required (IDEM_REQUIRE_PROMTOOL) but not installed: apt-get install prometheus"
+        );
+        eprintln!("promtool is not installed: the Prometheus checks of deploy/ are skipped");
+        return None;
+    }
+    Some("promtool")
+}
+
+fn promtool_succeeds(arguments: &[&str], dir: &Path) {
+    let Some(promtool) = promtool() else { return };
+    let output = Command::new(promtool)
+        .args(arguments)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "promtool {arguments:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_the_alerts_and_their_unit_tests_pass() {
+    let dir = root().join("deploy/prometheus");
+    promtool_succeeds(&["check", "rules", "idem-alerts.yml"], &dir);
+    promtool_succeeds(&["test", "rules", "idem-alerts.test.yml"], &dir);
+}
+
+#[test]
+fn promtool_accepts_every_dashboard_query() {
+    // Grafana's variables, given values Prometheus can parse.
+    let rules: Vec<String> = dashboard_queries()
+        .iter()
+        .enumerate()
+        .map(|(index, query)| {
+            let query = query
+                .replace("$__rate_interval", "5m")
+                .replace("$job", ".*");
+            format!(
+                "      - record: idem:dashboard_query_{index}\n        expr: {}\n",
+                serde_json::to_string(&query).unwrap()
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("queries.yml"),
+        format!(
+            "groups:\n  - name: dashboard\n    rules:\n{}",
+            rules.concat()
+        ),
+    )
+    .unwrap();
+    promtool_succeeds(&["check", "rules", "queries.yml"], dir.path());
+}
+
+#[test]
+fn names_are_read_whole() {
+    assert_eq!(
+        idem_names("rate(idem_requests_total{x=\"a\"}[5m]) / idem_store_errors_total"),
+        BTreeSet::from([
+            "idem_requests_total".into(),
+            "idem_store_errors_total".into()
+        ])
+    );
+    assert!(idem_names("myidem_x").is_empty());
+}
