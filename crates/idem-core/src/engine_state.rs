@@ -18,6 +18,10 @@ use tokio::time::Instant;
 
 use crate::{LeaseToken, OnLapse, RecordId};
 
+/// The gauge of the executions this process runs now (leases it keeps alive), whatever
+/// their engine.
+pub(crate) const EXECUTIONS_IN_FLIGHT: &str = "idem_executions_in_flight";
+
 /// One execution in the registry: the record, the token that holds it, and a number of its
 /// own (two executions may hold one token: a two-phase client resuming its lease twice).
 pub(crate) type LeaseKey = (RecordId, LeaseToken, u64);
@@ -60,12 +64,15 @@ impl LeaseRegistry {
     ) -> LeaseKey {
         let key = (id, token, self.next_serial.fetch_add(1, Ordering::Relaxed));
         lock(&self.entries).insert(key, state);
+        metrics::gauge!(EXECUTIONS_IN_FLIGHT).increment(1.0);
         key
     }
 
     /// Stops keeping `key`'s lease alive, and wakes the duplicates waiting for its record.
     pub(crate) fn remove(&self, key: &LeaseKey) {
-        lock(&self.entries).remove(key);
+        if lock(&self.entries).remove(key).is_some() {
+            metrics::gauge!(EXECUTIONS_IN_FLIGHT).decrement(1.0);
+        }
         // Not removed here: a waiter woken while the record is still in flight (an execution
         // that was abandoned, or one of two resuming one lease) waits on for the next finish.
         if let Some((waiters, _)) = lock(&self.waiters).get(&key.0) {

@@ -32,6 +32,9 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// a client's kilobytes).
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// The layer's outcomes by route (the rule a request matched, or `-`).
+pub const ROUTE_REQUESTS: &str = "idem_route_requests_total";
+
 /// The histogram of the upstream's time to a response head, by status class: the gateway's
 /// view of the API behind it.
 pub const UPSTREAM_DURATION: &str = "idem_upstream_duration_seconds";
@@ -141,6 +144,17 @@ where
                 .headers_mut()
                 .insert(X_REQUEST_ID, request_id.clone());
             let status = response.status();
+            let route_label = route.as_deref().unwrap_or("-");
+            if let Some(outcome) = outcome {
+                // By route: the hit rate and the duplicates prevented of each of the proxy's
+                // rules (bounded: the rules are the config's, `-` for the rest).
+                metrics::counter!(
+                    ROUTE_REQUESTS,
+                    "route" => route_label.to_owned(),
+                    "outcome" => outcome.outcome
+                )
+                .increment(1);
+            }
             if let Some(upstream) = upstream {
                 metrics::histogram!(
                     UPSTREAM_DURATION,
@@ -151,7 +165,7 @@ where
             tracing::info!(
                 target: "idem::access",
                 method = %method,
-                route = route.as_deref().unwrap_or("-"),
+                route = route_label,
                 status = status.as_u16(),
                 outcome = outcome.map_or("-", |outcome| outcome.outcome),
                 record = outcome.and_then(|outcome| outcome.record).map(|id| id.to_hex()),

@@ -27,8 +27,8 @@ const STORE_LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0,
 ];
 
-/// Buckets for the upstream's time to a response head: from a local API's millisecond to the
-/// default upstream timeout (30 s).
+/// Buckets for the upstream's time to a response head (and `idem serve`'s calls, which run
+/// operations): from a local API's millisecond to the default upstream timeout (30 s).
 const UPSTREAM_LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -40,6 +40,13 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .and_then(|builder| {
             builder.set_buckets_for_metric(
                 Matcher::Full(crate::access_log::UPSTREAM_DURATION.to_owned()),
+                UPSTREAM_LATENCY_BUCKETS,
+            )
+        })
+        // `idem serve`'s calls last as long as the operations they run.
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full("idem_coordination_request_duration_seconds".to_owned()),
                 UPSTREAM_LATENCY_BUCKETS,
             )
         })

@@ -137,6 +137,14 @@ async fn every_request_gets_one_line_and_a_request_id_and_no_secret_is_written()
         metrics.contains("idem_upstream_duration_seconds_bucket{status_class=\"2xx\",le=\"30\"}"),
         "the upstream's own buckets, up to its timeout"
     );
+    for series in [
+        "idem_route_requests_total{route=\"POST /charges/**\",outcome=\"executed\"} 1",
+        "idem_route_requests_total{route=\"POST /charges/**\",outcome=\"replayed\"} 1",
+        "idem_route_requests_total{route=\"POST /charges/**\",outcome=\"mismatch\"} 1",
+        "idem_executions_in_flight 0",
+    ] {
+        assert!(metrics.contains(series), "{series} in:\n{metrics}");
+    }
 
     let everything = std::fs::read_to_string(&log).unwrap();
     for secret in [KEY, "secret-token", "cookie-that-must", "amount"] {
@@ -155,6 +163,8 @@ async fn idem_serve_writes_a_line_per_call_with_its_route_pattern() {
         &[
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--store",
             "memory://",

@@ -122,9 +122,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Counts every answer of the API by method, route pattern and status
-/// (`idem_coordination_requests_total`): the service's own hit rate, conflicts and errors, on
-/// the admin port beside the store's metrics. Route patterns, not paths, keep the label set
-/// small.
+/// (`idem_coordination_requests_total`), and times it by route pattern
+/// (`idem_coordination_request_duration_seconds`): the service's own hit rate, conflicts,
+/// errors and latency, on the admin port beside the store's metrics. Route patterns, not
+/// paths, keep the label set small.
 async fn count_requests(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -134,7 +135,10 @@ async fn count_requests(
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().to_string();
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
+    metrics::histogram!("idem_coordination_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
     let status = response.status().as_u16().to_string();
     metrics::counter!(
         "idem_coordination_requests_total",
