@@ -18,6 +18,7 @@ use serde_json::Value;
 use idem_core::DynStore;
 
 use crate::connections::{ConnectionLimits, Connections};
+use crate::status_page;
 
 /// Histogram buckets, in seconds, for every histogram but the upstream's: from a
 /// memory store's microseconds to a network store's timeout, so `histogram_quantile` works
@@ -80,6 +81,11 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route(
+            "/status",
+            get(|| async { axum::response::Html(status_page::PAGE) }),
+        )
+        .route("/status.json", get(status))
         .route("/records/{key}", get(show_record))
         .route("/records/{key}/release", post(release_record))
         .route("/records/{key}/complete", post(complete_record))
@@ -102,30 +108,42 @@ async fn render_metrics(State(state): State<AdminState>) -> String {
 /// Ready when the store answers a read of a key nobody uses. The body also lists what in the
 /// store's settings may make it forget records (read anew each time: settings change).
 async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
-    let probe = IdempotencyKey::parse(b"idem-readiness-probe", KeyPolicy::Any)
-        .map(|key| RecordId::new(&Scope::new("idem-admin"), &key));
-    let Ok(id) = probe else {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "probe key invalid\n".into(),
-        );
-    };
-    if state.engine.status(id).await.is_err() {
+    let Some(risks) = store_health(&state.engine).await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "store unavailable\n".into(),
         );
-    }
+    };
     let mut body = String::from("ready\n");
-    match state.engine.store().durability_risks().await {
-        Ok(risks) => {
-            for risk in risks {
-                body.push_str(&format!("store risk: {}: {}\n", risk.setting, risk.risk));
-            }
-        }
-        Err(error) => body.push_str(&format!("store risk: settings unreadable: {error}\n")),
+    for risk in risks {
+        body.push_str(&format!("store risk: {risk}\n"));
     }
     (StatusCode::OK, body)
+}
+
+/// The status page's figures: the counters `/metrics` renders, and the store's health.
+async fn status(State(state): State<AdminState>) -> axum::Json<status_page::Snapshot> {
+    let mut snapshot = status_page::Snapshot::from_prometheus(&state.metrics.render());
+    if let Some(risks) = store_health(&state.engine).await {
+        snapshot.store_healthy = true;
+        snapshot.store_risks = risks;
+    }
+    axum::Json(snapshot)
+}
+
+/// `None` when the store does not answer a read of a key nobody uses; otherwise what in its
+/// settings may make it forget records, as `setting: risk` lines.
+async fn store_health(engine: &Engine<DynStore>) -> Option<Vec<String>> {
+    let key = IdempotencyKey::parse(b"idem-readiness-probe", KeyPolicy::Any).ok()?;
+    let id = RecordId::new(&Scope::new("idem-admin"), &key);
+    engine.status(id).await.ok()?;
+    Some(match engine.store().durability_risks().await {
+        Ok(risks) => risks
+            .into_iter()
+            .map(|risk| format!("{}: {}", risk.setting, risk.risk))
+            .collect(),
+        Err(error) => vec![format!("settings unreadable: {error}")],
+    })
 }
 
 /// The header carrying the credential that scoped the record's requests (absent: the

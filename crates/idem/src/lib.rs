@@ -7,7 +7,7 @@
 //!   `store`: which store `--store` names, and opening it).
 //! - `server`: what both commands share (one engine, the sweeper, the durability check,
 //!   serving with a graceful drain); `signals`: SIGTERM and SIGINT; `admin`: metrics,
-//!   health, readiness and `/records` on the admin listener.
+//!   health, readiness and `/records` on the admin listener; `status_page`: its live page.
 //! - `proxy`: the gateway (`path_guard`: refusing paths with no single meaning;
 //!   `access_log`: request ids and one log line per request); `coordination`: `idem serve`'s JSON API; `records`: looking up and
 //!   resolving one record, for `idem records` and the admin listener.
@@ -25,6 +25,7 @@ mod proxy;
 mod records;
 mod server;
 mod signals;
+mod status_page;
 mod store;
 mod upstream;
 
