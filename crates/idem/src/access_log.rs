@@ -6,8 +6,9 @@
 //! at info; JSON with `--log-format json`) names the method, the route (the proxy's rule the
 //! request matched, or `idem serve`'s route pattern), the status, what the idempotency layer did (`outcome`), the record (a hash of
 //! scope and key), the time spent in the store, upstream and in all, and the request id.
-//! Keys, bodies, cookies and `Authorization` are never written. The upstream's time is also
-//! a histogram, [`UPSTREAM_DURATION`], by status class.
+//! Keys, bodies, cookies and `Authorization` are never written. A request whose client hung
+//! up before its answer still gets its line, with status 499 (nginx's "client closed
+//! request") and the outcome `client_closed`.
 //!
 //! Written by hand rather than with tower-http's request-id layers: `SetRequestId` keeps any
 //! value a client sends, however long or malformed, and one layer reading the response's
@@ -35,8 +36,8 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// The layer's outcomes by route (the rule a request matched, or `-`).
 pub const ROUTE_REQUESTS: &str = "idem_route_requests_total";
 
-/// The histogram of the upstream's time to a response head, by status class: the gateway's
-/// view of the API behind it.
+/// The histogram of the upstream's time to a response head, by status class (`error` when it
+/// gave none): the gateway's view of the API behind it. Recorded by the proxy's forwarder.
 pub const UPSTREAM_DURATION: &str = "idem_upstream_duration_seconds";
 
 /// How long the upstream took to answer a request's head, put in the response's extensions
@@ -125,15 +126,29 @@ where
         request
             .headers_mut()
             .insert(X_REQUEST_ID, request_id.clone());
-        let method = request.method().clone();
+        let method = method_label(request.method());
         let (parts, body) = request.into_parts();
         let route = self.routes.name(&parts);
         let response = self.inner.call(Request::from_parts(parts, body));
+        let mut line = Line {
+            method,
+            route,
+            request_id,
+            started,
+            written: false,
+        };
         Box::pin(async move {
             // The store's share, counted here for services that call the engine directly
             // (`idem serve`); the idempotency layer counts its own and reports it.
             let (response, store_time) = idem_core::store_time_of(response).await;
-            let mut response = response?;
+            let mut response = match response {
+                Ok(response) => response,
+                Err(error) => {
+                    let status = http::StatusCode::INTERNAL_SERVER_ERROR.as_u16();
+                    line.write(status, None, Some(store_time), None);
+                    return Err(error);
+                }
+            };
             let outcome = response.extensions().get::<RequestOutcome>().copied();
             let store_time = outcome.map_or(store_time, |outcome| outcome.store_time);
             let upstream = response
@@ -142,42 +157,81 @@ where
                 .map(|time| time.0);
             response
                 .headers_mut()
-                .insert(X_REQUEST_ID, request_id.clone());
-            let status = response.status();
-            let route_label = route.as_deref().unwrap_or("-");
-            if let Some(outcome) = outcome {
-                // By route: the hit rate and the duplicates prevented of each of the proxy's
-                // rules (bounded: the rules are the config's, `-` for the rest).
-                metrics::counter!(
-                    ROUTE_REQUESTS,
-                    "route" => route_label.to_owned(),
-                    "outcome" => outcome.outcome
-                )
-                .increment(1);
-            }
-            if let Some(upstream) = upstream {
-                metrics::histogram!(
-                    UPSTREAM_DURATION,
-                    "status_class" => status_class(status)
-                )
-                .record(upstream.as_secs_f64());
-            }
-            tracing::info!(
-                target: "idem::access",
-                method = %method,
-                route = route_label,
-                status = status.as_u16(),
-                outcome = outcome.map_or("-", |outcome| outcome.outcome),
-                record = outcome.and_then(|outcome| outcome.record).map(|id| id.to_hex()),
-                store_ms = millis(store_time),
-                upstream_ms = upstream.map(millis),
-                total_ms = millis(started.elapsed()),
-                request_id = request_id.to_str().unwrap_or("-"),
-                "request"
+                .insert(X_REQUEST_ID, line.request_id.clone());
+            line.write(
+                response.status().as_u16(),
+                outcome.map(|outcome| (outcome.outcome, outcome.record)),
+                Some(store_time),
+                upstream,
             );
             Ok(response)
         })
     }
+}
+
+/// The status written for a client that hung up before its answer (nginx's).
+const CLIENT_CLOSED: u16 = 499;
+
+/// One request's line: written when its answer is ready, or, when the client hung up first
+/// (the request's future dropped), with status 499 and the outcome `client_closed`.
+struct Line {
+    method: &'static str,
+    route: Option<Arc<str>>,
+    request_id: HeaderValue,
+    started: Instant,
+    written: bool,
+}
+
+impl Line {
+    fn write(
+        &mut self,
+        status: u16,
+        outcome: Option<(&'static str, Option<idem_core::RecordId>)>,
+        store_time: Option<Duration>,
+        upstream: Option<Duration>,
+    ) {
+        self.written = true;
+        let route = self.route.as_deref().unwrap_or("-");
+        if let Some((outcome, _)) = outcome {
+            // By route: the hit rate and the duplicates prevented of each of the proxy's
+            // rules (bounded: the rules are the config's, `-` for the rest).
+            metrics::counter!(ROUTE_REQUESTS, "route" => route.to_owned(), "outcome" => outcome)
+                .increment(1);
+        }
+        tracing::info!(
+            target: "idem::access",
+            method = self.method,
+            route,
+            status,
+            outcome = outcome.map_or("-", |(outcome, _)| outcome),
+            record = outcome.and_then(|(_, record)| record).map(|id| id.to_hex()),
+            store_ms = store_time.map(millis),
+            upstream_ms = upstream.map(millis),
+            total_ms = millis(self.started.elapsed()),
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            "request"
+        );
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if !self.written {
+            self.write(CLIENT_CLOSED, Some(("client_closed", None)), None, None);
+        }
+    }
+}
+
+/// The method as logged: the standard ones by name, any other as `OTHER` (an extension
+/// method may be as long as the client likes).
+fn method_label(method: &http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|name| *name == method.as_str())
+        .unwrap_or("OTHER")
 }
 
 /// The client's request id if it sent exactly one usable value, else a fresh one.
@@ -197,17 +251,6 @@ fn usable(id: &[u8]) -> bool {
         && id
             .iter()
             .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:+/=@".contains(byte))
-}
-
-/// `2xx`, `4xx`...: a label with five values, whatever statuses the upstream invents.
-fn status_class(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
 }
 
 /// Milliseconds with microsecond precision, as the log's durations read.

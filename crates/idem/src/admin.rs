@@ -1,7 +1,10 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `/healthz` (the process answers),
 //! `/readyz` (the store answers, and what in its settings may make it forget records), and
-//! `/records/{key}` to look a record up and resolve it (see [`crate::records`]). It never
-//! shares the public address: resolving a key is an operator's act.
+//! `/records/{key}` to look a record up and resolve it (see [`crate::records`]), and the
+//! live status page (`/status`, `/status.json`: see [`crate::status_page`]). It never shares
+//! the public address: resolving a key is an operator's act.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -54,6 +57,23 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .map_err(|error| anyhow::anyhow!("invalid metrics buckets: {error}"))?
         .install_recorder()
         .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))
+        .inspect(|_| zero_alerted_series())
+}
+
+/// Creates at 0 the series the alerts (`deploy/prometheus/idem-alerts.yml`) and the status
+/// page watch for rare events: a counter appears at its first event, already at 1, and
+/// `increase()` sees no increase in a series that did not exist a moment before, so the
+/// first unknown outcome or given-up completion after a start would never alert.
+fn zero_alerted_series() {
+    metrics::counter!("idem_outcome_unknown_total").increment(0);
+    for transition in ["complete", "release"] {
+        metrics::counter!("idem_settlements_total", "transition" => transition, "result" => "gave_up")
+            .increment(0);
+    }
+    for outcome in ["store_unavailable", "store_full", "failed_open", "mismatch"] {
+        metrics::counter!("idem_requests_total", "outcome" => outcome).increment(0);
+    }
+    metrics::gauge!("idem_executions_in_flight").increment(0.0);
 }
 
 #[derive(Clone)]
@@ -131,19 +151,32 @@ async fn status(State(state): State<AdminState>) -> axum::Json<status_page::Snap
     axum::Json(snapshot)
 }
 
-/// `None` when the store does not answer a read of a key nobody uses; otherwise what in its
-/// settings may make it forget records, as `setting: risk` lines.
+/// How long a health read may take before the store counts as unavailable: a hung store
+/// must not hold the admin listener's connections (the status page polls every two seconds).
+const HEALTH_READ_LIMIT: Duration = Duration::from_secs(1);
+
+/// `None` when the store does not answer a read of a key nobody uses within
+/// [`HEALTH_READ_LIMIT`]; otherwise what in its settings may make it forget records, as
+/// `setting: risk` lines. Read from the store directly, not through the engine, so probes
+/// stay out of the requests' store metrics (`idem_store_*`).
 async fn store_health(engine: &Engine<DynStore>) -> Option<Vec<String>> {
     let key = IdempotencyKey::parse(b"idem-readiness-probe", KeyPolicy::Any).ok()?;
     let id = RecordId::new(&Scope::new("idem-admin"), &key);
-    engine.status(id).await.ok()?;
-    Some(match engine.store().durability_risks().await {
-        Ok(risks) => risks
-            .into_iter()
-            .map(|risk| format!("{}: {}", risk.setting, risk.risk))
-            .collect(),
-        Err(error) => vec![format!("settings unreadable: {error}")],
-    })
+    let store = engine.store();
+    tokio::time::timeout(HEALTH_READ_LIMIT, store.get(id))
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        match tokio::time::timeout(HEALTH_READ_LIMIT, store.durability_risks()).await {
+            Ok(Ok(risks)) => risks
+                .into_iter()
+                .map(|risk| format!("{}: {}", risk.setting, risk.risk))
+                .collect(),
+            Ok(Err(error)) => vec![format!("settings unreadable: {error}")],
+            Err(_) => vec!["settings unreadable: the store did not answer in time".into()],
+        },
+    )
 }
 
 /// The header carrying the credential that scoped the record's requests (absent: the

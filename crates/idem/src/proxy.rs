@@ -28,7 +28,7 @@ use idem_http::{InnerBody, ProblemCode, ResponseBody};
 use ipnet::IpNet;
 use tower::ServiceBuilder;
 
-use crate::access_log::{AccessLogLayer, UpstreamTime};
+use crate::access_log::{AccessLogLayer, UPSTREAM_DURATION, UpstreamTime};
 use crate::config;
 use crate::path_guard::OneMeaningPerPathLayer;
 use crate::server::Server;
@@ -122,25 +122,53 @@ impl Forwarder {
         {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
-                parts.extensions.insert(UpstreamTime(sent.elapsed()));
+                let took = sent.elapsed();
+                record_upstream(status_class(parts.status), took);
+                parts.extensions.insert(UpstreamTime(took));
                 remove_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(
                     parts,
                     body.map_err(Into::into).boxed_unsync(),
                 ))
             }
-            Ok(Err(error)) if error.is_connect() => Err(ForwardError::NotDelivered(error)),
+            Ok(Err(error)) if error.is_connect() => {
+                record_upstream(UPSTREAM_FAILED, sent.elapsed());
+                Err(ForwardError::NotDelivered(error))
+            }
             Ok(Err(error)) => {
+                record_upstream(UPSTREAM_FAILED, sent.elapsed());
                 tracing::warn!(%error, "upstream connection failed after the request was sent; outcome unknown");
                 Ok(outcome_unknown(
                     "the upstream connection broke after the request was sent",
                 ))
             }
             Err(_elapsed) => {
+                record_upstream(UPSTREAM_FAILED, sent.elapsed());
                 tracing::warn!(timeout = ?self.timeout, "upstream did not answer in time; outcome unknown");
                 Ok(outcome_unknown("the upstream did not answer in time"))
             }
         }
+    }
+}
+
+/// The `status_class` of an upstream that gave no answer: refused, broke or timed out.
+const UPSTREAM_FAILED: &str = "error";
+
+/// One sample of [`UPSTREAM_DURATION`]: recorded here, where the forwarding runs to its end
+/// even when the client hung up, not in the access log, which a hang-up drops.
+fn record_upstream(status_class: &'static str, took: Duration) {
+    metrics::histogram!(UPSTREAM_DURATION, "status_class" => status_class)
+        .record(took.as_secs_f64());
+}
+
+/// `2xx`, `4xx`...: a label with five values, whatever statuses the upstream invents.
+fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

@@ -220,3 +220,27 @@ fn names_are_read_whole() {
     );
     assert!(idem_names("myidem_x").is_empty());
 }
+
+#[test]
+fn every_alert_has_its_runbook_in_the_monitoring_guide() {
+    let alerts = std::fs::read_to_string(root().join("deploy/prometheus/idem-alerts.yml")).unwrap();
+    let guide = std::fs::read_to_string(root().join("docs/guides/monitoring.md")).unwrap();
+    let anchors: Vec<String> = guide
+        .lines()
+        .filter_map(|line| line.strip_prefix("### "))
+        .map(|heading| heading.trim().to_lowercase())
+        .collect();
+    let mut alerts_seen = 0;
+    for line in alerts.lines() {
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            alerts_seen += 1;
+            let runbook = format!("docs/guides/monitoring.md#{}", name.to_lowercase());
+            assert!(alerts.contains(&runbook), "{name} points to {runbook}");
+            assert!(
+                anchors.contains(&name.to_lowercase()),
+                "no section {name} in the monitoring guide"
+            );
+        }
+    }
+    assert!(alerts_seen >= 10, "{alerts_seen} alerts read");
+}

@@ -35,9 +35,12 @@ fn chromium() -> Option<&'static str> {
 
 /// The browser's flags for a page with `PAGE_TIME_MS` of its time to run, then `last`.
 fn headless(browser: &str, url: &str, last: &[&str]) -> std::process::Output {
-    Command::new(browser)
+    // Bounded by coreutils' `timeout`: a browser that hangs fails the test, not the suite.
+    Command::new("timeout")
+        .args(["60", browser])
         .args([
             "--headless",
+            "--disable-dev-shm-usage",
             "--no-sandbox",
             "--disable-gpu",
             "--hide-scrollbars",
