@@ -1,5 +1,6 @@
-//! Why redb: durable commits per second of the three embedded engines we considered, side by
-//! side in one run on the same disk. Each commit writes one record-sized value (a 32-byte key,
+//! Why fjall: durable commits per second of the three embedded engines we considered, side by
+//! side in one run on the same disk (the store was first built on redb; this comparison moved
+//! it to fjall, see `docs/benchmarks.md`). Each commit writes one record-sized value (a 32-byte key,
 //! a 300-byte value, the size of a small stored response) and is fsynced before the next
 //! one starts; then the same with 64 records per commit, what group commit does under load.
 //!

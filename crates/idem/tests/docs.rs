@@ -105,3 +105,66 @@ fn shell_examples_in_the_guides_run() {
         "the guides' shell examples were found and run ({ran})"
     );
 }
+
+/// The help of every command and subcommand, together.
+fn every_help() -> String {
+    let commands: [&[&str]; 8] = [
+        &["--help"],
+        &["proxy", "--help"],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["openapi", "--help"],
+        &["records", "show", "--help"],
+        &["records", "release", "--help"],
+        &["records", "complete", "--help"],
+    ];
+    commands
+        .iter()
+        .map(|arguments| {
+            let output = Command::new(env!("CARGO_BIN_EXE_idem"))
+                .args(*arguments)
+                .output()
+                .expect("idem runs");
+            assert!(output.status.success(), "idem {arguments:?} fails");
+            String::from_utf8(output.stdout).unwrap()
+        })
+        .collect()
+}
+
+/// Every flag the README and the guides name (written as code, `` `--flag` ``) is one that
+/// `idem` has: a renamed or removed flag fails here instead of in a reader's terminal.
+#[test]
+fn every_flag_the_docs_name_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut documents = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs/guides")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|extension| extension == "md") {
+            documents.push(path);
+        }
+    }
+    let help = every_help();
+    let mut checked = 0;
+    for document in documents {
+        let text = std::fs::read_to_string(&document).unwrap();
+        for quoted in text.split('`').skip(1).step_by(2) {
+            let Some(flag) = quoted.strip_prefix("--") else {
+                continue;
+            };
+            let name: String = flag
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                .collect();
+            if name.is_empty() {
+                continue;
+            }
+            checked += 1;
+            assert!(
+                help.contains(&format!("--{name}")),
+                "{} names --{name}, which idem does not have",
+                document.display()
+            );
+        }
+    }
+    assert!(checked > 30, "only {checked} flags found in the docs");
+}
