@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderName, HeaderValue, Request, Response};
 use idem_http::RequestOutcome;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use crate::routes::RouteTable;
 
@@ -129,7 +130,22 @@ where
         let method = method_label(request.method());
         let (parts, body) = request.into_parts();
         let route = self.routes.name(&parts);
-        let response = self.inner.call(Request::from_parts(parts, body));
+        // The request's trace span (exported only with `--otlp-endpoint`), a child of the
+        // caller's trace when it sent a `traceparent`.
+        let span = tracing::info_span!(
+            target: crate::traces::TARGET,
+            "request",
+            http.request.method = method,
+            http.route = route.as_deref().unwrap_or("-"),
+            idem.request_id = request_id.to_str().unwrap_or("-"),
+            http.response.status_code = tracing::field::Empty,
+            idem.outcome = tracing::field::Empty,
+        );
+        crate::traces::continue_trace(&span, &parts.headers);
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(Request::from_parts(parts, body))
+        };
         let mut line = Line {
             method,
             route,
@@ -137,35 +153,43 @@ where
             started,
             written: false,
         };
-        Box::pin(async move {
-            // The store's share, counted here for services that call the engine directly
-            // (`idem serve`); the idempotency layer counts its own and reports it.
-            let (response, store_time) = idem_core::store_time_of(response).await;
-            let mut response = match response {
-                Ok(response) => response,
-                Err(error) => {
-                    let status = http::StatusCode::INTERNAL_SERVER_ERROR.as_u16();
-                    line.write(status, None, Some(store_time), None);
-                    return Err(error);
+        Box::pin(
+            async move {
+                // The store's share, counted here for services that call the engine directly
+                // (`idem serve`); the idempotency layer counts its own and reports it.
+                let (response, store_time) = idem_core::store_time_of(response).await;
+                let mut response = match response {
+                    Ok(response) => response,
+                    Err(error) => {
+                        let status = http::StatusCode::INTERNAL_SERVER_ERROR.as_u16();
+                        line.write(status, None, Some(store_time), None);
+                        return Err(error);
+                    }
+                };
+                let outcome = response.extensions().get::<RequestOutcome>().copied();
+                let store_time = outcome.map_or(store_time, |outcome| outcome.store_time);
+                let upstream = response
+                    .extensions()
+                    .get::<UpstreamTime>()
+                    .map(|time| time.0);
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID, line.request_id.clone());
+                let current = tracing::Span::current();
+                current.record("http.response.status_code", response.status().as_u16());
+                if let Some(outcome) = outcome {
+                    current.record("idem.outcome", outcome.outcome);
                 }
-            };
-            let outcome = response.extensions().get::<RequestOutcome>().copied();
-            let store_time = outcome.map_or(store_time, |outcome| outcome.store_time);
-            let upstream = response
-                .extensions()
-                .get::<UpstreamTime>()
-                .map(|time| time.0);
-            response
-                .headers_mut()
-                .insert(X_REQUEST_ID, line.request_id.clone());
-            line.write(
-                response.status().as_u16(),
-                outcome.map(|outcome| (outcome.outcome, outcome.record)),
-                Some(store_time),
-                upstream,
-            );
-            Ok(response)
-        })
+                line.write(
+                    response.status().as_u16(),
+                    outcome.map(|outcome| (outcome.outcome, outcome.record)),
+                    Some(store_time),
+                    upstream,
+                );
+                Ok(response)
+            }
+            .instrument(span),
+        )
     }
 }
 

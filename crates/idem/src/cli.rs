@@ -198,6 +198,13 @@ pub struct CommonArgs {
     #[arg(long, env = "IDEM_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// Export traces over OTLP/HTTP (JSON) to this collector (`http://collector:4318`; the
+    /// path `/v1/traces` is added when none is given): a span per request, store call and
+    /// upstream call, with W3C `traceparent` taken from requests and passed upstream. Needs
+    /// a binary built with the `otlp` feature [default: no traces].
+    #[arg(long, env = "IDEM_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// A TOML config file; flags and environment variables win over it.
     #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

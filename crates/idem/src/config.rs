@@ -11,6 +11,7 @@
 //! replay_cache = "5s"            # PostgreSQL, Redis: replays answered from memory this long; "0s": off
 //! admin_listen = "127.0.0.1:9090"
 //! log_format = "json"            # or "human" (the default)
+//! # otlp_endpoint = "http://collector:4318"   # traces over OTLP/HTTP (the `otlp` feature)
 //! accept_store_risks = false     # true: start on a Redis that may evict records
 //! scope_cookie = "session"       # or scope_header = "x-api-key"; default Authorization
 //! header_read_timeout = "15s"
@@ -116,6 +117,7 @@ pub struct FileConfig {
     problem_base_url: Option<String>,
     admin_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
+    otlp_endpoint: Option<String>,
     accept_store_risks: Option<bool>,
     #[serde(default)]
     proxy: ProxyFile,
@@ -239,6 +241,8 @@ pub struct ServerSettings {
     pub admin_listen: Option<SocketAddr>,
     /// How logs are written.
     pub log_format: LogFormat,
+    /// Where traces are exported, if anywhere.
+    pub otlp_endpoint: Option<String>,
     /// Start on a store whose settings may delete live records.
     pub accept_store_risks: bool,
 }
@@ -617,6 +621,7 @@ fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings>
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Human),
+        otlp_endpoint: args.otlp_endpoint.clone().or(file.otlp_endpoint.clone()),
         accept_store_risks: args.accept_store_risks || file.accept_store_risks.unwrap_or(false),
     };
     anyhow::ensure!(

@@ -7,7 +7,8 @@
 //!   `store`: which store `--store` names, and opening it).
 //! - `server`: what both commands share (one engine, the sweeper, the durability check,
 //!   serving with a graceful drain); `signals`: SIGTERM and SIGINT; `admin`: metrics,
-//!   health, readiness and `/records` on the admin listener; `status_page`: its live page.
+//!   health, readiness and `/records` on the admin listener; `status_page`: its live page;
+//!   `traces`: OpenTelemetry spans and `traceparent`.
 //! - `proxy`: the gateway (`path_guard`: refusing paths with no single meaning;
 //!   `access_log`: request ids and one log line per request); `coordination`: `idem serve`'s JSON API; `records`: looking up and
 //!   resolving one record, for `idem records` and the admin listener.
@@ -27,6 +28,7 @@ mod server;
 mod signals;
 mod status_page;
 mod store;
+mod traces;
 mod upstream;
 
 use std::io::Write;
@@ -45,20 +47,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Proxy(args) => {
             let config = config::proxy(args)?;
-            init_logs(config.common.log_format);
+            let _tracing = init_logs(
+                config.common.log_format,
+                config.common.otlp_endpoint.as_deref(),
+            )?;
             let metrics = admin::install_recorder()?;
             let server = server::Server::start(config.common.clone(), metrics).await?;
             proxy::run(config, server).await
         }
         Command::Serve(args) => {
             let config = config::serve(args)?;
-            init_logs(config.common.log_format);
+            let _tracing = init_logs(
+                config.common.log_format,
+                config.common.otlp_endpoint.as_deref(),
+            )?;
             let metrics = admin::install_recorder()?;
             let server = server::Server::start(config.common.clone(), metrics).await?;
             coordination::run(config, server).await
         }
         Command::Migrate { store } => {
-            init_logs(LogFormat::Human);
+            let _tracing = init_logs(LogFormat::Human, None)?;
             let location = store::StoreLocation::parse(&store)?;
             store::migrate(&location).await?;
             println!("idem migrate: {} is up to date", location.describe());
@@ -69,7 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Records { action } => {
-            init_logs(LogFormat::Human);
+            let _tracing = init_logs(LogFormat::Human, None)?;
             records_command(action).await
         }
     }
@@ -132,15 +140,53 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs go to stderr, `RUST_LOG` filters them (default `info`).
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// What keeps the trace exporter running until the command ends (nothing without one).
+#[cfg(feature = "otlp")]
+type Tracing = Option<traces::Exporting>;
+/// Built without the `otlp` feature: nothing to keep.
+#[cfg(not(feature = "otlp"))]
+struct Tracing;
+
+/// Logs go to stderr, `RUST_LOG` filters them (default `info`); with `otlp_endpoint`, the
+/// trace spans go there too (see `traces`).
+fn init_logs(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Tracing> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(traces::LOG_DIRECTIVE.parse()?);
+    let log = match format {
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+    .with_filter(filter);
+    #[cfg(feature = "otlp")]
+    {
+        let (export, tracing) = match otlp_endpoint {
+            Some(endpoint) => {
+                let (layer, exporting) = traces::layer(endpoint)?;
+                (Some(layer), Some(exporting))
+            }
+            None => (None, None),
+        };
+        tracing_subscriber::registry().with(log).with(export).init();
+        Ok(tracing)
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        anyhow::ensure!(
+            otlp_endpoint.is_none(),
+            "--otlp-endpoint needs a binary built with the `otlp` feature (cargo build --release -p idem --features otlp)"
+        );
+        tracing_subscriber::registry().with(log).init();
+        Ok(Tracing)
     }
 }
 

@@ -27,6 +27,7 @@ use idem_http::headers::remove_hop_by_hop;
 use idem_http::{InnerBody, ProblemCode, ResponseBody};
 use ipnet::IpNet;
 use tower::ServiceBuilder;
+use tracing::Instrument;
 
 use crate::access_log::{AccessLogLayer, UPSTREAM_DURATION, UpstreamTime};
 use crate::config;
@@ -113,11 +114,19 @@ impl Forwarder {
         if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
             parts.headers.insert(header::HOST, host);
         }
+        let span = tracing::info_span!(
+            target: crate::traces::TARGET,
+            "upstream",
+            http.request.method = %parts.method,
+            server.address = %self.upstream.authority(),
+        );
+        crate::traces::pass_on(&span, &mut parts.headers);
         let sent = std::time::Instant::now();
         match tokio::time::timeout(
             self.timeout,
             self.client.request(Request::from_parts(parts, body)),
         )
+        .instrument(span)
         .await
         {
             Ok(Ok(response)) => {

@@ -236,7 +236,9 @@ pub(crate) async fn timed<T>(
     future: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
-    let result = future.await;
+    // A trace span (exported only when the binary traces: `idem --otlp-endpoint`).
+    let span = tracing::info_span!(target: "idem::trace", "store", db.operation.name = operation);
+    let result = tracing::Instrument::instrument(future, span).await;
     let took = started.elapsed();
     // Outside `store_time_of` (the renewer, a test) nobody counts.
     let _ = STORE_TIME.try_with(|spent| spent.set(spent.get() + took));
