@@ -1,93 +1,89 @@
-//! The admin listener's live status page, in a real browser: headless Chromium (Debian's
-//! `chromium`) loads `/status` from a proxy under load, runs its script, and the figures it
-//! shows move between two loads; a screenshot is written for a person to look at
-//! (`$CARGO_TARGET_TMPDIR/status-page.png`, its path printed).
+//! The admin listener's live status page, in a real browser: Playwright (`playwright-core`
+//! from npm, `tests/browser/`) drives headless Chromium (Debian's `chromium`) over CDP; it
+//! loads `/status` from a proxy under load, waits for the page's own polls in real time, reads
+//! the figures it shows twice and checks that they move, and writes a screenshot for a person
+//! to look at (`$CARGO_TARGET_TMPDIR/status-page.png`, its path printed).
 //!
-//! `scripts/test` installs Chromium and sets `IDEM_REQUIRE_CHROMIUM=1`, so there a missing
-//! browser fails; elsewhere the browser checks are skipped with a line saying so.
+//! `scripts/test` installs Chromium, Node.js and the script's package and sets
+//! `IDEM_REQUIRE_CHROMIUM=1`, so there a missing piece fails; elsewhere the browser test is
+//! skipped with a line saying what is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde_json::Value;
 use support::{Idem, Upstream, client};
 
-/// How much page time the browser lets pass before it reports: a few polls.
-const PAGE_TIME_MS: &str = "7000";
-
-fn chromium() -> Option<&'static str> {
-    for candidate in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(candidate).arg("--version").output().is_ok() {
-            return Some(candidate);
+/// The browser and the Playwright script, or `None` (with a line) where either is missing
+/// and neither is required.
+fn browser_and_script() -> Option<(String, PathBuf)> {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find_map(on_path);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let playwright = dir.join("node_modules/playwright-core").is_dir();
+    let node = Command::new("node").arg("--version").output().is_ok();
+    match browser {
+        Some(browser) if playwright && node => Some((browser.display().to_string(), dir)),
+        _ => {
+            let missing = format!(
+                "chromium: {}, node: {node}, tests/browser/node_modules (npm ci): {playwright}",
+                browser.is_some()
+            );
+            assert!(
+                std::env::var_os("IDEM_REQUIRE_CHROMIUM").is_none(),
+                "the status page's browser test is required (IDEM_REQUIRE_CHROMIUM) but a piece is missing: {missing}"
+            );
+            eprintln!("the status page's browser test is skipped: {missing}");
+            None
         }
     }
-    assert!(
-        std::env::var_os("IDEM_REQUIRE_CHROMIUM").is_none(),
-        "Chromium is required (IDEM_REQUIRE_CHROMIUM) but not installed: apt-get install chromium"
-    );
-    eprintln!("Chromium is not installed: the status page's browser test is skipped");
-    None
 }
 
-/// The browser's flags for a page with `PAGE_TIME_MS` of its time to run, then `last`.
-fn headless(browser: &str, url: &str, last: &[&str]) -> std::process::Output {
-    // Bounded by coreutils' `timeout`: a browser that hangs fails the test, not the suite.
-    Command::new("timeout")
-        .args(["60", browser])
-        .args([
-            "--headless",
-            "--disable-dev-shm-usage",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1280,900",
-            &format!("--virtual-time-budget={PAGE_TIME_MS}"),
-        ])
-        .args(last)
-        .arg(url)
-        .output()
-        .expect("the browser runs")
-}
-
-/// The text of the element with `id` in a dumped DOM.
-fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
-    let start = dom
-        .find(&format!("id=\"{id}\""))
-        .unwrap_or_else(|| panic!("no #{id} in the page:\n{dom}"));
-    let open = start + dom[start..].find('>').unwrap() + 1;
-    let close = open + dom[open..].find('<').unwrap();
-    &dom[open..close]
+/// The absolute path of a program on `PATH` (Playwright wants one).
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
 }
 
 fn number(text: &str) -> f64 {
-    text.trim_end_matches(['k', 'M', ' ', '%'])
-        .parse()
+    let (scale, digits) = match text.strip_suffix('k') {
+        Some(digits) => (1e3, digits),
+        None => (1.0, text.strip_suffix('M').map_or(text, |digits| digits)),
+    };
+    digits
+        .parse::<f64>()
+        .map(|value| value * scale)
         .unwrap_or_else(|_| panic!("{text:?} is not a figure"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_figures_that_move_under_load() {
-    let Some(browser) = chromium() else { return };
+    let Some((browser, script_dir)) = browser_and_script() else {
+        return;
+    };
     let upstream = Upstream::start().await;
     let idem = Idem::proxy_on_memory(&upstream.url(), &["--admin-listen", "127.0.0.1:0"]);
     let admin = idem.admin_url.clone().unwrap();
     let public = idem.url("/charges");
     let stop = Arc::new(AtomicBool::new(false));
-    // Load: new keys and retries of them, so there are executions and replays to show.
+    // Load: new keys and a retry of each, so there are executions and replays to show.
     let load = {
         let stop = Arc::clone(&stop);
         tokio::spawn(async move {
             let client = client();
             let mut sent = 0_u64;
             while !stop.load(Ordering::Relaxed) {
-                let key = format!("status-page-{}", sent / 2);
                 let answer = client
                     .post(&public)
-                    .header("idempotency-key", key)
+                    .header("idempotency-key", format!("status-page-{}", sent / 2))
                     .header("content-type", "application/json")
                     .body("{\"amount\":1}")
                     .send()
@@ -99,27 +95,17 @@ async fn the_status_page_shows_figures_that_move_under_load() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let page = format!("{admin}/status");
-    let dump = |url: String| async move {
-        tokio::task::spawn_blocking(move || headless(browser, &url, &["--dump-dom"]))
-            .await
-            .unwrap()
-    };
-    let first = dump(page.clone()).await;
-    let first = String::from_utf8_lossy(&first.stdout).into_owned();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let second = dump(page.clone()).await;
-    let second = String::from_utf8_lossy(&second.stdout).into_owned();
-    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    let shot = {
-        let (page, path) = (page.clone(), screenshot.clone());
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let run = {
+        let (page, path) = (format!("{admin}/status"), screenshot.clone());
         tokio::task::spawn_blocking(move || {
-            headless(
-                browser,
-                &page,
-                &[&format!("--screenshot={}", path.display())],
-            )
+            // Bounded by coreutils' `timeout`: a browser that hangs fails the test, not the suite.
+            Command::new("timeout")
+                .args(["90", "node", "status_page.mjs", &browser, &page])
+                .arg(&path)
+                .current_dir(&script_dir)
+                .output()
+                .expect("node runs")
         })
         .await
         .unwrap()
@@ -127,35 +113,38 @@ async fn the_status_page_shows_figures_that_move_under_load() {
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
 
-    for dom in [&first, &second] {
-        assert_eq!(text_of(dom, "store-health"), "store: healthy");
-        let polls: u32 = dom
-            .split("data-polls=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .and_then(|polls| polls.parse().ok())
-            .expect("the page counts its polls");
-        assert!(polls >= 2, "the page polled {polls} times");
+    assert!(
+        run.status.success(),
+        "the Playwright script failed:\n{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let readings: Vec<Value> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON reading"))
+        .collect();
+    assert_eq!(readings.len(), 2, "{readings:?}");
+    for reading in &readings {
+        assert_eq!(reading["health"], "store: healthy");
         assert!(
-            text_of(dom, "hit-rate").ends_with('%'),
-            "a hit rate once replays came"
+            reading["charts"].as_u64().unwrap() >= 1,
+            "charts are drawn: {reading}"
         );
-        assert!(text_of(dom, "store-latency").ends_with("ms"));
-        assert!(dom.contains("<polyline"), "charts are drawn");
+        assert!(
+            reading["latency"].as_str().unwrap().ends_with("ms"),
+            "{reading}"
+        );
+        assert!(
+            reading["hitRate"].as_str().unwrap().ends_with('%'),
+            "{reading}"
+        );
     }
-    let (before, after) = (
-        number(text_of(&first, "executed-total")),
-        number(text_of(&second, "executed-total")),
-    );
+    let executed = |reading: &Value| number(reading["executed"].as_str().unwrap());
     assert!(
-        after > before && before > 0.0,
-        "executions move under load: {before} then {after}"
+        executed(&readings[1]) > executed(&readings[0]) && executed(&readings[0]) > 0.0,
+        "executions move under load: {readings:?}"
     );
-    assert!(
-        number(text_of(&second, "duplicates-prevented")) > 0.0,
-        "retries were replayed"
-    );
-    assert!(shot.status.success(), "{shot:?}");
+    assert!(number(readings[1]["duplicates"].as_str().unwrap()) > 0.0);
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     eprintln!("status page screenshot: {}", screenshot.display());
