@@ -218,9 +218,13 @@ impl Line {
         let route = self.route.as_deref().unwrap_or("-");
         if let Some((outcome, _)) = outcome {
             // By route: the hit rate and the duplicates prevented of each of the proxy's
-            // rules (bounded: the rules are the config's, `-` for the rest).
-            metrics::counter!(ROUTE_REQUESTS, "route" => route.to_owned(), "outcome" => outcome)
-                .increment(1);
+            // rules (bounded: the rules are the config's, `-` for the rest). The label shares
+            // the rule's text rather than copying it per request.
+            let label = self.route.as_ref().map_or_else(
+                || metrics::SharedString::const_str("-"),
+                |route| metrics::SharedString::from(Arc::clone(route)),
+            );
+            metrics::counter!(ROUTE_REQUESTS, "route" => label, "outcome" => outcome).increment(1);
         }
         tracing::info!(
             target: "idem::access",

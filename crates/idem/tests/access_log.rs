@@ -25,6 +25,17 @@ fn access_lines(log: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// Starts `idem` with `args`, its JSON logs (access lines included) written to `log`.
+fn start_logging_to(log: &std::path::Path, args: &[&str]) -> Idem {
+    let mut args = args.to_vec();
+    args.extend(["--log-format", "json"]);
+    Idem::start_with(
+        &args,
+        &[("RUST_LOG", "warn,idem::access=info")],
+        Stdio::from(std::fs::File::create(log).unwrap()),
+    )
+}
+
 /// Waits for the `count`th access line (each is written once its response is ready).
 async fn wait_for_lines(log: &std::path::Path, count: usize) -> Vec<Value> {
     for _ in 0..200 {
@@ -48,7 +59,8 @@ async fn every_request_gets_one_line_and_a_request_id_and_no_secret_is_written()
         "[[proxy.routes]]\nmethod = \"POST\"\npath = \"/charges/**\"\nrequire_key = true\n",
     )
     .unwrap();
-    let idem = Idem::start_with(
+    let idem = start_logging_to(
+        &log,
         &[
             "proxy",
             "--listen",
@@ -57,15 +69,11 @@ async fn every_request_gets_one_line_and_a_request_id_and_no_secret_is_written()
             "memory://",
             "--upstream",
             &upstream.url(),
-            "--log-format",
-            "json",
             "--admin-listen",
             "127.0.0.1:0",
             "--config",
             config.to_str().unwrap(),
         ],
-        &[("RUST_LOG", "warn,idem::access=info")],
-        Stdio::from(std::fs::File::create(&log).unwrap()),
     );
     let send = |request_id: Option<&str>, body: &'static str| {
         let mut request = client()
@@ -159,7 +167,8 @@ async fn every_request_gets_one_line_and_a_request_id_and_no_secret_is_written()
 async fn idem_serve_writes_a_line_per_call_with_its_route_pattern() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr.log");
-    let idem = Idem::start_with(
+    let idem = start_logging_to(
+        &log,
         &[
             "serve",
             "--listen",
@@ -168,11 +177,7 @@ async fn idem_serve_writes_a_line_per_call_with_its_route_pattern() {
             "127.0.0.1:0",
             "--store",
             "memory://",
-            "--log-format",
-            "json",
         ],
-        &[("RUST_LOG", "warn,idem::access=info")],
-        Stdio::from(std::fs::File::create(&log).unwrap()),
     );
     let begun = client()
         .post(idem.url("/v1/idempotency/records"))
@@ -216,7 +221,8 @@ async fn a_client_that_hangs_up_still_gets_its_line() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr.log");
-    let idem = Idem::start_with(
+    let idem = start_logging_to(
+        &log,
         &[
             "proxy",
             "--listen",
@@ -225,11 +231,7 @@ async fn a_client_that_hangs_up_still_gets_its_line() {
             "memory://",
             "--upstream",
             &upstream.url(),
-            "--log-format",
-            "json",
         ],
-        &[("RUST_LOG", "warn,idem::access=info")],
-        Stdio::from(std::fs::File::create(&log).unwrap()),
     );
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
