@@ -11,7 +11,7 @@ pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let parsed = toml::from_str::<FileConfig>(text);
+    let parsed = FileConfig::parse(text, "fuzzed config");
     // The real resolution reads a file: give it one.
     let file = tempfile::NamedTempFile::new().expect("a temporary file for the config");
     std::fs::write(file.path(), text).expect("the config written to its temporary file");
@@ -20,8 +20,8 @@ pub fn config(data: &[u8]) {
         let cli = Cli::try_parse_from(["idem", command, "--config", path])
             .expect("the target's own flags parse (is an IDEM_ variable set?)");
         let resolved = match cli.command {
-            Command::Proxy(args) => idem::config::proxy(args).map(drop),
-            Command::Serve(args) => idem::config::serve(args).map(drop),
+            Command::Proxy(args) => idem::config::proxy(*args).map(drop),
+            Command::Serve(args) => idem::config::serve(*args).map(drop),
             _ => unreachable!("parsed {command}"),
         };
         if let Err(error) = &parsed {

@@ -22,6 +22,14 @@ pub enum ConnectError {
     /// right to create tables in its schema (or run the migrations once as a user who has).
     #[error("cannot migrate the idem schema in PostgreSQL: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The schema named for the records is not a plain lowercase SQL identifier.
+    #[error(
+        "invalid PostgreSQL schema name {0:?}: use lowercase letters, digits and _, not starting with a digit (at most 63)"
+    )]
+    InvalidSchema(String),
+    /// The schema named for the records could not be created.
+    #[error("cannot create the PostgreSQL schema for idem's records: {0}")]
+    CreateSchema(#[source] sqlx::Error),
     /// Connecting and migrating took longer than allowed.
     #[error("PostgreSQL did not finish connecting and migrating within {0:?}")]
     TimedOut(Duration),

@@ -72,6 +72,9 @@ pub struct PostgresStore {
 pub struct PostgresStoreBuilder {
     url: String,
     max_connections: u32,
+    schema: Option<String>,
+    ssl_root_cert: Option<std::path::PathBuf>,
+    migrate: bool,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -81,6 +84,33 @@ impl PostgresStoreBuilder {
     #[must_use]
     pub fn max_connections(mut self, max_connections: u32) -> Self {
         self.max_connections = max_connections.max(1);
+        self
+    }
+
+    /// Keeps the records in this schema (created if missing) instead of the database's
+    /// default (`public`), so that several deployments share one database without sharing
+    /// keys. A lowercase SQL identifier: letters, digits and `_`, not starting with a digit.
+    #[must_use]
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// The CA certificate (PEM file) that the server's certificate is checked against under
+    /// `sslmode=verify-ca` or `verify-full` (as the URL's `sslrootcert`, which wins).
+    #[must_use]
+    pub fn ssl_root_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ssl_root_cert = Some(path.into());
+        self
+    }
+
+    /// Whether [`connect`](Self::connect) creates or upgrades the schema (default true).
+    /// Off when the database user may not change the schema: run
+    /// [`PostgresStore::migrate`] once as a user who may. `connect` then only checks that
+    /// the server answers.
+    #[must_use]
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
         self
     }
 
@@ -109,12 +139,26 @@ impl PostgresStoreBuilder {
         let setup = async {
             // One direct connection first: unlike the pool, it reports why it failed
             // (refused, bad password, no such database) instead of a bare timeout.
-            let connection = PgConnection::connect_with(&options)
+            let mut connection = PgConnection::connect_with(&options)
                 .await
                 .map_err(ConnectError::Connect)?;
+            if let Some(schema) = &self.schema {
+                check_schema(schema)?;
+                if self.migrate {
+                    // The name was checked to be a plain identifier: nothing to escape.
+                    let statement = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+                    sqlx::query(sqlx::AssertSqlSafe(statement))
+                        .execute(&mut connection)
+                        .await
+                        .map_err(ConnectError::CreateSchema)?;
+                }
+            }
             // Closing politely only saves the server a log line.
             let _ = connection.close().await;
-            store.migrate().await
+            if self.migrate {
+                store.migrate().await?;
+            }
+            Ok(())
         };
         tokio::time::timeout(CONNECT_TIMEOUT, setup)
             .await
@@ -135,7 +179,18 @@ impl PostgresStoreBuilder {
     }
 
     fn connect_options(&self) -> Result<PgConnectOptions, ConnectError> {
-        let options = PgConnectOptions::from_str(&self.url).map_err(ConnectError::InvalidUrl)?;
+        let mut options =
+            PgConnectOptions::from_str(&self.url).map_err(ConnectError::InvalidUrl)?;
+        if let Some(schema) = &self.schema {
+            check_schema(schema)?;
+            // Every unqualified name (the table, the migrations' table) resolves there.
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        if let Some(path) = &self.ssl_root_cert
+            && !self.url.contains("sslrootcert=")
+        {
+            options = options.ssl_root_cert(path);
+        }
         // The statements rely on READ COMMITTED (see `sql::BEGIN`); under a stricter default
         // concurrent begins would fail with serialization errors instead of answering.
         let options = options.options([("default_transaction_isolation", "read committed")]);
@@ -161,6 +216,21 @@ impl PostgresStoreBuilder {
             listener: Arc::default(),
             clock: self.clock.clone(),
         }
+    }
+}
+
+/// A schema name idem may write into SQL as it is: a lowercase identifier.
+fn check_schema(schema: &str) -> Result<(), ConnectError> {
+    let mut bytes = schema.bytes();
+    let valid = schema.len() <= 63
+        && bytes
+            .next()
+            .is_some_and(|first| first.is_ascii_lowercase() || first == b'_')
+        && bytes.all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConnectError::InvalidSchema(schema.to_owned()))
     }
 }
 
@@ -192,6 +262,9 @@ impl PostgresStore {
         PostgresStoreBuilder {
             url: url.to_owned(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            schema: None,
+            ssl_root_cert: None,
+            migrate: true,
             clock: None,
         }
     }

@@ -188,6 +188,7 @@ impl std::fmt::Debug for RedisStore {
 #[derive(Clone, Debug)]
 pub struct RedisStoreBuilder {
     key_prefix: String,
+    root_cert: Option<Vec<u8>>,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -199,6 +200,30 @@ impl RedisStoreBuilder {
     pub fn key_prefix(mut self, key_prefix: impl Into<String>) -> Self {
         self.key_prefix = key_prefix.into();
         self
+    }
+
+    /// The CA certificate (PEM) that a `rediss://` server's certificate is checked against,
+    /// in place of the system's roots (a managed Redis with its own CA, or a private one).
+    /// Without it, `rediss://` checks against the system's roots.
+    #[must_use]
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_cert = Some(pem.into());
+        self
+    }
+
+    /// A client for `url`, over TLS with [`tls_root_cert`](Self::tls_root_cert) when given.
+    fn client(&self, url: &str) -> RedisResult<Client> {
+        match &self.root_cert {
+            None => Client::open(url),
+            Some(pem) => Client::build_with_tls(url, self.certificates(pem)),
+        }
+    }
+
+    fn certificates(&self, pem: &[u8]) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        }
     }
 
     /// **For tests only**: judge leases and expiry by `clock` (an
@@ -241,8 +266,8 @@ impl RedisStoreBuilder {
     /// # Errors
     /// The URL or the prefix is invalid.
     pub fn connect_lazy(self, url: &str) -> Result<RedisStore, ConnectError> {
+        let client = self.client(url).map_err(ConnectError::InvalidUrl)?;
         let (key_prefix, clock) = self.parts()?;
-        let client = Client::open(url).map_err(ConnectError::InvalidUrl)?;
         let manager_client = client.clone();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
@@ -268,19 +293,21 @@ impl RedisStoreBuilder {
         self,
         urls: &[impl AsRef<str>],
     ) -> Result<RedisStore, ConnectError> {
-        let (key_prefix, clock) = self.parts()?;
         // Announcements reach the subscribers of every node: any one will do.
         let announcements = urls
             .iter()
-            .map(|url| Client::open(url.as_ref()))
+            .map(|url| self.client(url.as_ref()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConnectError::InvalidUrl)?;
-        let client = ClusterClient::builder(urls.iter().map(AsRef::as_ref))
+        let mut client = ClusterClient::builder(urls.iter().map(AsRef::as_ref))
             .connection_timeout(CONNECTION_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
-            .retries(CLUSTER_RETRIES)
-            .build()
-            .map_err(ConnectError::InvalidUrl)?;
+            .retries(CLUSTER_RETRIES);
+        if let Some(pem) = &self.root_cert {
+            client = client.certs(self.certificates(pem));
+        }
+        let client = client.build().map_err(ConnectError::InvalidUrl)?;
+        let (key_prefix, clock) = self.parts()?;
         let connection = bounded_connect(async {
             let connection = Connection::Cluster(client.get_async_connection().await?);
             connection.load_scripts().await?;
@@ -346,6 +373,7 @@ impl RedisStore {
     pub fn builder() -> RedisStoreBuilder {
         RedisStoreBuilder {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            root_cert: None,
             clock: None,
         }
     }

@@ -110,12 +110,12 @@ pub async fn serve(
         .route("/records/{key}/release", post(release_record))
         .route("/records/{key}/complete", post(complete_record))
         .with_state(AdminState { metrics, engine });
-    crate::announce("admin", listener.local_addr()?);
+    crate::announce("admin", listener.local_addr()?, false);
     let limits = ConnectionLimits {
         max_connections: limits.max_connections.min(ADMIN_MAX_CONNECTIONS),
         ..limits
     };
-    Connections::new(limits)
+    Connections::new(limits, None)
         .serve(listener, app, shutdown)
         .await;
     Ok(())

@@ -1,193 +1,55 @@
-//! The settings a command runs with: flags, then environment variables (both through clap),
-//! then the TOML config file, then the defaults below.
+//! The settings a command runs with, layered and resolved: for each setting of
+//! [`crate::settings`], a flag wins over its environment variable (both read by clap), which
+//! wins over the config file, which wins over the default. Layering is one generic step over
+//! the serialized settings ([`layer`]), so no field is merged by hand; then every value is
+//! checked and parsed once, into [`Proxy`] or [`Serve`].
 //!
-//! ```toml
-//! listen = "127.0.0.1:8080"
-//! store = "./idem-data"          # memory://, postgres://…, redis://…, or a directory
-//! # store = "memory://?max_records=1000000&max_bytes=1GiB"   # the memory store's bounds (> 0)
-//! ttl = "24h"
-//! lease = "30s"
-//! # wait = "2s"                  # a duplicate waits for the result (at most 1h); default 409
-//! replay_cache = "5s"            # PostgreSQL, Redis: replays answered from memory this long; "0s": off
-//! admin_listen = "127.0.0.1:9090"
-//! log_format = "json"            # or "human" (the default)
-//! # otlp_endpoint = "http://collector:4318"   # traces over OTLP/HTTP (the `otlp` feature)
-//! accept_store_risks = false     # true: start on a Redis that may evict records
-//! scope_cookie = "session"       # or scope_header = "x-api-key"; default Authorization
-//! header_read_timeout = "15s"
-//! keep_alive_timeout = "15s"     # "0s": one request per connection; at most header_read_timeout
-//! max_connections = 4096
-//! body_read_timeout = "30s"
-//! send_timeout = "30s"           # a client that stops reading is cut off after this
-//! mismatch_status = 422          # or 409, 400
-//! transient_statuses = [429, 503]   # "not processed, try later": passed on, key released
-//! problem_base_url = "https://docs.example.com/idem/errors"   # error `type`s point here
-//!
-//! [proxy]
-//! upstream = "http://127.0.0.1:3000"
-//! upstream_timeout = "30s"
-//! require_key = false
-//! require_principal = false
-//! trusted_proxies = ["10.0.0.0/8"]
-//! no_replay_headers = ["x-session-hint"] # or replay_headers = [...], an allow list; not both
-//! # replay_headers = []          # an empty allow list: only Content-Type, Content-Encoding
-//! canonical_json = true          # key order, whitespace, 1.0 vs 1: the same request
-//! fingerprint_headers = ["x-tenant"]
-//! fingerprint_exclude = ["/sent_at"]     # JSON pointers; or fingerprint_include = [...]
-//!
-//! [[proxy.routes]]               # first match wins
-//! method = "POST"                # or "*"
-//! path = "/payments/**"          # `*` one segment, `**` the rest
-//! require_key = true
-//! ttl = "1h"
-//! on_lapse = "report_unknown"    # or "take_over": re-run after a crash (safe operations only)
-//!
-//! [[proxy.routes]]
-//! path = "/webhooks/**"
-//! skip = true                    # forwarded untouched
-//!
-//! [serve]
-//! operation_timeout = "30s"
-//! max_operation_response = "1MiB"
-//!
-//! [serve.operations]
-//! "payment.charge" = "http://127.0.0.1:4000/charge"
-//! "report.render" = { url = "http://127.0.0.1:4000/render", on_lapse = "take_over" }
-//! ```
+//! The file's format is in `idem.example.toml` (a test parses it) and every key in
+//! `docs/reference/configuration.md` (written by [`reference`]; a test fails when stale).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::Deserialize;
+use clap::{Args, CommandFactory, Parser};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
-use crate::cli::{CommonArgs, LogFormat, ProxyArgs, parse_duration};
-use crate::routes::{LapsePolicy, RouteRule, RouteTable};
-use crate::store::StoreLocation;
+use crate::cli::Cli;
+use crate::routes::RouteTable;
+use crate::settings::{
+    CommonArgs, CommonSettings, KeyFormat, LogFormat, OperationEntry, ProxyArgs, ProxySettings,
+    ServeArgs, ServeSettings,
+};
+use crate::store::{StoreLocation, StoreOptions};
 use crate::upstream::Upstream;
-use http::HeaderName;
-use idem_core::{JsonFilter, OnLapse};
+use http::{HeaderName, Method};
+use idem_core::{JsonFilter, KeyPolicy, OnLapse};
 use idem_http::ReplayedHeaders;
 use idem_http::headers::NOT_REPLAYED_BY_DEFAULT;
 
-/// Where `idem` listens when told nothing: loopback only, so a first run exposes nothing.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// The embedded store's directory when `--store` is not given.
-pub const DEFAULT_STORE: &str = "./idem-data";
-/// How long an upstream or operation may take before its outcome is unknown.
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client has to send a request head: long enough for a slow mobile link, short
-/// enough that a client sending half a head and going silent frees its connection soon.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long an idle keep-alive connection stays open (as long as the head may take, which
-/// also counts idle time).
-pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(15);
-/// How many connections are served at once: far above what one instance needs, far below
-/// the file descriptors a default Linux process may open under a raised limit.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// How long a write to a client may make no progress (its receive window full) before the
-/// connection is closed: long enough for a slow mobile link, short enough that clients that
-/// never read cannot hold every connection slot.
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest operation answer `idem serve` reads and keeps: the layer's stored-response
-/// limit, for the same reason (replays are API results, not downloads).
-pub const DEFAULT_MAX_OPERATION_RESPONSE: usize = idem_http::DEFAULT_MAX_STORED_RESPONSE;
+/// Settings that are one choice written as several keys: a flag for any of them replaces
+/// the file's value for all of them (a `--scope-header` flag over a file's `scope_cookie`
+/// scopes by the header, instead of refusing both).
+const ONE_CHOICE: [&[&str]; 2] = [
+    &["scope_header", "scope_cookie"],
+    &["replay_headers", "no_replay_headers"],
+];
 
-/// The config file, as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The config file, split into its sections, as written.
+#[derive(Debug, Default)]
 pub struct FileConfig {
-    listen: Option<SocketAddr>,
-    store: Option<String>,
-    ttl: Option<String>,
-    lease: Option<String>,
-    wait: Option<String>,
-    replay_cache: Option<String>,
-    scope_header: Option<String>,
-    scope_cookie: Option<String>,
-    header_read_timeout: Option<String>,
-    keep_alive_timeout: Option<String>,
-    max_connections: Option<usize>,
-    body_read_timeout: Option<String>,
-    send_timeout: Option<String>,
-    mismatch_status: Option<u16>,
-    transient_statuses: Option<Vec<u16>>,
-    problem_base_url: Option<String>,
-    admin_listen: Option<SocketAddr>,
-    log_format: Option<LogFormat>,
-    otlp_endpoint: Option<String>,
-    accept_store_risks: Option<bool>,
-    #[serde(default)]
-    proxy: ProxyFile,
-    #[serde(default)]
-    serve: ServeFile,
-}
-
-/// `[proxy]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyFile {
-    upstream: Option<String>,
-    require_key: Option<bool>,
-    upstream_timeout: Option<String>,
-    require_principal: Option<bool>,
-    trusted_proxies: Option<Vec<String>>,
-    replay_headers: Option<Vec<String>>,
-    no_replay_headers: Option<Vec<String>>,
-    canonical_json: Option<bool>,
-    fingerprint_headers: Option<Vec<String>>,
-    fingerprint_exclude: Option<Vec<String>>,
-    fingerprint_include: Option<Vec<String>>,
-    #[serde(default)]
-    routes: Vec<RouteRule>,
-}
-
-/// `[serve]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeFile {
-    #[serde(default)]
-    operations: BTreeMap<String, OperationFile>,
-    operation_timeout: Option<String>,
-    max_operation_response: Option<bytesize::ByteSize>,
-}
-
-/// One `[serve.operations]` entry: its URL, or a table with the URL and a policy.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum OperationFile {
-    Url(String),
-    Table {
-        url: String,
-        #[serde(default)]
-        on_lapse: Option<LapsePolicy>,
-    },
-}
-
-/// A registered operation, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Operation {
-    /// Where it is POSTed.
-    pub url: String,
-    /// What a retry does after the instance executing it died mid-way.
-    pub on_lapse: OnLapse,
-}
-
-impl From<OperationFile> for Operation {
-    fn from(file: OperationFile) -> Self {
-        match file {
-            OperationFile::Url(url) => Self {
-                url,
-                on_lapse: OnLapse::ReportUnknown,
-            },
-            OperationFile::Table { url, on_lapse } => Self {
-                url,
-                on_lapse: on_lapse.map_or(OnLapse::ReportUnknown, OnLapse::from),
-            },
-        }
-    }
+    /// Where it was read from, for error messages.
+    name: String,
+    /// The top level: the shared settings.
+    common: Map<String, Value>,
+    /// `[proxy]`.
+    proxy: Map<String, Value>,
+    /// `[serve]`.
+    serve: Map<String, Value>,
 }
 
 impl FileConfig {
@@ -198,8 +60,82 @@ impl FileConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        Self::parse(&text, &format!("config file {}", path.display()))
     }
+
+    /// Parses a config file's text; `name` says where it came from in errors.
+    pub fn parse(text: &str, name: &str) -> anyhow::Result<Self> {
+        let table: toml::Table = toml::from_str(text).with_context(|| format!("invalid {name}"))?;
+        let Value::Object(mut common) = serde_json::to_value(table)? else {
+            anyhow::bail!("invalid {name}: not a table");
+        };
+        let mut section = |key: &str| match common.remove(key) {
+            None => Ok(Map::new()),
+            Some(Value::Object(table)) => Ok(table),
+            Some(_) => Err(anyhow::anyhow!(
+                "invalid {name}: `{key}` must be a table ([{key}])"
+            )),
+        };
+        let (proxy, serve) = (section("proxy")?, section("serve")?);
+        Ok(Self {
+            name: name.to_owned(),
+            common,
+            proxy,
+            serve,
+        })
+    }
+}
+
+/// `flags` over `file` over `defaults`, key by key: the value of the first layer that says
+/// anything (a `None` says nothing). `section` names the file's table in errors.
+fn layer<T: Serialize + DeserializeOwned>(
+    defaults: &T,
+    file: &Map<String, Value>,
+    flags: &T,
+    name: &str,
+    section: &str,
+) -> anyhow::Result<T> {
+    let said = |settings: &T| -> anyhow::Result<Map<String, Value>> {
+        let Value::Object(mut map) = serde_json::to_value(settings)? else {
+            anyhow::bail!("settings serialize to a table");
+        };
+        map.retain(|_, value| !value.is_null());
+        Ok(map)
+    };
+    let (mut merged, mut file, flags) = (said(defaults)?, file.clone(), said(flags)?);
+    for choice in ONE_CHOICE {
+        if choice.iter().any(|key| flags.contains_key(*key)) {
+            choice.iter().for_each(|key| drop(file.remove(*key)));
+        }
+        if choice
+            .iter()
+            .any(|key| file.contains_key(*key) || flags.contains_key(*key))
+        {
+            choice.iter().for_each(|key| drop(merged.remove(*key)));
+        }
+    }
+    merged.extend(file);
+    merged.extend(flags);
+    serde_path_to_error::deserialize(Value::Object(merged)).map_err(|error| {
+        let path = error.path().to_string();
+        let key = match (section, path.as_str()) {
+            (section, ".") => section.to_owned(),
+            ("", path) => path.to_owned(),
+            (section, path) => format!("{section}.{path}"),
+        };
+        anyhow::anyhow!("{name}: `{key}`: {}", error.into_inner())
+    })
+}
+
+/// The shared settings as they apply: flags, environment, file, defaults.
+fn layered_common(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<CommonSettings> {
+    layer(
+        &CommonSettings::defaults(),
+        &file.common,
+        &args.settings,
+        &file.name,
+        "",
+    )
 }
 
 /// Settings shared by both commands, resolved and checked: every value is parsed here, once.
@@ -207,8 +143,12 @@ impl FileConfig {
 pub struct ServerSettings {
     /// The public address.
     pub listen: SocketAddr,
+    /// The listener's certificate and key, when it serves TLS.
+    pub tls: Option<TlsFiles>,
     /// Where records live.
     pub store: StoreLocation,
+    /// How the store is reached: namespace, pool, TLS roots, migrations.
+    pub store_options: StoreOptions,
     /// How long completed responses are replayed.
     pub ttl: Duration,
     /// How long one execution owns its key between renewals.
@@ -231,12 +171,17 @@ pub struct ServerSettings {
     pub body_read_timeout: Duration,
     /// How long a write to a client may make no progress.
     pub send_timeout: Duration,
+    /// How long requests in flight may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
     /// The status of a mismatch answer.
     pub mismatch_status: http::StatusCode,
     /// Upstream or operation statuses that mean "not processed": passed on, key released.
     pub transient_statuses: Vec<http::StatusCode>,
     /// Where problem types point, if not the default.
     pub problem_base_url: Option<String>,
+    /// A CA that `https://` upstreams and operations are checked against, besides the
+    /// system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
     /// The admin listener's address, if any.
     pub admin_listen: Option<SocketAddr>,
     /// How logs are written.
@@ -247,6 +192,15 @@ pub struct ServerSettings {
     pub accept_store_risks: bool,
 }
 
+/// The listener's certificate chain and private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
 /// `idem proxy`'s settings, resolved.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -254,6 +208,14 @@ pub struct Proxy {
     pub common: ServerSettings,
     /// Where requests are forwarded.
     pub upstream: Upstream,
+    /// Whether an `http://` upstream is spoken to in HTTP/2 (prior knowledge).
+    pub upstream_http2: bool,
+    /// The methods covered.
+    pub methods: Vec<Method>,
+    /// The header carrying the key.
+    pub key_header: HeaderName,
+    /// Which keys are accepted.
+    pub key_policy: KeyPolicy,
     /// Whether every mutation must carry a key when no route rule says.
     pub require_key: bool,
     /// How long the upstream may take to answer before the outcome is unknown.
@@ -262,6 +224,12 @@ pub struct Proxy {
     pub routes: RouteTable,
     /// Whether keyed requests without a principal are refused.
     pub require_principal: bool,
+    /// The largest request body accepted on a keyed request.
+    pub max_request_body: usize,
+    /// The largest response body stored for replay.
+    pub max_stored_response: usize,
+    /// Whether 5xx answers are stored and replayed.
+    pub store_server_errors: bool,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Which response headers are stored and replayed.
@@ -272,6 +240,30 @@ pub struct Proxy {
     pub fingerprint_headers: Vec<HeaderName>,
     /// Which members of a JSON body count.
     pub json_filter: JsonFilter,
+}
+
+/// A registered operation, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Where it is POSTed.
+    pub url: String,
+    /// What a retry does after the instance executing it died mid-way.
+    pub on_lapse: OnLapse,
+}
+
+impl From<OperationEntry> for Operation {
+    fn from(entry: OperationEntry) -> Self {
+        match entry {
+            OperationEntry::Url(url) => Self {
+                url,
+                on_lapse: OnLapse::ReportUnknown,
+            },
+            OperationEntry::Table { url, on_lapse } => Self {
+                url,
+                on_lapse: on_lapse.map_or(OnLapse::ReportUnknown, OnLapse::from),
+            },
+        }
+    }
 }
 
 /// `idem serve`'s settings, resolved.
@@ -285,14 +277,6 @@ pub struct Serve {
     pub operation_timeout: Duration,
     /// The largest operation answer read and kept, in bytes.
     pub max_operation_response: usize,
-}
-
-fn file_duration(field: &str, value: Option<&String>) -> anyhow::Result<Option<Duration>> {
-    value
-        .map(|text| {
-            parse_duration(text).map_err(|error| anyhow::anyhow!("config file `{field}`: {error}"))
-        })
-        .transpose()
 }
 
 /// The longest `--wait`: a duplicate that waits longer than a client's own timeout helps
@@ -362,39 +346,25 @@ fn header_name(flag: &str, name: &str) -> anyhow::Result<HeaderName> {
 }
 
 /// `--replay-header` (an allow list) or `--no-replay-header` (added to the default deny
-/// list), from flags or else the file (a flag of either kind replaces both of the file's
-/// lists); both kinds from one source are refused.
-fn replayed_headers(args: &ProxyArgs, file: &ProxyFile) -> anyhow::Result<ReplayedHeaders> {
-    // `replay_headers = []` in the file is an allow list too: nothing but the body's type.
-    let (only, allow_list, except) =
-        if args.replay_headers.is_empty() && args.no_replay_headers.is_empty() {
-            (
-                file.replay_headers.clone().unwrap_or_default(),
-                file.replay_headers.is_some(),
-                file.no_replay_headers.clone().unwrap_or_default(),
-            )
-        } else {
-            (
-                args.replay_headers.clone(),
-                !args.replay_headers.is_empty(),
-                args.no_replay_headers.clone(),
-            )
-        };
-    match (!allow_list, except.is_empty()) {
-        (true, true) => Ok(ReplayedHeaders::default()),
-        (false, true) => Ok(ReplayedHeaders::Only(
+/// list); both at once are refused (a flag of either kind has already replaced the file's
+/// lists, see [`ONE_CHOICE`]). `replay_headers = []` is an allow list of nothing: only the
+/// body's type.
+fn replayed_headers(settings: &ProxySettings) -> anyhow::Result<ReplayedHeaders> {
+    match (&settings.replay_headers, &settings.no_replay_headers) {
+        (None, None) => Ok(ReplayedHeaders::default()),
+        (Some(only), None) => Ok(ReplayedHeaders::Only(
             only.iter()
                 .map(|name| header_name("--replay-header", name))
                 .collect::<anyhow::Result<_>>()?,
         )),
-        (true, false) => {
+        (None, Some(except)) => {
             let mut denied = NOT_REPLAYED_BY_DEFAULT.to_vec();
-            for name in &except {
+            for name in except {
                 denied.push(header_name("--no-replay-header", name)?);
             }
             Ok(ReplayedHeaders::AllExcept(denied))
         }
-        (false, false) => anyhow::bail!(
+        (Some(_), Some(_)) => anyhow::bail!(
             "--replay-header (an allow list) and --no-replay-header (a deny list) cannot be combined"
         ),
     }
@@ -415,10 +385,7 @@ fn cookie_name(name: &str) -> anyhow::Result<String> {
 }
 
 /// `--mismatch-status`: one of the statuses a mismatch may have.
-fn mismatch_status(status: Option<u16>) -> anyhow::Result<http::StatusCode> {
-    let Some(status) = status else {
-        return Ok(http::StatusCode::UNPROCESSABLE_ENTITY);
-    };
+fn mismatch_status(status: u16) -> anyhow::Result<http::StatusCode> {
     http::StatusCode::from_u16(status)
         .ok()
         .filter(|status| idem_http::MISMATCH_STATUSES.contains(status))
@@ -427,23 +394,17 @@ fn mismatch_status(status: Option<u16>) -> anyhow::Result<http::StatusCode> {
         })
 }
 
-/// `--transient-status` (or the file's `transient_statuses`, or 429 and 503): 4xx statuses
-/// and 503 only. A success or a redirect is an answer; another 5xx may follow the effect, and
-/// 504 is also the gateway's own "outcome unknown", which must stay kept. `none` on the
-/// command line is the empty list.
-fn transient_statuses(
-    flags: &[String],
-    file: Option<&[u16]>,
-) -> anyhow::Result<Vec<http::StatusCode>> {
-    let codes: Vec<u16> = match (flags, file) {
-        ([], None) => return Ok(idem_http::DEFAULT_TRANSIENT_STATUSES.to_vec()),
-        ([], Some(file)) => file.to_vec(),
-        ([none], _) if none.trim().eq_ignore_ascii_case("none") => Vec::new(),
-        (flags, _) => flags
+/// `--transient-status`: 4xx statuses and 503 only. A success or a redirect is an answer;
+/// another 5xx may follow the effect, and 504 is also the gateway's own "outcome unknown",
+/// which must stay kept. `none` alone is the empty list.
+fn transient_statuses(written: &[String]) -> anyhow::Result<Vec<http::StatusCode>> {
+    let codes: Vec<u16> = match written {
+        [none] if none.trim().eq_ignore_ascii_case("none") => Vec::new(),
+        written => written
             .iter()
-            .map(|flag| {
-                flag.trim().parse::<u16>().map_err(|_| {
-                    anyhow::anyhow!("--transient-status {flag:?}: a status such as 429, or none")
+            .map(|status| {
+                status.trim().parse::<u16>().map_err(|_| {
+                    anyhow::anyhow!("--transient-status {status:?}: a status such as 429, or none")
                 })
             })
             .collect::<anyhow::Result<_>>()?,
@@ -480,24 +441,16 @@ fn problem_base_url(url: &str) -> anyhow::Result<String> {
 
 /// The fingerprint settings: canonical JSON (on by flag, or by any JSON pointer), the
 /// identifying headers, and the JSON pointers that count or do not.
-fn fingerprint(
-    args: &ProxyArgs,
-    file: &ProxyFile,
-) -> anyhow::Result<(bool, Vec<HeaderName>, JsonFilter)> {
-    let from = |flag: &Vec<String>, file: &Option<Vec<String>>| {
-        if flag.is_empty() {
-            file.clone().unwrap_or_default()
-        } else {
-            flag.clone()
-        }
-    };
-    let headers = from(&args.fingerprint_headers, &file.fingerprint_headers)
+fn fingerprint(settings: &ProxySettings) -> anyhow::Result<(bool, Vec<HeaderName>, JsonFilter)> {
+    let headers = settings
+        .fingerprint_headers
         .iter()
+        .flatten()
         .map(|name| header_name("--fingerprint-header", name))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let filter = JsonFilter {
-        include: from(&args.fingerprint_include, &file.fingerprint_include),
-        exclude: from(&args.fingerprint_exclude, &file.fingerprint_exclude),
+        include: settings.fingerprint_include.clone().unwrap_or_default(),
+        exclude: settings.fingerprint_exclude.clone().unwrap_or_default(),
     };
     for pointer in filter.include.iter().chain(&filter.exclude) {
         anyhow::ensure!(
@@ -505,8 +458,7 @@ fn fingerprint(
             "--fingerprint-include/--fingerprint-exclude {pointer:?} is not a JSON pointer (e.g. /sent_at, /items/*/nonce)"
         );
     }
-    let canonical =
-        args.canonical_json || file.canonical_json.unwrap_or(false) || !filter.is_empty();
+    let canonical = settings.canonical_json.unwrap_or(false) || !filter.is_empty();
     Ok((canonical, headers, filter))
 }
 
@@ -528,208 +480,430 @@ fn trusted_proxies(values: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
         .collect()
 }
 
-fn common(args: CommonArgs, file: &FileConfig) -> anyhow::Result<ServerSettings> {
-    let listen = match args.listen.or(file.listen) {
-        Some(listen) => listen,
-        None => DEFAULT_LISTEN.parse()?,
-    };
-    // The scope is one setting written two ways: a scope flag replaces the file's, whichever
-    // of the two the file names, as every other flag replaces its file key.
-    let scope_from_args = args.scope_header.is_some() || args.scope_cookie.is_some();
-    // An unset keep-alive timeout follows a shorter header-read timeout instead of refusing
-    // to start: the wait for the next request's head counts toward both.
-    let header_read_timeout = args
-        .header_read_timeout
-        .or(file_duration(
-            "header_read_timeout",
-            file.header_read_timeout.as_ref(),
-        )?)
-        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT);
-    let common = ServerSettings {
-        listen,
-        store: StoreLocation::parse(
-            &args
-                .store
-                .or_else(|| file.store.clone())
-                .unwrap_or_else(|| DEFAULT_STORE.into()),
-        )?,
-        ttl: args
-            .ttl
-            .or(file_duration("ttl", file.ttl.as_ref())?)
-            .unwrap_or(idem_core::DEFAULT_TTL),
-        lease: args
-            .lease
-            .or(file_duration("lease", file.lease.as_ref())?)
-            .unwrap_or(idem_core::DEFAULT_LEASE),
-        wait: args.wait.or(file_duration("wait", file.wait.as_ref())?),
-        replay_cache: args
-            .replay_cache
-            .or(file_duration("replay_cache", file.replay_cache.as_ref())?)
-            .unwrap_or(idem_core::DEFAULT_REPLAY_CACHE_MAX_AGE),
-        scope_header: if scope_from_args {
-            args.scope_header.clone()
-        } else {
-            file.scope_header.clone()
-        }
-        .map(|name| header_name("--scope-header", &name))
-        .transpose()?,
-        scope_cookie: if scope_from_args {
-            args.scope_cookie.clone()
-        } else {
-            file.scope_cookie.clone()
-        }
-        .map(|name| cookie_name(&name))
-        .transpose()?,
-        header_read_timeout,
-        keep_alive_timeout: Some(
-            args.keep_alive_timeout
-                .or(file_duration(
-                    "keep_alive_timeout",
-                    file.keep_alive_timeout.as_ref(),
-                )?)
-                .unwrap_or_else(|| DEFAULT_KEEP_ALIVE_TIMEOUT.min(header_read_timeout)),
-        )
-        .filter(|idle| !idle.is_zero()),
-        max_connections: args
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-        body_read_timeout: args
-            .body_read_timeout
-            .or(file_duration(
-                "body_read_timeout",
-                file.body_read_timeout.as_ref(),
-            )?)
-            .unwrap_or(idem_http::DEFAULT_BODY_READ_TIMEOUT),
-        send_timeout: args
-            .send_timeout
-            .or(file_duration("send_timeout", file.send_timeout.as_ref())?)
-            .unwrap_or(DEFAULT_SEND_TIMEOUT),
-        mismatch_status: mismatch_status(args.mismatch_status.or(file.mismatch_status))?,
-        transient_statuses: transient_statuses(
-            &args.transient_statuses,
-            file.transient_statuses.as_deref(),
-        )?,
-        problem_base_url: args
-            .problem_base_url
-            .clone()
-            .or_else(|| file.problem_base_url.clone())
-            .map(|url| problem_base_url(&url))
-            .transpose()?,
-        admin_listen: args.admin_listen.or(file.admin_listen),
-        log_format: args
-            .log_format
-            .or(file.log_format)
-            .unwrap_or(LogFormat::Human),
-        otlp_endpoint: args.otlp_endpoint.clone().or(file.otlp_endpoint.clone()),
-        accept_store_risks: args.accept_store_risks || file.accept_store_risks.unwrap_or(false),
-    };
+/// A value the defaults always give.
+fn given<T>(value: Option<T>, key: &str) -> anyhow::Result<T> {
+    value.with_context(|| format!("`{key}` has no value (and no default)"))
+}
+
+/// Checks and parses the shared settings.
+fn common(settings: CommonSettings) -> anyhow::Result<ServerSettings> {
     anyhow::ensure!(
-        common.scope_header.is_none() || common.scope_cookie.is_none(),
+        settings.scope_header.is_none() || settings.scope_cookie.is_none(),
         "scope keys by a header or by a cookie, not both (--scope-header, --scope-cookie)"
     );
+    let header_read_timeout = given(settings.header_read_timeout, "header_read_timeout")?;
+    let store = StoreLocation::parse(&given(settings.store, "store")?)?;
+    let store_options = StoreOptions {
+        namespace: settings.store_namespace,
+        pool_size: given(settings.store_pool_size, "store_pool_size")?,
+        ca_file: settings.store_ca_file,
+        migrate: given(settings.migrate, "migrate")?,
+    };
+    store_options.check(&store)?;
+    let common = ServerSettings {
+        listen: given(settings.listen, "listen")?,
+        tls: match (settings.tls_cert, settings.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together: give both or neither"),
+        },
+        store,
+        store_options,
+        ttl: given(settings.ttl, "ttl")?,
+        lease: given(settings.lease, "lease")?,
+        wait: settings.wait,
+        replay_cache: given(settings.replay_cache, "replay_cache")?,
+        scope_header: settings
+            .scope_header
+            .map(|name| header_name("--scope-header", &name))
+            .transpose()?,
+        scope_cookie: settings
+            .scope_cookie
+            .map(|name| cookie_name(&name))
+            .transpose()?,
+        header_read_timeout,
+        // An unset keep-alive timeout follows a shorter header-read timeout instead of
+        // refusing to start: the wait for the next request's head counts toward both.
+        keep_alive_timeout: match settings.keep_alive_timeout {
+            Some(idle) if idle.is_zero() => None,
+            Some(idle) => Some(idle),
+            None => Some(header_read_timeout),
+        },
+        max_connections: given(settings.max_connections, "max_connections")?,
+        body_read_timeout: given(settings.body_read_timeout, "body_read_timeout")?,
+        send_timeout: given(settings.send_timeout, "send_timeout")?,
+        drain_timeout: given(settings.drain_timeout, "drain_timeout")?,
+        mismatch_status: mismatch_status(given(settings.mismatch_status, "mismatch_status")?)?,
+        transient_statuses: transient_statuses(&given(
+            settings.transient_statuses,
+            "transient_statuses",
+        )?)?,
+        problem_base_url: settings
+            .problem_base_url
+            .map(|url| problem_base_url(&url))
+            .transpose()?,
+        upstream_ca_file: settings.upstream_ca_file,
+        admin_listen: settings.admin_listen,
+        log_format: given(settings.log_format, "log_format")?,
+        otlp_endpoint: settings.otlp_endpoint,
+        accept_store_risks: given(settings.accept_store_risks, "accept_store_risks")?,
+    };
     check(&common)?;
     Ok(common)
 }
 
-/// Resolves `idem proxy`'s settings.
-pub fn proxy(args: crate::cli::ProxyArgs) -> anyhow::Result<Proxy> {
+/// The proxy's settings as they apply, before they are checked.
+fn layered_proxy(args: &ProxyArgs) -> anyhow::Result<(CommonSettings, ProxySettings)> {
     let file = FileConfig::load(args.common.config.as_deref())?;
-    let replayed_headers = replayed_headers(&args, &file.proxy)?;
-    let (canonical_json, fingerprint_headers, json_filter) = fingerprint(&args, &file.proxy)?;
-    let common = common(args.common, &file)?;
-    let upstream = Upstream::parse(&args
+    let common = layered_common(&args.common, &file)?;
+    let proxy = layer(
+        &ProxySettings::defaults(),
+        &file.proxy,
+        &args.proxy,
+        &file.name,
+        "proxy",
+    )?;
+    Ok((common, proxy))
+}
+
+/// Resolves `idem proxy`'s settings.
+pub fn proxy(args: ProxyArgs) -> anyhow::Result<Proxy> {
+    let (common_settings, settings) = layered_proxy(&args)?;
+    let common = common(common_settings)?;
+    let upstream = Upstream::parse(&settings
         .upstream
-        .or(file.proxy.upstream)
+        .clone()
         .context("no upstream: pass --upstream URL (or IDEM_UPSTREAM, or `upstream` under [proxy] in the config file)")?)?;
+    let (canonical_json, fingerprint_headers, json_filter) = fingerprint(&settings)?;
+    let upstream_timeout = given(settings.upstream_timeout, "proxy.upstream_timeout")?;
+    check_timeout("--upstream-timeout", upstream_timeout)?;
+    let key_header = header_name(
+        "--key-header",
+        &given(settings.key_header.clone(), "proxy.key_header")?,
+    )?;
+    let methods = given(settings.methods.clone(), "proxy.methods")?
+        .iter()
+        .map(|name| {
+            Method::from_bytes(name.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| anyhow::anyhow!("--method {name:?} is not an HTTP method"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let max_request_body = given(settings.max_request_body, "proxy.max_request_body")?;
+    anyhow::ensure!(max_request_body > 0, "--max-request-body must be above 0");
     Ok(Proxy {
         common,
         upstream,
-        require_key: args.require_key || file.proxy.require_key.unwrap_or(false),
-        upstream_timeout: args
-            .upstream_timeout
-            .or(file_duration(
-                "proxy.upstream_timeout",
-                file.proxy.upstream_timeout.as_ref(),
-            )?)
-            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
-        routes: RouteTable::new(&file.proxy.routes)?,
-        require_principal: args.require_principal || file.proxy.require_principal.unwrap_or(false),
-        trusted_proxies: trusted_proxies(if args.trusted_proxies.is_empty() {
-            file.proxy.trusted_proxies.as_deref().unwrap_or_default()
-        } else {
-            &args.trusted_proxies
-        })?,
-        replayed_headers,
+        upstream_http2: given(settings.upstream_http2, "proxy.upstream_http2")?,
+        methods,
+        key_header,
+        key_policy: match given(settings.key_format, "proxy.key_format")? {
+            KeyFormat::Any => KeyPolicy::Any,
+            KeyFormat::Uuid => KeyPolicy::UuidV4,
+        },
+        require_key: given(settings.require_key, "proxy.require_key")?,
+        upstream_timeout,
+        routes: RouteTable::new(&settings.routes)?,
+        require_principal: given(settings.require_principal, "proxy.require_principal")?,
+        max_request_body,
+        max_stored_response: given(settings.max_stored_response, "proxy.max_stored_response")?,
+        store_server_errors: given(settings.store_server_errors, "proxy.store_server_errors")?,
+        trusted_proxies: trusted_proxies(settings.trusted_proxies.as_deref().unwrap_or_default())?,
+        replayed_headers: replayed_headers(&settings)?,
         canonical_json,
         fingerprint_headers,
         json_filter,
     })
-    .and_then(|proxy| {
-        check_timeout("--upstream-timeout", proxy.upstream_timeout, &proxy.common)?;
-        Ok(proxy)
-    })
 }
 
-/// Resolves `idem serve`'s settings. Operations from flags and from the file are merged;
-/// a flag wins for a name defined in both.
-pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<Serve> {
+/// The service's settings as they apply, before they are checked (operations from flags
+/// are merged in by [`serve`]).
+fn layered_serve(args: &ServeArgs) -> anyhow::Result<(CommonSettings, ServeSettings)> {
     let file = FileConfig::load(args.common.config.as_deref())?;
-    let common = common(args.common, &file)?;
-    let mut operations: BTreeMap<String, Operation> = file
-        .serve
-        .operations
-        .into_iter()
-        .map(|(name, operation)| (name, operation.into()))
-        .collect();
-    for definition in args.operations {
+    let common = layered_common(&args.common, &file)?;
+    let mut serve = layer(
+        &ServeSettings::defaults(),
+        &file.serve,
+        &args.serve,
+        &file.name,
+        "serve",
+    )?;
+    // `--operation NAME=URL` adds to the file's table; a flag wins for a name in both.
+    for definition in &args.serve.operation {
         let (name, url) = definition
             .split_once('=')
             .with_context(|| format!("--operation {definition:?}: expected NAME=URL"))?;
-        operations.insert(
+        serve.operations.insert(
             name.trim().to_owned(),
-            Operation {
-                url: url.trim().to_owned(),
-                on_lapse: OnLapse::ReportUnknown,
-            },
+            OperationEntry::Url(url.trim().to_owned()),
         );
     }
+    Ok((common, serve))
+}
+
+/// Resolves `idem serve`'s settings.
+pub fn serve(args: ServeArgs) -> anyhow::Result<Serve> {
+    let (common_settings, settings) = layered_serve(&args)?;
+    let common = common(common_settings)?;
+    let operation_timeout = given(settings.operation_timeout, "serve.operation_timeout")?;
+    check_timeout("--operation-timeout", operation_timeout)?;
     Ok(Serve {
         common,
-        operations,
-        operation_timeout: args
-            .operation_timeout
-            .or(file_duration(
-                "serve.operation_timeout",
-                file.serve.operation_timeout.as_ref(),
-            )?)
-            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
-        max_operation_response: match args.max_operation_response {
-            Some(size) => size,
-            None => file
-                .serve
-                .max_operation_response
-                .map(|size| usize::try_from(size.as_u64()))
-                .transpose()
-                .context("serve.max_operation_response is too large")?
-                .unwrap_or(DEFAULT_MAX_OPERATION_RESPONSE),
-        },
-    })
-    .and_then(|serve| {
-        check_timeout(
-            "--operation-timeout",
-            serve.operation_timeout,
-            &serve.common,
-        )?;
-        Ok(serve)
+        operations: settings
+            .operations
+            .into_iter()
+            .map(|(name, entry)| (name, entry.into()))
+            .collect(),
+        operation_timeout,
+        max_operation_response: given(
+            settings.max_operation_response,
+            "serve.max_operation_response",
+        )?,
     })
 }
 
 /// A zero timeout would make every request an unknown outcome. A timeout longer than the
 /// lease is fine: the lease is renewed for as long as the upstream (or operation) runs.
-fn check_timeout(flag: &str, timeout: Duration, _common: &ServerSettings) -> anyhow::Result<()> {
+fn check_timeout(flag: &str, timeout: Duration) -> anyhow::Result<()> {
     anyhow::ensure!(!timeout.is_zero(), "{flag} must be longer than 0s");
     Ok(())
+}
+
+/// `idem config check FILE`: resolves the file as `proxy` and `serve` would (with the
+/// environment's `IDEM_*`), and answers the effective settings as TOML.
+pub fn check_file(path: &Path) -> anyhow::Result<String> {
+    let config = Some(path.to_owned());
+    // The environment, as the servers read it: clap parses it for an empty command line.
+    let environment = |command: &str| Cli::try_parse_from(["idem", command]).map(|cli| cli.command);
+    let mut proxy_args = match environment("proxy")? {
+        crate::cli::Command::Proxy(args) => args,
+        _ => anyhow::bail!("`idem proxy` parses as another command"),
+    };
+    proxy_args.common.config = config.clone();
+    let mut serve_args = match environment("serve")? {
+        crate::cli::Command::Serve(args) => args,
+        _ => anyhow::bail!("`idem serve` parses as another command"),
+    };
+    serve_args.common.config = config;
+    let (common_settings, proxy_settings) = layered_proxy(&proxy_args)?;
+    let (_, serve_settings) = layered_serve(&serve_args)?;
+    common(common_settings.clone())?;
+    let mut unset = unset_keys("", &common_settings)?;
+    let proxy_section = match proxy_settings.upstream.is_some() {
+        true => {
+            proxy(*proxy_args)?;
+            unset.extend(unset_keys("proxy.", &proxy_settings)?);
+            Some(proxy_settings)
+        }
+        false => None,
+    };
+    let serve_section = match serve_settings.operations.is_empty() {
+        false => {
+            serve(*serve_args)?;
+            unset.extend(unset_keys("serve.", &serve_settings)?);
+            Some(serve_settings)
+        }
+        true => None,
+    };
+    #[derive(Serialize)]
+    struct Effective {
+        #[serde(flatten)]
+        common: CommonSettings,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        proxy: Option<ProxySettings>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        serve: Option<ServeSettings>,
+    }
+    let mut text = format!(
+        "# {}: valid. The settings it gives, defaults included:\n",
+        path.display()
+    );
+    if proxy_section.is_none() {
+        text.push_str("# (no [proxy] upstream: not checked as `idem proxy`)\n");
+    }
+    if serve_section.is_none() {
+        text.push_str("# (no [serve] operations: not checked as `idem serve`)\n");
+    }
+    if !unset.is_empty() {
+        text.push_str(&format!("# not set: {}\n", unset.join(", ")));
+    }
+    text.push('\n');
+    text.push_str(&toml::to_string(&Effective {
+        common: common_settings,
+        proxy: proxy_section,
+        serve: serve_section,
+    })?);
+    Ok(text)
+}
+
+/// The keys of `settings` with no value, prefixed by their section.
+fn unset_keys<T: Serialize>(section: &str, settings: &T) -> anyhow::Result<Vec<String>> {
+    let Value::Object(map) = serde_json::to_value(settings)? else {
+        anyhow::bail!("settings serialize to a table");
+    };
+    Ok(map
+        .into_iter()
+        .filter(|(_, value)| value.is_null())
+        .map(|(key, _)| format!("{section}{key}"))
+        .collect())
+}
+
+/// Where a setting lives in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Common,
+    Proxy,
+    Serve,
+}
+
+/// One setting as the reference and `--help` show it.
+struct Described {
+    section: Section,
+    key: String,
+    flag: Option<String>,
+    env: Option<String>,
+    default: Option<String>,
+    help: String,
+}
+
+/// Every setting of the servers, from their declarations: clap's view (flag, environment,
+/// help) joined with the defaults by field name.
+fn described() -> anyhow::Result<Vec<Described>> {
+    let mut all = Vec::new();
+    let sections: [(Section, clap::Command, Value); 3] = [
+        (
+            Section::Common,
+            CommonSettings::augment_args(clap::Command::new("common")),
+            serde_json::to_value(CommonSettings::defaults())?,
+        ),
+        (
+            Section::Proxy,
+            ProxySettings::augment_args(clap::Command::new("proxy")),
+            serde_json::to_value(ProxySettings::defaults())?,
+        ),
+        (
+            Section::Serve,
+            ServeSettings::augment_args(clap::Command::new("serve")),
+            serde_json::to_value(ServeSettings::defaults())?,
+        ),
+    ];
+    for (section, command, defaults) in sections {
+        for arg in command.get_arguments() {
+            let key = match arg.get_id().as_str() {
+                // The flag's values join the file's table of the same name.
+                "operation" => "operations".to_owned(),
+                id => id.to_owned(),
+            };
+            all.push(Described {
+                section,
+                default: defaults.get(&key).and_then(shown),
+                key,
+                flag: arg.get_long().map(|long| format!("--{long}")),
+                env: arg.get_env().map(|env| env.to_string_lossy().into_owned()),
+                help: arg
+                    .get_long_help()
+                    .or(arg.get_help())
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Ok(all)
+}
+
+/// A default as text: `24h`, `429, 503`; nothing for an unset one.
+fn shown(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(shown)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The command line with every setting's default in its help (`[default: 24h]`), taken from
+/// the same declarations the layering uses.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    let Ok(described) = described() else {
+        return command;
+    };
+    for name in ["proxy", "serve"] {
+        command = command.mut_subcommand(name, |mut subcommand| {
+            for setting in &described {
+                let (Some(default), Some(flag)) = (&setting.default, &setting.flag) else {
+                    continue;
+                };
+                let id = subcommand
+                    .get_arguments()
+                    .find(|arg| {
+                        arg.get_long().map(|long| format!("--{long}")).as_ref() == Some(flag)
+                    })
+                    .map(|arg| arg.get_id().clone());
+                if let Some(id) = id {
+                    subcommand = subcommand.mut_arg(id, |arg| {
+                        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                        arg.help(format!("{help} [default: {default}]"))
+                    });
+                }
+            }
+            subcommand
+        });
+    }
+    command
+}
+
+/// `docs/reference/configuration.md`: every setting, from its declaration.
+pub fn reference() -> anyhow::Result<String> {
+    let mut text = String::from(
+        "# Configuration reference\n\n\
+         <!-- Written by `idem config reference` from crates/idem/src/settings.rs; a test fails when this file is stale. -->\n\n\
+         Every setting of `idem proxy` and `idem serve` is a flag, an environment variable and a key of the TOML file named by `--config` (see [`idem.example.toml`](../../idem.example.toml)). \
+         A flag wins over its environment variable, which wins over the file, which wins over the default. \
+         Boolean flags take an optional value (`--require-key`, `--require-key=false`); boolean environment variables accept `true`/`false`, `yes`/`no`, `on`/`off` and `1`/`0`. \
+         Durations are written `500ms`, `30s`, `15m`, `24h`; sizes `512KiB`, `1MiB` or a number of bytes. \
+         `idem config check FILE` checks a file and prints the settings it gives.\n",
+    );
+    let described = described()?;
+    for (section, title, intro) in [
+        (
+            Section::Common,
+            "Shared by `idem proxy` and `idem serve` (top level of the file)",
+            "",
+        ),
+        (
+            Section::Proxy,
+            "`idem proxy` (`[proxy]`)",
+            "Per-route rules are `[[proxy.routes]]` tables: `method` (or `\"*\"`), `path` (`*` one segment, a final `**` the rest), `require_key`, `skip`, `ttl`, `on_lapse` (`report_unknown` or `take_over`); the first rule that matches applies.\n\n",
+        ),
+        (Section::Serve, "`idem serve` (`[serve]`)", ""),
+    ] {
+        text.push_str(&format!("\n## {title}\n\n{intro}| key | flag | environment | default | meaning |\n|---|---|---|---|---|\n"));
+        for setting in described
+            .iter()
+            .filter(|setting| setting.section == section)
+        {
+            let cell = |value: &Option<String>| {
+                value
+                    .as_ref()
+                    .map_or("".to_owned(), |value| format!("`{value}`"))
+            };
+            text.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} |\n",
+                setting.key,
+                cell(&setting.flag),
+                cell(&setting.env),
+                cell(&setting.default),
+                setting.help.replace('\n', " ").replace('|', "\\|"),
+            ));
+        }
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -748,7 +922,7 @@ mod tests {
         let Command::Proxy(args) = Cli::try_parse_from(args)?.command else {
             panic!("a proxy command")
         };
-        proxy(args)
+        proxy(*args)
     }
 
     #[test]
@@ -830,9 +1004,9 @@ mod tests {
         }
         let error = format!(
             "{:#}",
-            proxy_from(&["idem", "proxy", "--upstream", "https://api"]).unwrap_err()
+            proxy_from(&["idem", "proxy", "--upstream", "ftp://api"]).unwrap_err()
         );
-        assert!(error.contains("only http://"), "{error}");
+        assert!(error.contains("http:// or https://"), "{error}");
         let file = write("bogus = 1\n");
         let path = file.path().to_str().unwrap();
         let error = format!(
@@ -840,6 +1014,192 @@ mod tests {
             proxy_from(&["idem", "proxy", "--config", path, "--upstream", "http://x"]).unwrap_err()
         );
         assert!(error.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn every_new_setting_reaches_the_resolved_settings_from_a_flag_and_from_the_file() {
+        let resolved = proxy_from(&[
+            "idem",
+            "proxy",
+            "--upstream",
+            "https://api",
+            "--method",
+            "post,put",
+            "--key-header",
+            "X-Request-Key",
+            "--key-format",
+            "uuid",
+            "--max-request-body",
+            "64KiB",
+            "--max-stored-response",
+            "2MiB",
+            "--store-server-errors=false",
+            "--drain-timeout",
+            "5s",
+            "--store-pool-size",
+            "3",
+            "--migrate=no",
+            "--upstream-http2",
+        ])
+        .unwrap();
+        assert_eq!(resolved.methods, [Method::POST, Method::PUT]);
+        assert_eq!(resolved.key_header.as_str(), "x-request-key");
+        assert_eq!(resolved.key_policy, KeyPolicy::UuidV4);
+        assert_eq!(resolved.max_request_body, 64 * 1024);
+        assert_eq!(resolved.max_stored_response, 2 * 1024 * 1024);
+        assert!(!resolved.store_server_errors);
+        assert!(resolved.upstream_http2);
+        assert_eq!(resolved.common.drain_timeout, Duration::from_secs(5));
+        assert_eq!(resolved.common.store_options.pool_size, 3);
+        assert!(!resolved.common.store_options.migrate);
+
+        let file = write(
+            "store = \"postgres://db/app\"\nstore_namespace = \"shop\"\ndrain_timeout = \"10s\"\nmigrate = false\n[proxy]\nupstream = \"http://x\"\nmethods = [\"POST\"]\nkey_format = \"uuid\"\nmax_request_body = 1024\nmax_stored_response = \"4KiB\"\nstore_server_errors = false\n",
+        );
+        let path = file.path().to_str().unwrap();
+        let resolved = proxy_from(&["idem", "proxy", "--config", path]).unwrap();
+        assert_eq!(resolved.methods, [Method::POST]);
+        assert_eq!(resolved.key_policy, KeyPolicy::UuidV4);
+        assert_eq!(resolved.max_request_body, 1024);
+        assert_eq!(resolved.max_stored_response, 4096);
+        assert!(!resolved.store_server_errors);
+        assert_eq!(resolved.common.drain_timeout, Duration::from_secs(10));
+        assert_eq!(
+            resolved.common.store_options.namespace.as_deref(),
+            Some("shop")
+        );
+        assert!(!resolved.common.store_options.migrate);
+        // A flag says false over the file's true, which a plain switch could not.
+        let file = write("[proxy]\nupstream = \"http://x\"\nrequire_key = true\n");
+        let path = file.path().to_str().unwrap();
+        let resolved =
+            proxy_from(&["idem", "proxy", "--config", path, "--require-key=false"]).unwrap();
+        assert!(!resolved.require_key);
+        let resolved = proxy_from(&["idem", "proxy", "--config", path]).unwrap();
+        assert!(resolved.require_key);
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_its_key() {
+        for (text, key) in [
+            ("ttl = \"soon\"\n", "`ttl`"),
+            ("listen = \"nowhere\"\n", "`listen`"),
+            (
+                "[proxy]\nupstream_timeout = 5\n",
+                "`proxy.upstream_timeout`",
+            ),
+            (
+                "[proxy]\nmax_request_body = \"lots\"\n",
+                "`proxy.max_request_body`",
+            ),
+            ("[proxy]\nbogus = 1\n", "bogus"),
+            ("proxy = 1\n", "[proxy]"),
+        ] {
+            let file = write(text);
+            let path = file.path().to_str().unwrap();
+            let error = format!(
+                "{:#}",
+                proxy_from(&["idem", "proxy", "--config", path, "--upstream", "http://x"])
+                    .unwrap_err()
+            );
+            assert!(error.contains(key), "{text:?}: {error}");
+            assert!(error.contains(path), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_tls_pair_goes_together() {
+        let error = proxy_from(&[
+            "idem",
+            "proxy",
+            "--upstream",
+            "http://x",
+            "--tls-cert",
+            "a.pem",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("--tls-key"), "{error}");
+        let file = write("tls_cert = \"a.pem\"\n[proxy]\nupstream = \"http://x\"\n");
+        let path = file.path().to_str().unwrap();
+        let error = proxy_from(&["idem", "proxy", "--config", path])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("go together"), "{error}");
+    }
+
+    #[test]
+    fn check_prints_the_effective_settings_and_refuses_what_the_servers_refuse() {
+        let file = write(
+            "ttl = \"2h\"\n[proxy]\nupstream = \"http://x\"\n[[proxy.routes]]\npath = \"/webhooks/**\"\nskip = true\n",
+        );
+        let text = check_file(file.path()).unwrap();
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(parsed["ttl"].as_str(), Some("2h"));
+        assert_eq!(parsed["lease"].as_str(), Some("30s"), "defaults filled in");
+        assert_eq!(parsed["proxy"]["upstream"].as_str(), Some("http://x"));
+        assert_eq!(
+            parsed["proxy"]["routes"][0]["path"].as_str(),
+            Some("/webhooks/**")
+        );
+        assert!(text.contains("not checked as `idem serve`"), "{text}");
+        let file = write("lease = \"0s\"\n");
+        let error = check_file(file.path()).unwrap_err().to_string();
+        assert!(error.contains("--lease"), "{error}");
+        let file = write("[proxy]\nupstream = \"gopher://x\"\n");
+        assert!(check_file(file.path()).is_err());
+    }
+
+    #[test]
+    fn every_flag_has_a_file_key_and_every_default_shows_in_the_help() {
+        let described = described().unwrap();
+        for setting in &described {
+            let flag = setting.flag.as_deref().unwrap_or_default();
+            let env = setting.env.as_deref().unwrap_or_default();
+            assert!(flag.starts_with("--"), "{}: no flag", setting.key);
+            assert!(
+                env.starts_with("IDEM_"),
+                "{}: no environment variable",
+                setting.key
+            );
+            assert!(
+                !(setting.default.is_some() && setting.help.contains("[default:")),
+                "{}: a default both declared and written in its help",
+                setting.key
+            );
+        }
+        let mut help = Vec::new();
+        command()
+            .find_subcommand_mut("proxy")
+            .unwrap()
+            .write_long_help(&mut help)
+            .unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(help.contains("[default: 24h]"), "{help}");
+        assert!(
+            help.contains("[default: POST, PUT, PATCH, DELETE]"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn boolean_settings_take_the_usual_spellings_the_environment_shares_the_parser() {
+        for (value, expected) in [
+            ("1", true),
+            ("yes", true),
+            ("on", true),
+            ("0", false),
+            ("off", false),
+        ] {
+            let parsed = CommonSettings::augment_args(clap::Command::new("x"))
+                .try_get_matches_from(["x", &format!("--accept-store-risks={value}")])
+                .unwrap();
+            assert_eq!(
+                parsed.get_one::<bool>("accept_store_risks").copied(),
+                Some(expected),
+                "{value}"
+            );
+        }
     }
 
     #[test]
@@ -993,7 +1353,7 @@ mod tests {
         else {
             panic!()
         };
-        let resolved = serve(args).unwrap();
+        let resolved = serve(*args).unwrap();
         assert_eq!(resolved.operations["a"].url, "http://file-a");
         assert_eq!(resolved.operations["a"].on_lapse, OnLapse::TakeOver);
         assert_eq!(resolved.operations["b"].url, "http://flag-b");

@@ -2,9 +2,12 @@
 //! offers at-most-once execution as a JSON service. Both run on one engine and one store
 //! (the embedded store in `./idem-data` unless `--store` says otherwise).
 //!
-//! - `cli`: every flag; `config`: flags, environment and file resolved once into typed
-//!   settings (`routes`: the proxy's per-route rules; `upstream`: where it forwards;
-//!   `store`: which store `--store` names, and opening it).
+//! - `cli`: the commands; `settings`: every setting of the servers, declared once as a flag,
+//!   an environment variable and a config file key; `config`: those layered (flags,
+//!   environment, file, defaults) and resolved once into typed settings (`routes`: the
+//!   proxy's per-route rules; `upstream`: where it forwards, over TLS or not; `store`: which
+//!   store `--store` names, and opening it).
+//! - `tls`: the listener's certificate, and the roots upstreams are checked against.
 //! - `server`: what both commands share (one engine, the sweeper, the durability check,
 //!   serving with a graceful drain); `signals`: SIGTERM and SIGINT; `admin`: metrics,
 //!   health, readiness and `/records` on the admin listener; `status_page`: its live page;
@@ -16,6 +19,7 @@
 pub mod cli;
 pub mod config;
 pub mod routes;
+pub mod settings;
 
 mod access_log;
 mod admin;
@@ -28,6 +32,7 @@ mod server;
 mod signals;
 mod status_page;
 mod store;
+mod tls;
 mod traces;
 mod upstream;
 
@@ -37,7 +42,7 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogFormat, RecordArgs, RecordsAction};
+use crate::cli::{Cli, Command, ConfigAction, LogFormat, RecordArgs, RecordsAction, StoreArgs};
 
 /// Runs one parsed command line to its end.
 ///
@@ -46,7 +51,7 @@ use crate::cli::{Cli, Command, LogFormat, RecordArgs, RecordsAction};
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Proxy(args) => {
-            let config = config::proxy(args)?;
+            let config = config::proxy(*args)?;
             let _tracing = init_logs(
                 config.common.log_format,
                 config.common.otlp_endpoint.as_deref(),
@@ -56,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             proxy::run(config, server).await
         }
         Command::Serve(args) => {
-            let config = config::serve(args)?;
+            let config = config::serve(*args)?;
             let _tracing = init_logs(
                 config.common.log_format,
                 config.common.otlp_endpoint.as_deref(),
@@ -65,11 +70,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let server = server::Server::start(config.common.clone(), metrics).await?;
             coordination::run(config, server).await
         }
-        Command::Migrate { store } => {
+        Command::Migrate(args) => {
             let _tracing = init_logs(LogFormat::Human, None)?;
-            let location = store::StoreLocation::parse(&store)?;
-            store::migrate(&location).await?;
+            let (location, options) = store_of(args)?;
+            store::migrate(&location, &options).await?;
             println!("idem migrate: {} is up to date", location.describe());
+            Ok(())
+        }
+        Command::Config { action } => {
+            match action {
+                ConfigAction::Check { file } => print!("{}", config::check_file(&file)?),
+                ConfigAction::Reference => print!("{}", config::reference()?),
+            }
             Ok(())
         }
         Command::Openapi => {
@@ -119,11 +131,12 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
         grace,
         ttl,
     } = args;
-    let location = store::StoreLocation::parse(&store)?;
+    let (location, options) = store_of(store)?;
     // No replay cache: an operator reads and resolves the store's records as they are.
-    let mut engine = idem_core::Engine::builder(store::open(&location, Duration::ZERO).await?)
-        .lease(lease.unwrap_or(idem_core::DEFAULT_LEASE))
-        .ttl(ttl.unwrap_or(idem_core::DEFAULT_TTL));
+    let mut engine =
+        idem_core::Engine::builder(store::open(&location, &options, Duration::ZERO).await?)
+            .lease(lease.unwrap_or(idem_core::DEFAULT_LEASE))
+            .ttl(ttl.unwrap_or(idem_core::DEFAULT_TTL));
     if let Some(grace) = grace {
         engine = engine.resolve_after(grace);
     }
@@ -138,6 +151,19 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
+}
+
+/// The store a command that is not a server works on (created or upgraded as by the
+/// servers, so that a new database answers "absent" rather than a missing table).
+fn store_of(args: StoreArgs) -> anyhow::Result<(store::StoreLocation, store::StoreOptions)> {
+    let location = store::StoreLocation::parse(&args.store)?;
+    let options = store::StoreOptions {
+        namespace: args.store_namespace,
+        ca_file: args.store_ca_file,
+        ..store::StoreOptions::default()
+    };
+    options.check(&location)?;
+    Ok((location, options))
 }
 
 /// What keeps the trace exporter running until the command ends (nothing without one).
@@ -192,9 +218,10 @@ fn init_logs(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<T
 
 /// Tells whoever started us where we listen, on stdout: scripts and tests read this line to
 /// find a port chosen with `--listen 127.0.0.1:0`.
-fn announce(what: &str, address: SocketAddr) {
+fn announce(what: &str, address: SocketAddr, over_tls: bool) {
+    let scheme = if over_tls { "https" } else { "http" };
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "idem {what} listening on http://{address}");
+    let _ = writeln!(stdout, "idem {what} listening on {scheme}://{address}");
     let _ = stdout.flush();
     tracing::info!(%address, "{what} listening");
 }

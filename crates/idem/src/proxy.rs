@@ -18,8 +18,9 @@ use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -31,6 +32,7 @@ use tracing::Instrument;
 
 use crate::access_log::{AccessLogLayer, UPSTREAM_DURATION, UpstreamTime};
 use crate::config;
+use crate::connections::OverTls;
 use crate::path_guard::OneMeaningPerPathLayer;
 use crate::server::Server;
 use crate::upstream::Upstream;
@@ -51,7 +53,7 @@ pub enum ForwardError {
     BadTarget(#[from] http::Error),
 }
 
-type UpstreamClient = Client<HttpConnector, InnerBody<Body>>;
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, InnerBody<Body>>;
 
 /// The innermost service: sends one request upstream.
 #[derive(Clone)]
@@ -92,9 +94,34 @@ impl Forwarder {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0);
-        let original_host = parts.headers.get(header::HOST).cloned();
+        let over_tls = parts.extensions.get::<OverTls>().is_some();
+        // HTTP/2 requests name their host in the `:authority` pseudo-header, not `Host`.
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        });
         parts.uri = self.upstream.target(&parts.uri)?;
+        // `TE: trailers` is hop-by-hop, yet says something the upstream needs to know: that
+        // the client reads trailers (gRPC servers refuse calls without it). Passed on as
+        // HTTP/2 allows it, alone.
+        let accepts_trailers = parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
         remove_hop_by_hop(&mut parts.headers);
+        if accepts_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        // The upstream connection's own version is chosen by the client (ALPN, or h2c when
+        // configured); a request marked HTTP/2 would be refused on an HTTP/1.1 connection.
+        parts.version = Version::HTTP_11;
         // A `[::]` listener sees IPv4 peers as `::ffff:a.b.c.d`: compared, and named
         // downstream, as the IPv4 addresses they are.
         let client_address =
@@ -110,7 +137,12 @@ impl Forwarder {
                 parts.headers.remove(name);
             }
         }
-        add_forwarding_headers(&mut parts.headers, client_address, original_host.as_ref());
+        add_forwarding_headers(
+            &mut parts.headers,
+            client_address,
+            original_host.as_ref(),
+            over_tls,
+        );
         if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
             parts.headers.insert(header::HOST, host);
         }
@@ -219,8 +251,10 @@ fn add_forwarding_headers(
     headers: &mut HeaderMap,
     client: Option<SocketAddr>,
     host: Option<&HeaderValue>,
+    over_tls: bool,
 ) {
     let Some(client) = client else { return };
+    let proto = if over_tls { "https" } else { "http" };
     let ip = client.ip().to_string();
     let forwarded_for = appended(joined(headers, "x-forwarded-for"), &ip);
     let node = if client.is_ipv6() {
@@ -228,7 +262,7 @@ fn add_forwarding_headers(
     } else {
         ip
     };
-    let mut forwarded = format!("for={node};proto=http");
+    let mut forwarded = format!("for={node};proto={proto}");
     if let Some(host) = host.and_then(|value| value.to_str().ok()) {
         forwarded.push_str(";host=");
         forwarded.push_str(&quoted_string(host));
@@ -247,7 +281,7 @@ fn add_forwarding_headers(
         }
     }
     if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
 }
 
@@ -308,7 +342,16 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
     // that an upstream that cannot be reached is a clean 502, never an unknown outcome.
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(config.upstream_timeout / 2)));
     connector.set_nodelay(true);
-    let client: UpstreamClient = Client::builder(TokioExecutor::new()).build(connector);
+    // The connector takes `https://` targets; plain ones pass through it untouched.
+    connector.enforce_http(false);
+    let connector = crate::tls::connector(
+        connector,
+        config.common.upstream_ca_file.as_deref(),
+        config.upstream.is_tls(),
+    )?;
+    let client: UpstreamClient = Client::builder(TokioExecutor::new())
+        .http2_only(config.upstream_http2 && !config.upstream.is_tls())
+        .build(connector);
     let forwarder = Forwarder {
         client,
         upstream: std::sync::Arc::clone(&upstream),
@@ -331,6 +374,12 @@ pub async fn run(config: config::Proxy, server: Server) -> anyhow::Result<()> {
         .ttl_for(move |parts| ttls.ttl(parts))
         .on_lapse_for(move |parts| lapses.on_lapse(parts))
         .require_principal(config.require_principal)
+        .methods(config.methods)
+        .key_header(config.key_header)
+        .key_policy(config.key_policy)
+        .max_request_body(config.max_request_body)
+        .max_stored_response(config.max_stored_response)
+        .store_server_errors(config.store_server_errors)
         .replayed_headers(config.replayed_headers)
         .canonical_json(config.canonical_json)
         .fingerprint_headers(config.fingerprint_headers)
@@ -368,6 +417,7 @@ mod tests {
             &mut headers,
             Some("192.0.2.1:5555".parse().unwrap()),
             Some(&host),
+            false,
         );
         assert_eq!(
             headers["forwarded"],
@@ -391,6 +441,7 @@ mod tests {
             &mut headers,
             Some("192.0.2.1:5555".parse().unwrap()),
             Some(&host),
+            false,
         );
         assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
         assert_eq!(

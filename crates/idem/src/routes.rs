@@ -20,36 +20,36 @@ use http::Method;
 use http::request::Parts;
 use idem_core::OnLapse;
 use idem_http::path::normalize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::cli::parse_duration;
+use crate::settings::parse_duration;
 
 /// One `[[proxy.routes]]` entry, as written in the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
     /// `POST`, `PUT`… or `*` (the default) for any method.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     method: Option<String>,
     /// A path pattern: literal segments, `*` for exactly one segment, and a final `**` for
     /// any rest (including nothing).
     path: String,
     /// Whether a mutation on this route must carry a key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     require_key: Option<bool>,
     /// Forward untouched, without idempotency.
     #[serde(default)]
     skip: bool,
     /// Replay TTL for this route.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ttl: Option<String>,
     /// What a retry does when the instance executing the first request died mid-way.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     on_lapse: Option<LapsePolicy>,
 }
 
 /// `on_lapse` as written in a route rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LapsePolicy {
     /// StatusBody 409 `outcome_unknown` and execute nothing (the default).

@@ -19,9 +19,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Records deleted per sweep batch: small enough that one batch never holds the store for
 /// long, large enough to keep up with a busy day's expiries.
 const SWEEP_BATCH: usize = 500;
-/// How long in-flight requests may take to finish after SIGTERM before the process exits
-/// anyway; the keys of requests still running then lapse with their lease.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The shortest lease that outlives a renewal slowed down to a network store's operation
 /// timeout (5 s) three times over: shorter ones work, but a slow store can lapse live leases.
 const MIN_SAFE_LEASE: Duration = Duration::from_secs(15);
@@ -43,7 +40,8 @@ impl Server {
         if let Some(base) = &common.problem_base_url {
             idem_http::set_problem_base(base.clone());
         }
-        let store = crate::store::open(&common.store, common.replay_cache).await?;
+        let store =
+            crate::store::open(&common.store, &common.store_options, common.replay_cache).await?;
         tracing::info!(store = %common.store.describe(), "store open");
         if let crate::store::StoreLocation::Memory { max_records, .. } = &common.store {
             // Records live a TTL: the bound is a rate. Say it, so a full store is no surprise.
@@ -123,15 +121,22 @@ impl Server {
 
     /// Serves `app` on the public address until a shutdown signal, then drains.
     pub async fn serve(self, name: &str, app: Router) -> anyhow::Result<()> {
+        let tls = self
+            .common
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
         let listener = tokio::net::TcpListener::bind(self.common.listen).await?;
-        crate::announce(name, listener.local_addr()?);
-        let connections = Connections::new(self.common.connection_limits());
+        crate::announce(name, listener.local_addr()?, tls.is_some());
+        let connections = Connections::new(self.common.connection_limits(), tls);
         connections
             .serve(listener, app, self.shutdown.clone())
             .await;
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let drain_timeout = self.common.drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain_timeout;
         if !connections.drained(deadline).await {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, still_open = connections.open(), "requests still in flight after the drain timeout; exiting: their keys lapse into an unknown outcome");
+            tracing::warn!(timeout = ?drain_timeout, still_open = connections.open(), "requests still in flight after the drain timeout; exiting: their keys lapse into an unknown outcome");
         }
         // Executions whose client hung up, and completions retried after a store fault, run
         // on after their requests: finish them (within the same drain budget, and at least a

@@ -22,10 +22,78 @@ pub enum StoreLocation {
     Embedded(String),
     /// `postgres://…` or `postgresql://…`.
     Postgres(String),
-    /// `redis://…`.
+    /// `redis://…` or `rediss://…` (TLS).
     Redis(String),
-    /// `redis+cluster://host1:port,host2:port`.
+    /// `redis+cluster://host1:port,host2:port` (`rediss+cluster://` for TLS): each node's
+    /// URL.
     RedisCluster(Vec<String>),
+}
+
+/// How a store is reached, besides its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The PostgreSQL schema or the Redis key prefix; `None`: the store's default.
+    pub namespace: Option<String>,
+    /// The most PostgreSQL connections.
+    pub pool_size: u32,
+    /// The CA a store's TLS certificate is checked against.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Whether PostgreSQL's schema is created or upgraded on start.
+    pub migrate: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            pool_size: idem_postgres::DEFAULT_MAX_CONNECTIONS,
+            ca_file: None,
+            migrate: true,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Refuses options the store cannot honour, rather than ignoring them.
+    pub fn check(&self, location: &StoreLocation) -> anyhow::Result<()> {
+        let shared = matches!(
+            location,
+            StoreLocation::Postgres(_) | StoreLocation::Redis(_) | StoreLocation::RedisCluster(_)
+        );
+        if let Some(namespace) = &self.namespace {
+            anyhow::ensure!(
+                shared,
+                "--store-namespace applies to PostgreSQL and Redis, shared by several gateways; {} is one process's",
+                location.describe()
+            );
+            // One rule for both stores: a PostgreSQL identifier written without quotes, and
+            // a Redis prefix without the braces of a hash tag.
+            let mut bytes = namespace.bytes();
+            anyhow::ensure!(
+                namespace.len() <= 63
+                    && bytes
+                        .next()
+                        .is_some_and(|first| first.is_ascii_lowercase() || first == b'_')
+                    && bytes.all(|byte| {
+                        byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_'
+                    }),
+                "--store-namespace {namespace:?}: use lowercase letters, digits and _, not starting with a digit (at most 63)"
+            );
+        }
+        anyhow::ensure!(self.pool_size > 0, "--store-pool-size must be at least 1");
+        if let Some(path) = &self.ca_file {
+            anyhow::ensure!(
+                shared,
+                "--store-ca-file applies to PostgreSQL and Redis over TLS"
+            );
+            anyhow::ensure!(
+                path.is_file(),
+                "--store-ca-file {}: no such file",
+                path.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl StoreLocation {
@@ -45,15 +113,17 @@ impl StoreLocation {
                 Some((scheme, _)) if scheme == "postgres" || scheme == "postgresql" => {
                     Self::Postgres(text.to_owned())
                 }
-                Some((scheme, _)) if scheme == "redis" => Self::Redis(text.to_owned()),
-                Some((scheme, _)) if scheme == "rediss" => anyhow::bail!(
-                    "rediss:// (Redis over TLS) is not built into this binary; reach Redis over a private network or a TLS tunnel with redis://"
-                ),
-                Some((scheme, rest)) if scheme == "redis+cluster" => Self::RedisCluster(
-                    rest.split(',')
-                        .map(|node| format!("redis://{}", node.trim()))
-                        .collect(),
-                ),
+                Some((scheme, _)) if scheme == "redis" || scheme == "rediss" => {
+                    Self::Redis(text.to_owned())
+                }
+                Some((scheme, rest)) if scheme == "redis+cluster" || scheme == "rediss+cluster" => {
+                    let node_scheme = scheme.trim_end_matches("+cluster");
+                    Self::RedisCluster(
+                        rest.split(',')
+                            .map(|node| format!("{node_scheme}://{}", node.trim()))
+                            .collect(),
+                    )
+                }
                 Some((scheme, _)) if scheme == "file" => {
                     Self::Embedded(text["file://".len()..].to_owned())
                 }
@@ -74,6 +144,7 @@ impl StoreLocation {
             } => format!("memory (at most {max_records} records, {max_bytes} bytes)"),
             Self::Embedded(path) => format!("embedded at {path}"),
             Self::Postgres(_) => "postgresql".into(),
+            Self::Redis(url) if url.starts_with("rediss") => "redis (TLS)".into(),
             Self::Redis(_) => "redis".into(),
             Self::RedisCluster(nodes) => format!("redis cluster ({} seed nodes)", nodes.len()),
         }
@@ -113,7 +184,11 @@ fn memory(rest: &str) -> anyhow::Result<StoreLocation> {
 /// Opens (and for databases, connects to and migrates) the store; a network store's replays
 /// are answered from this process for up to `replay_cache` (zero: never; see
 /// [`ReplayCache`]).
-pub async fn open(location: &StoreLocation, replay_cache: Duration) -> anyhow::Result<DynStore> {
+pub async fn open(
+    location: &StoreLocation,
+    options: &StoreOptions,
+    replay_cache: Duration,
+) -> anyhow::Result<DynStore> {
     Ok(match location {
         StoreLocation::Memory {
             max_records,
@@ -127,24 +202,53 @@ pub async fn open(location: &StoreLocation, replay_cache: Duration) -> anyhow::R
             })?)
         }
         StoreLocation::Postgres(url) => cached(
-            PostgresStore::connect(url)
+            postgres(url, options)
+                .connect()
                 .await
                 .context("cannot connect to the PostgreSQL store")?,
             replay_cache,
         ),
         StoreLocation::Redis(url) => cached(
-            RedisStore::connect(url)
+            redis(options)?
+                .connect(url)
                 .await
                 .context("cannot connect to the Redis store")?,
             replay_cache,
         ),
         StoreLocation::RedisCluster(nodes) => cached(
-            RedisStore::connect_cluster(nodes)
+            redis(options)?
+                .connect_cluster(nodes)
                 .await
                 .context("cannot connect to the Redis cluster store")?,
             replay_cache,
         ),
     })
+}
+
+fn postgres(url: &str, options: &StoreOptions) -> idem_postgres::PostgresStoreBuilder {
+    let mut builder = PostgresStore::builder(url)
+        .max_connections(options.pool_size)
+        .migrate(options.migrate);
+    if let Some(schema) = &options.namespace {
+        builder = builder.schema(schema);
+    }
+    if let Some(path) = &options.ca_file {
+        builder = builder.ssl_root_cert(path);
+    }
+    builder
+}
+
+fn redis(options: &StoreOptions) -> anyhow::Result<idem_redis::RedisStoreBuilder> {
+    let mut builder = RedisStore::builder();
+    if let Some(prefix) = &options.namespace {
+        builder = builder.key_prefix(prefix);
+    }
+    if let Some(path) = &options.ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --store-ca-file {}", path.display()))?;
+        builder = builder.tls_root_cert(pem);
+    }
+    Ok(builder)
 }
 
 /// `store` behind a replay cache of `max_age`, or as it is for a zero age.
@@ -158,14 +262,21 @@ fn cached(store: impl Store, max_age: Duration) -> DynStore {
 
 /// Creates or upgrades the schema of a store that has one (`idem migrate`); the others need
 /// nothing.
-pub async fn migrate(location: &StoreLocation) -> anyhow::Result<()> {
+pub async fn migrate(location: &StoreLocation, options: &StoreOptions) -> anyhow::Result<()> {
     match location {
         StoreLocation::Postgres(url) => {
             // `connect` runs the embedded, versioned migrations (under an advisory lock, so
             // instances starting together do not race).
-            PostgresStore::connect(url)
-                .await
-                .context("cannot migrate the PostgreSQL store")?;
+            postgres(
+                url,
+                &StoreOptions {
+                    migrate: true,
+                    ..options.clone()
+                },
+            )
+            .connect()
+            .await
+            .context("cannot migrate the PostgreSQL store")?;
             Ok(())
         }
         other => {
@@ -215,9 +326,35 @@ mod tests {
             StoreLocation::parse("redis+cluster://a:1,b:2").unwrap(),
             StoreLocation::RedisCluster(vec!["redis://a:1".into(), "redis://b:2".into()])
         );
+        assert_eq!(
+            StoreLocation::parse("rediss+cluster://a:1,b:2").unwrap(),
+            StoreLocation::RedisCluster(vec!["rediss://a:1".into(), "rediss://b:2".into()])
+        );
+        assert_eq!(
+            StoreLocation::parse("rediss://h:6380").unwrap(),
+            StoreLocation::Redis("rediss://h:6380".into())
+        );
+        let options = |namespace: &str| StoreOptions {
+            namespace: Some(namespace.into()),
+            ..StoreOptions::default()
+        };
+        let redis = StoreLocation::parse("redis://h").unwrap();
+        assert!(options("shop_2").check(&redis).is_ok());
+        for (namespace, location, reason) in [
+            ("Shop", &redis, "lowercase"),
+            ("a{b}", &redis, "lowercase"),
+            ("1a", &redis, "lowercase"),
+            (
+                "shop",
+                &StoreLocation::parse("memory://").unwrap(),
+                "one process's",
+            ),
+        ] {
+            let error = options(namespace).check(location).unwrap_err().to_string();
+            assert!(error.contains(reason), "{namespace:?}: {error}");
+        }
         for (location, reason) in [
             ("mysql://x", "unknown store scheme"),
-            ("rediss://h:6380", "not built into this binary"),
             ("", "--store is empty"),
             ("memory://?max_records=0", "expected a count above 0"),
             ("memory://?max_bytes=lots", "max_bytes"),

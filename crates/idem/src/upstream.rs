@@ -16,7 +16,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Reads `--upstream`: an `http://` URL, maybe with a path prefix.
+    /// Reads `--upstream`: an `http://` or `https://` URL, maybe with a path prefix.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         let uri: Uri = url
             .parse()
@@ -26,8 +26,8 @@ impl Upstream {
             .cloned()
             .with_context(|| format!("--upstream {url:?}: missing http://"))?;
         anyhow::ensure!(
-            scheme == Scheme::HTTP,
-            "--upstream {url:?}: only http:// upstreams are supported; terminate TLS in front of idem and reach the API over http on a private network"
+            scheme == Scheme::HTTP || scheme == Scheme::HTTPS,
+            "--upstream {url:?}: use an http:// or https:// URL"
         );
         let authority = uri
             .authority()
@@ -38,6 +38,11 @@ impl Upstream {
             authority,
             prefix: uri.path().trim_end_matches('/').to_owned(),
         })
+    }
+
+    /// Whether requests go over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == Scheme::HTTPS
     }
 
     /// The `Host` the upstream expects.
@@ -71,10 +76,12 @@ mod tests {
         let upstream = Upstream::parse("http://127.0.0.1:3000/v2/").unwrap();
         let target = upstream.target(&"/charges?x=1".parse().unwrap()).unwrap();
         assert_eq!(target.to_string(), "http://127.0.0.1:3000/v2/charges?x=1");
-        let https = Upstream::parse("https://api.example")
-            .unwrap_err()
-            .to_string();
-        assert!(https.contains("only http://"), "{https}");
+        let https = Upstream::parse("https://api.example/v1").unwrap();
+        assert!(https.is_tls());
+        let target = https.target(&"/x".parse().unwrap()).unwrap();
+        assert_eq!(target.to_string(), "https://api.example/v1/x");
+        let ftp = Upstream::parse("ftp://files").unwrap_err().to_string();
+        assert!(ftp.contains("http:// or https://"), "{ftp}");
         let bare = Upstream::parse("127.0.0.1:3000").unwrap_err().to_string();
         assert!(bare.contains("missing"), "{bare}");
     }

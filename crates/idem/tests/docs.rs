@@ -108,7 +108,9 @@ fn shell_examples_in_the_guides_run() {
 
 /// The help of every command and subcommand, together.
 fn every_help() -> String {
-    let commands: [&[&str]; 8] = [
+    let commands: [&[&str]; 10] = [
+        &["config", "check", "--help"],
+        &["config", "--help"],
         &["--help"],
         &["proxy", "--help"],
         &["serve", "--help"],
@@ -167,4 +169,92 @@ fn every_flag_the_docs_name_exists() {
         }
     }
     assert!(checked > 30, "only {checked} flags found in the docs");
+}
+
+fn idem(arguments: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(arguments)
+        // The checks read the file alone, not whatever this shell exports.
+        .env_clear()
+        .output()
+        .expect("idem runs")
+}
+
+/// `docs/reference/configuration.md` is what `idem config reference` writes from the
+/// settings' declarations. Refresh it with
+/// `cargo run -p idem -- config reference > docs/reference/configuration.md`.
+#[test]
+fn the_configuration_reference_is_current() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = idem(&["config", "reference"]);
+    assert!(output.status.success());
+    let written = std::fs::read_to_string(root.join("docs/reference/configuration.md")).unwrap();
+    assert!(
+        written == String::from_utf8(output.stdout).unwrap(),
+        "docs/reference/configuration.md is stale: run `cargo run -p idem -- config reference > docs/reference/configuration.md`"
+    );
+}
+
+/// `idem.example.toml` is valid, and names every setting of the reference (set or in a
+/// comment), so that it stays the complete sample the docs promise.
+#[test]
+fn the_example_config_is_valid_and_complete() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example = root.join("idem.example.toml");
+    let output = idem(&["config", "check", example.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "idem config check idem.example.toml: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let effective = String::from_utf8(output.stdout).unwrap();
+    assert!(!effective.contains("not checked as"), "{effective}");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let reference = std::fs::read_to_string(root.join("docs/reference/configuration.md")).unwrap();
+    let mut keys = 0;
+    for row in reference.lines().filter(|line| line.starts_with("| `")) {
+        let key = row.split('`').nth(1).unwrap();
+        keys += 1;
+        let named = text.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ']);
+            line.starts_with(&format!("{key} ="))
+                || line.starts_with(&format!("[{key}]"))
+                || line.contains(&format!("[serve.{key}]"))
+        });
+        assert!(named, "idem.example.toml does not name `{key}`");
+    }
+    assert!(keys > 40, "only {keys} settings in the reference");
+}
+
+/// A value the servers would refuse is refused by `idem config check`, naming the key, and
+/// changes nothing; a boolean environment variable reads as the servers read it.
+#[test]
+fn config_check_refuses_what_the_servers_refuse() {
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join("idem.toml");
+    std::fs::write(
+        &file,
+        "[proxy]\nupstream = \"http://x\"\nmax_request_body = \"lots\"\n",
+    )
+    .unwrap();
+    let output = idem(&["config", "check", file.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("proxy.max_request_body"), "{error}");
+
+    std::fs::write(&file, "[proxy]\nupstream = \"http://x\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(["config", "check", file.to_str().unwrap()])
+        .env_clear()
+        .env("IDEM_REQUIRE_KEY", "yes")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let effective: toml::Table =
+        toml::from_str(&String::from_utf8(output.stdout).unwrap()).unwrap();
+    assert_eq!(effective["proxy"]["require_key"].as_bool(), Some(true));
 }

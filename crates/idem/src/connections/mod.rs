@@ -11,6 +11,10 @@
 //!   listen backlog until one closes, and the ones already open are served as usual;
 //! - on shutdown, accepting stops and every connection finishes its request and closes.
 //!
+//! Connections speak HTTP/1.1 or HTTP/2: over TLS (`--tls-cert`) as ALPN chose, over plain
+//! TCP HTTP/2 when the client starts with its preface (h2c with prior knowledge, as gRPC
+//! clients do). A TLS handshake must end within the header read timeout.
+//!
 //! Written on hyper's connection API rather than `axum::serve`, which sets no timer (so
 //! hyper's header read timeout never runs) and bounds nothing.
 
@@ -24,11 +28,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use write_progress::{WatchedStream, WriteProgress};
@@ -48,6 +54,11 @@ pub struct ConnectionLimits {
     pub send_timeout: Duration,
 }
 
+/// Marks a request that came over TLS (in its extensions): the proxy tells the upstream
+/// `proto=https`.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
 /// How long to wait before accepting again after the process ran out of file descriptors
 /// (or another resource): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -58,11 +69,12 @@ pub struct Connections {
     permits: Arc<Semaphore>,
     max: u32,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Connections {
-    /// Room for `limits.max_connections` connections.
-    pub fn new(limits: ConnectionLimits) -> Self {
+    /// Room for `limits.max_connections` connections, each over TLS when `tls` is given.
+    pub fn new(limits: ConnectionLimits, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         // A semaphore counts in u32 for `acquire_many`; more connections than that is not a
         // limit anyone sets.
         let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
@@ -70,6 +82,7 @@ impl Connections {
             permits: Arc::new(Semaphore::new(max as usize)),
             max,
             limits,
+            tls: tls.map(TlsAcceptor::from),
         }
     }
 
@@ -108,6 +121,7 @@ impl Connections {
                 peer,
                 app.clone(),
                 self.limits,
+                self.tls.clone(),
                 permit,
                 shutdown.clone(),
             );
@@ -143,16 +157,61 @@ fn serve_connection(
     peer: SocketAddr,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     permit: OwnedSemaphorePermit,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     // Responses are written whole by hyper; Nagle would only delay the last segment.
     let _ = stream.set_nodelay(true);
+    // Hyper bounds reading the head, not writing the response: a client that never reads
+    // would hold its slot (and the drain) for as long as it likes. Its writes are watched
+    // (below TLS, where the bytes leave) instead.
+    let progress = Arc::new(WriteProgress::default());
+    let stream = WatchedStream::new(stream, Arc::clone(&progress));
+    tokio::spawn(async move {
+        let _permit = permit;
+        match tls {
+            None => drive(stream, peer, app, limits, progress, shutdown, false).await,
+            Some(acceptor) => {
+                // The handshake counts as the first request's head: a client that opens a
+                // connection and goes silent is closed as one that sends half a head.
+                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        drive(stream, peer, app, limits, progress, shutdown, true).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                    }
+                    Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    });
+}
+
+/// Serves the requests of one connection (after its TLS handshake, if any) until it closes,
+/// stalls, idles out, or the server shuts down.
+async fn drive<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: Router,
+    limits: ConnectionLimits,
+    progress: Arc<WriteProgress>,
+    mut shutdown: watch::Receiver<bool>,
+    over_tls: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let service = {
         let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            if over_tls {
+                request.extensions_mut().insert(OverTls);
+            }
             let busy = Busy::new(Arc::clone(&activity));
             let call = app.clone().oneshot(request.map(Body::new));
             async move {
@@ -162,56 +221,50 @@ fn serve_connection(
             }
         })
     };
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(limits.keep_alive_timeout.is_some());
-    // Hyper bounds reading the head, not writing the response: a client that never reads
-    // would hold its slot (and the drain) for as long as it likes. Its writes are watched
-    // below instead.
-    let progress = Arc::new(WriteProgress::default());
-    let stream = WatchedStream::new(stream, Arc::clone(&progress));
+    builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::spawn(async move {
-        let _permit = permit;
-        let mut connection = pin!(connection);
-        let mut closing = false;
-        let mut stall = StallWatch::new(limits.send_timeout);
-        loop {
-            let idle_deadline = limits
-                .keep_alive_timeout
-                .map(|limit| activity.idle_deadline(limit));
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "connection closed with an error");
-                    }
+    let mut connection = pin!(connection);
+    let mut closing = false;
+    let mut stall = StallWatch::new(limits.send_timeout);
+    loop {
+        let idle_deadline = limits
+            .keep_alive_timeout
+            .map(|limit| activity.idle_deadline(limit));
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection closed with an error");
+                }
+                return;
+            }
+            changed = shutdown.wait_for(|stop| *stop), if !closing => {
+                // Finish the request in progress, then close; a sender gone (`Err`) means
+                // the server is stopping too.
+                let _ = changed;
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = stall.check.tick() => {
+                if stall.stalled(progress.snapshot()) {
+                    tracing::debug!(%peer, "client stopped reading its answer; connection closed");
                     return;
                 }
-                changed = shutdown.wait_for(|stop| *stop), if !closing => {
-                    // Finish the request in progress, then close; a sender gone (`Err`) means
-                    // the server is stopping too.
-                    let _ = changed;
+            }
+            () = sleep_until_some(idle_deadline), if !closing => {
+                if limits.keep_alive_timeout.is_some_and(|limit| activity.idle_for() >= limit) {
+                    tracing::debug!(%peer, "idle keep-alive connection closed");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = stall.check.tick() => {
-                    if stall.stalled(progress.snapshot()) {
-                        tracing::debug!(%peer, "client stopped reading its answer; connection closed");
-                        return;
-                    }
-                }
-                () = sleep_until_some(idle_deadline), if !closing => {
-                    if limits.keep_alive_timeout.is_some_and(|limit| activity.idle_for() >= limit) {
-                        tracing::debug!(%peer, "idle keep-alive connection closed");
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                }
             }
         }
-    });
+    }
 }
 
 /// Whether a connection's writes have been stuck for the send timeout: checked four times a

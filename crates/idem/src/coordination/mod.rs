@@ -157,6 +157,7 @@ pub async fn run(config: config::Serve, server: Server) -> anyhow::Result<()> {
         config.operation_timeout,
         config.max_operation_response,
         config.common.transient_statuses.clone(),
+        config.common.upstream_ca_file.as_deref(),
     )?;
     if config.operations.is_empty() {
         tracing::warn!(

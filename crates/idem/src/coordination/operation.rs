@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -59,7 +60,7 @@ pub enum OperationReply {
 pub struct Operations {
     urls: BTreeMap<String, Uri>,
     take_over: BTreeSet<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     max_response: usize,
     /// Answers that mean "not processed, try later", never kept. Only for operations that
@@ -70,12 +71,14 @@ pub struct Operations {
 }
 
 impl Operations {
-    /// Checks every URL at start-up.
+    /// Checks every URL at start-up; `https://` ones are checked against the system's roots
+    /// and `ca_file`'s.
     pub fn new(
         definitions: &BTreeMap<String, Operation>,
         timeout: Duration,
         max_response: usize,
         transient: Vec<StatusCode>,
+        ca_file: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
         let mut urls = BTreeMap::new();
         let take_over = definitions
@@ -89,8 +92,8 @@ impl Operations {
                 anyhow::anyhow!("operation {name}: invalid URL {url:?}: {error}")
             })?;
             anyhow::ensure!(
-                uri.scheme_str() == Some("http"),
-                "operation {name}: only http:// URLs are supported ({url})"
+                matches!(uri.scheme_str(), Some("http" | "https")),
+                "operation {name}: use an http:// or https:// URL ({url})"
             );
             urls.insert(name.clone(), uri);
         }
@@ -98,6 +101,9 @@ impl Operations {
         // Within the operation timeout, so an unreachable operation is a clean "unreachable"
         // (key released), never an unknown outcome.
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeout / 2)));
+        connector.enforce_http(false);
+        let needs_tls = urls.values().any(|uri| uri.scheme_str() == Some("https"));
+        let connector = crate::tls::connector(connector, ca_file, needs_tls)?;
         Ok(Self {
             urls,
             take_over,

@@ -173,14 +173,48 @@ impl Upstream {
 
     pub async fn start_on(address: &str) -> Self {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let app = Router::new()
-            .route("/slow", post(slow))
-            .route("/hang", post(hang))
-            .fallback(any(echo))
-            .with_state(Arc::clone(&seen));
+        let app = Self::router(&seen);
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { address, seen }
+    }
+
+    fn router(seen: &Arc<Mutex<Seen>>) -> Router {
+        Router::new()
+            .route("/slow", post(slow))
+            .route("/hang", post(hang))
+            .fallback(any(echo))
+            .with_state(Arc::clone(seen))
+    }
+
+    /// The same upstream over TLS with `config` (HTTP/2 or HTTP/1.1, as ALPN chooses).
+    #[allow(dead_code, reason = "only the TLS tests serve TLS")]
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Self {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let app = Self::router(&seen);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
         Self { address, seen }
     }
 
