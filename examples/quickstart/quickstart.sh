@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 idem="${IDEM_BIN:-}"
 if [ -z "$idem" ]; then
-  cargo build --release -q -p idem --manifest-path "$here/../../Cargo.toml"
+  cargo build --release -q -p idem-gateway --manifest-path "$here/../../Cargo.toml"
   idem="$here/../../target/release/idem"
 fi
 # The README uses ports 3000, 8080 and 8081; the tests pick free ones.

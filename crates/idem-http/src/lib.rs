@@ -45,6 +45,8 @@
 //! - `refusal` and `problem`: every answer that is not the handler's, as problem+json with a
 //!   stable [`ProblemCode`]; `metrics`: `idem_requests_total`; `report`: what the layer did
 //!   with a request ([`RequestOutcome`], in the response's extensions, for an access log).
+//! - [`errors`]: the error reference every problem `type` points at (the text of
+//!   `docs/guides/errors.md`).
 
 mod body;
 mod completion;
@@ -60,6 +62,9 @@ mod replay;
 mod report;
 mod scope;
 mod service;
+
+#[doc = include_str!("../errors.md")]
+pub mod errors {}
 
 pub use body::ResponseBody;
 pub use config::{

@@ -13,10 +13,13 @@ use serde_json::{Map, Value, json};
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Where each problem `type` points unless [`set_problem_base`] says otherwise: the error
-/// reference in the repository, one anchor per code (`…/errors.md#store_unavailable`).
+/// reference as this crate's documentation on docs.rs carries it ([`crate::errors`], the
+/// text of `docs/guides/errors.md`), one anchor per code (`…#store_unavailable`), for the
+/// version that answered.
 pub const DEFAULT_PROBLEM_BASE: &str = concat!(
-    env!("CARGO_PKG_REPOSITORY"),
-    "/blob/main/docs/guides/errors.md"
+    "https://docs.rs/idem-http/",
+    env!("CARGO_PKG_VERSION"),
+    "/idem_http/errors/index.html"
 );
 
 /// The documentation base of this process's problem types. One per process: where clients are

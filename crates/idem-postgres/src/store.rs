@@ -314,10 +314,16 @@ impl PostgresStore {
 
 /// Runs one statement within [`OPERATION_TIMEOUT`] (see [`idem_core::bounded`]), sorting
 /// its driver errors.
+///
+/// The statement's future is boxed: it holds the pool's connect future (a connection may be
+/// opened on the way, TLS handshake included), which is large enough that, nested inside a
+/// layer's request future, it overflowed a 2 MiB thread stack in debug builds. One
+/// allocation per statement is nothing beside its round trip.
 pub(crate) async fn bounded_statement<T>(
     operation: &'static str,
     future: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, StoreError> {
+    let future = Box::pin(future);
     idem_core::bounded(operation, OPERATION_TIMEOUT, async {
         future.await.map_err(store_error)
     })

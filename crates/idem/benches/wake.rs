@@ -11,7 +11,7 @@
 //!   connections of one store, as two gateways would be (`IDEM_BENCH_POSTGRES_URL`,
 //!   `IDEM_BENCH_REDIS_URL`; `scripts/bench` sets them, unset skips that store with a line).
 //!
-//! `cargo bench -p idem --bench wake`
+//! `cargo bench -p idem-gateway --bench wake`
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};

@@ -209,7 +209,7 @@ fn init_logs(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<T
     {
         anyhow::ensure!(
             otlp_endpoint.is_none(),
-            "--otlp-endpoint needs a binary built with the `otlp` feature (cargo build --release -p idem --features otlp)"
+            "--otlp-endpoint needs a binary built with the `otlp` feature (cargo build --release -p idem-gateway --features otlp)"
         );
         tracing_subscriber::registry().with(log).init();
         Ok(Tracing)

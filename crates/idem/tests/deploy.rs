@@ -3,7 +3,8 @@
 //! `promtool check rules` and `promtool test rules` run on the alerts, and every dashboard
 //! query is checked as a recording rule. `scripts/test` installs promtool (Debian's
 //! `prometheus` package) and sets `IDEM_REQUIRE_PROMTOOL=1`, so there a missing promtool
-//! fails; elsewhere those checks are skipped with a line saying so.
+//! fails; elsewhere those checks are skipped with a line saying so. The systemd unit is
+//! checked with `systemd-analyze verify` the same way (`IDEM_REQUIRE_SYSTEMD_ANALYZE`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -145,18 +146,24 @@ fn the_dashboard_shows_what_an_operator_is_paged_about() {
     }
 }
 
-/// promtool, or `None` (with a line) where it is not installed and not required.
-fn promtool() -> Option<&'static str> {
-    let present = Command::new("promtool").arg("--version").output().is_ok();
+/// `tool`, or `None` (with a line) where it is not installed and `required` (a variable
+/// `scripts/test` sets) is not set.
+fn required_tool(tool: &'static str, required: &str) -> Option<&'static str> {
+    let present = Command::new(tool).arg("--version").output().is_ok();
     if !present {
         assert!(
-            std::env::var_os("IDEM_REQUIRE_PROMTOOL").is_none(),
-            "promtool is required (IDEM_REQUIRE_PROMTOOL) but not installed: apt-get install prometheus"
+            std::env::var_os(required).is_none(),
+            "{tool} is required ({required}) but not installed (scripts/test installs it)"
         );
-        eprintln!("promtool is not installed: the Prometheus checks of deploy/ are skipped");
+        eprintln!("{tool} is not installed: its checks of deploy/ are skipped");
         return None;
     }
-    Some("promtool")
+    Some(tool)
+}
+
+/// promtool, or `None` (with a line) where it is not installed and not required.
+fn promtool() -> Option<&'static str> {
+    required_tool("promtool", "IDEM_REQUIRE_PROMTOOL")
 }
 
 fn promtool_succeeds(arguments: &[&str], dir: &Path) {
@@ -243,4 +250,89 @@ fn every_alert_has_its_runbook_in_the_monitoring_guide() {
         }
     }
     assert!(alerts_seen >= 10, "{alerts_seen} alerts read");
+}
+
+/// `deploy/systemd/idem.service` is a unit systemd accepts (`systemd-analyze verify`, with
+/// `ExecStart` pointed at this build), runs idem as no root user, keeps the store in its
+/// state directory, ends the drain before systemd's stop timeout, and starts with settings
+/// `idem config check` accepts (the example file, with the unit's environment).
+#[test]
+fn the_systemd_unit_is_valid_and_drains_before_it_is_killed() {
+    let text = std::fs::read_to_string(root().join("deploy/systemd/idem.service")).unwrap();
+    let setting = |name: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let environment: Vec<(String, String)> = setting("Environment")
+        .iter()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    let variable = |name: &str| {
+        environment
+            .iter()
+            .find(|(variable, _)| variable == name)
+            .map(|(_, value)| value.clone())
+    };
+    let drain =
+        humantime::parse_duration(&variable("IDEM_DRAIN_TIMEOUT").expect("a drain")).unwrap();
+    let stop = humantime::parse_duration(&setting("TimeoutStopSec")[0]).unwrap();
+    assert!(
+        drain + std::time::Duration::from_secs(5) <= stop,
+        "drain {drain:?} vs stop {stop:?}"
+    );
+    assert_eq!(setting("DynamicUser"), ["yes"], "never root");
+    assert_eq!(setting("StateDirectory"), ["idem"]);
+    assert_eq!(variable("IDEM_STORE").as_deref(), Some("/var/lib/idem"));
+
+    // The settings the unit starts with are ones idem accepts.
+    let mut check = Command::new(env!("CARGO_BIN_EXE_idem"));
+    check
+        .args(["config", "check"])
+        .arg(root().join("idem.example.toml"))
+        .env_clear();
+    for (name, value) in &environment {
+        check.env(name, value);
+    }
+    let output = check.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let effective = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        effective.contains("store = \"/var/lib/idem\""),
+        "{effective}"
+    );
+
+    let Some(analyze) = required_tool("systemd-analyze", "IDEM_REQUIRE_SYSTEMD_ANALYZE") else {
+        return;
+    };
+    let directory = tempfile::tempdir().unwrap();
+    let unit = directory.path().join("idem.service");
+    std::fs::write(
+        &unit,
+        text.replace("/usr/local/bin/idem", env!("CARGO_BIN_EXE_idem")),
+    )
+    .unwrap();
+    let output = Command::new(analyze)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "systemd-analyze verify: {said}");
+    // Verify reports unit problems as warnings on stderr without failing: none about ours.
+    let ours: Vec<&str> = said
+        .lines()
+        .filter(|line| line.contains("idem.service"))
+        .collect();
+    assert!(ours.is_empty(), "systemd-analyze verify: {said}");
 }

@@ -182,7 +182,7 @@ fn idem(arguments: &[&str]) -> std::process::Output {
 
 /// `docs/reference/configuration.md` is what `idem config reference` writes from the
 /// settings' declarations. Refresh it with
-/// `cargo run -p idem -- config reference > docs/reference/configuration.md`.
+/// `cargo run -p idem-gateway -- config reference > docs/reference/configuration.md`.
 #[test]
 fn the_configuration_reference_is_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -191,7 +191,7 @@ fn the_configuration_reference_is_current() {
     let written = std::fs::read_to_string(root.join("docs/reference/configuration.md")).unwrap();
     assert!(
         written == String::from_utf8(output.stdout).unwrap(),
-        "docs/reference/configuration.md is stale: run `cargo run -p idem -- config reference > docs/reference/configuration.md`"
+        "docs/reference/configuration.md is stale: run `cargo run -p idem-gateway -- config reference > docs/reference/configuration.md`"
     );
 }
 

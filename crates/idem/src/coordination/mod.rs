@@ -183,7 +183,7 @@ mod tests {
         assert_eq!(
             committed.trim(),
             super::openapi_json().trim(),
-            "docs/openapi.json is stale: regenerate it with `cargo run -p idem -- openapi > docs/openapi.json`"
+            "docs/openapi.json is stale: regenerate it with `cargo run -p idem-gateway -- openapi > docs/openapi.json`"
         );
     }
 

@@ -271,10 +271,10 @@ async fn echo(
         body,
     )
         .into_response();
-    if uri.path().starts_with("/sessions") {
-        if let Ok(value) = http::HeaderValue::from_str(&cookie) {
-            response.headers_mut().insert("set-cookie", value);
-        }
+    if uri.path().starts_with("/sessions")
+        && let Ok(value) = http::HeaderValue::from_str(&cookie)
+    {
+        response.headers_mut().insert("set-cookie", value);
     }
     response
 }
