@@ -447,7 +447,7 @@ mod tests {
             assert_eq!(document["type"], code.type_uri());
             assert!(
                 code.type_uri()
-                    .ends_with(&format!("/docs/guides/errors.md#{}", code.code()))
+                    .ends_with(&format!("/idem_http/errors/index.html#{}", code.code()))
             );
             assert_eq!(document["detail"], "what to do");
             assert!(document["title"].is_string());
@@ -464,7 +464,7 @@ mod tests {
     /// Each `type` URL lands on its code's entry in the error reference.
     #[test]
     fn the_error_reference_has_an_entry_for_every_code() {
-        let reference = include_str!("../../../docs/guides/errors.md");
+        let reference = include_str!("../errors.md");
         for code in ProblemCode::ALL {
             let heading = format!("### `{}`", code.code());
             assert!(

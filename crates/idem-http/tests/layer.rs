@@ -1385,7 +1385,7 @@ async fn a_mismatch_says_what_differs_with_the_configured_status() {
         problem["type"]
             .as_str()
             .unwrap()
-            .ends_with("errors.md#idempotency_key_mismatch")
+            .ends_with("/idem_http/errors/index.html#idempotency_key_mismatch")
     );
     assert!(
         problem["instance"]

@@ -165,7 +165,7 @@ pub struct CommonSettings {
     pub transient_statuses: Option<Vec<String>>,
 
     /// Where each error's `type` points: `<URL>#<code>`, your copy of the error reference
-    /// [default: the repository's docs/guides/errors.md].
+    /// [default: the error reference on docs.rs, `idem_http::errors`].
     #[arg(long, env = "IDEM_PROBLEM_BASE_URL", value_name = "URL")]
     pub problem_base_url: Option<String>,
 

@@ -171,7 +171,7 @@ async fn an_operations_refusal_is_exposed_and_its_failure_hidden() {
             document["error"]["type"]
                 .as_str()
                 .unwrap()
-                .ends_with("errors.md#operation_rejected")
+                .ends_with("/idem_http/errors/index.html#operation_rejected")
         );
     }
     for _ in 0..2 {
