@@ -15,13 +15,14 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub(crate) enum Buffered {
     /// The whole body, within the limit.
     Complete(Bytes),
-    /// The body went past the limit (or failed mid-way): what was read so far, and the
-    /// rest, still to be sent to the client.
+    /// The body went past the limit, carried trailers, or failed mid-way: what was read so
+    /// far, and the rest, still to be sent to the client.
     Partial(ResponseBody),
 }
 
-/// Reads `body` until its end or until more than `limit` bytes arrived. Trailers are not
-/// stored (HTTP/1.1 clients rarely see them), but they reach the client on a partial body.
+/// Reads `body` until its end or until more than `limit` bytes arrived. A body with trailers
+/// (gRPC's status) is handed on whole, trailers included, and not stored: a replay without
+/// them would tell another story.
 ///
 /// Reading stops at `deadline` too: a body that streams for longer than that (server-sent
 /// events, a stalled upstream) is handed on to the client as it comes, and the key is
@@ -53,8 +54,15 @@ where
                         return Buffered::Partial(prefixed(chunks, Ok(body)));
                     }
                 }
-                // Trailers end the body; keep reading in case more follows.
-                Err(_trailers) => {}
+                // A response with trailers (gRPC's `grpc-status`) cannot be stored: a record
+                // keeps a status, headers and a body. It goes on to the client whole, and
+                // is kept as not stored, as a body over the limit is.
+                Err(trailers) => {
+                    let mut frames: Vec<Frame<Bytes>> =
+                        chunks.into_iter().map(Frame::data).collect();
+                    frames.push(trailers);
+                    return Buffered::Partial(framed(frames, Ok(body)));
+                }
             },
             Some(Err(error)) => {
                 return Buffered::Partial(prefixed::<B>(chunks, Err(error.into())));
@@ -74,7 +82,19 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let head = futures_util::stream::iter(chunks.into_iter().map(|chunk| Ok(Frame::data(chunk))));
+    framed(chunks.into_iter().map(Frame::data).collect(), rest)
+}
+
+/// A body that yields `frames`, then whatever `rest` yields (or the error that cut it).
+fn framed<B>(
+    frames: Vec<Frame<Bytes>>,
+    rest: Result<std::pin::Pin<Box<B>>, BoxError>,
+) -> ResponseBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let head = futures_util::stream::iter(frames.into_iter().map(Ok));
     match rest {
         Ok(rest) => {
             let rest = BodyStream::new(rest).map(|frame| frame.map_err(Into::into));
@@ -92,6 +112,34 @@ mod tests {
 
     fn far() -> tokio::time::Instant {
         tokio::time::Instant::now() + std::time::Duration::from_secs(60)
+    }
+
+    #[tokio::test]
+    async fn a_body_with_trailers_is_handed_on_with_them_and_not_stored() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"message"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let Buffered::Partial(mut rest) = buffer_body(body, 1024, far()).await else {
+            panic!("a body with trailers cannot be stored");
+        };
+        let data = rest.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data, Bytes::from_static(b"message"));
+        let trailers = rest
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(
+            trailers["grpc-status"], "14",
+            "the client gets the trailers"
+        );
+        assert!(rest.frame().await.is_none());
     }
 
     #[tokio::test]

@@ -147,10 +147,17 @@ impl PostgresStoreBuilder {
                 if self.migrate {
                     // The name was checked to be a plain identifier: nothing to escape.
                     let statement = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-                    sqlx::query(sqlx::AssertSqlSafe(statement))
+                    let created = sqlx::query(sqlx::AssertSqlSafe(statement))
                         .execute(&mut connection)
-                        .await
-                        .map_err(ConnectError::CreateSchema)?;
+                        .await;
+                    // Instances starting together race on the catalog: the loser of two
+                    // concurrent `IF NOT EXISTS` gets a unique violation, and the schema is
+                    // there all the same.
+                    if let Err(error) = created
+                        && !already_exists(&error)
+                    {
+                        return Err(ConnectError::CreateSchema(error));
+                    }
                 }
             }
             // Closing politely only saves the server a log line.
@@ -217,6 +224,15 @@ impl PostgresStoreBuilder {
             clock: self.clock.clone(),
         }
     }
+}
+
+/// Whether `error` says the object being created exists already (a unique violation on
+/// the catalog, or a duplicate schema).
+fn already_exists(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .is_some_and(|code| code == "23505" || code == "42P06")
 }
 
 /// A schema name idem may write into SQL as it is: a lowercase identifier.

@@ -66,18 +66,23 @@ pub enum ConfigAction {
     Reference,
 }
 
-/// Which store a command that is not a server works on.
+/// Which store a command that is not a server works on: the flags, else the config file's
+/// `store`, `store_namespace` and `store_ca_file`, as the servers would read them.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    /// The store, as for `idem proxy --store`.
+    /// The store, as for `idem proxy --store` [default: the config file's, else
+    /// ./idem-data].
     #[arg(long, env = "IDEM_STORE", value_name = "URL")]
-    pub store: String,
+    pub store: Option<String>,
     /// As for `idem proxy --store-namespace`.
     #[arg(long, env = "IDEM_STORE_NAMESPACE", value_name = "NAME")]
     pub store_namespace: Option<String>,
     /// As for `idem proxy --store-ca-file`.
     #[arg(long, env = "IDEM_STORE_CA_FILE", value_name = "FILE")]
     pub store_ca_file: Option<PathBuf>,
+    /// The servers' config file, for the store settings the flags leave out.
+    #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `idem records …`.

@@ -31,6 +31,10 @@ use idem_core::{JsonFilter, KeyPolicy, OnLapse};
 use idem_http::ReplayedHeaders;
 use idem_http::headers::NOT_REPLAYED_BY_DEFAULT;
 
+/// How long an idle keep-alive connection stays open when nothing says: 15 s, or the header
+/// read timeout when shorter (the wait for the next head counts toward both).
+const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Settings that are one choice written as several keys: a flag for any of them replaces
 /// the file's value for all of them (a `--scope-header` flag over a file's `scope_cookie`
 /// scopes by the header, instead of refusing both).
@@ -287,6 +291,10 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// take an in-flight key over; a zero TTL forgets every result at once.
 fn check(common: &ServerSettings) -> anyhow::Result<()> {
     anyhow::ensure!(
+        !common.drain_timeout.is_zero(),
+        "--drain-timeout must be longer than 0s: requests in flight need it to finish on SIGTERM"
+    );
+    anyhow::ensure!(
         !common.lease.is_zero(),
         "--lease must be longer than 0s: it is how long one execution owns its key"
     );
@@ -485,6 +493,32 @@ fn given<T>(value: Option<T>, key: &str) -> anyhow::Result<T> {
     value.with_context(|| format!("`{key}` has no value (and no default)"))
 }
 
+/// The store of `idem migrate` and `idem records`: flags, environment, the config file,
+/// defaults, as the servers layer them (created or upgraded as by the servers, so that a new
+/// database answers "absent" rather than a missing table).
+pub fn store_of(args: crate::cli::StoreArgs) -> anyhow::Result<(StoreLocation, StoreOptions)> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    let flags = CommonArgs {
+        settings: CommonSettings {
+            store: args.store,
+            store_namespace: args.store_namespace,
+            store_ca_file: args.store_ca_file,
+            ..CommonSettings::default()
+        },
+        config: args.config,
+    };
+    let settings = layered_common(&flags, &file)?;
+    let location = StoreLocation::parse(&given(settings.store, "store")?)?;
+    let options = StoreOptions {
+        namespace: settings.store_namespace,
+        pool_size: given(settings.store_pool_size, "store_pool_size")?,
+        ca_file: settings.store_ca_file,
+        migrate: true,
+    };
+    options.check(&location)?;
+    Ok((location, options))
+}
+
 /// Checks and parses the shared settings.
 fn common(settings: CommonSettings) -> anyhow::Result<ServerSettings> {
     anyhow::ensure!(
@@ -527,7 +561,7 @@ fn common(settings: CommonSettings) -> anyhow::Result<ServerSettings> {
         keep_alive_timeout: match settings.keep_alive_timeout {
             Some(idle) if idle.is_zero() => None,
             Some(idle) => Some(idle),
-            None => Some(header_read_timeout),
+            None => Some(DEFAULT_KEEP_ALIVE_TIMEOUT.min(header_read_timeout)),
         },
         max_connections: given(settings.max_connections, "max_connections")?,
         body_read_timeout: given(settings.body_read_timeout, "body_read_timeout")?,
@@ -583,11 +617,16 @@ pub fn proxy(args: ProxyArgs) -> anyhow::Result<Proxy> {
     )?;
     let methods = given(settings.methods.clone(), "proxy.methods")?
         .iter()
+        .filter(|name| !name.trim().is_empty())
         .map(|name| {
             Method::from_bytes(name.trim().to_ascii_uppercase().as_bytes())
                 .map_err(|_| anyhow::anyhow!("--method {name:?} is not an HTTP method"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        !methods.is_empty(),
+        "--method: name at least one method (POST, PUT, PATCH, DELETE by default): with none, no request is idempotent"
+    );
     let max_request_body = given(settings.max_request_body, "proxy.max_request_body")?;
     anyhow::ensure!(max_request_body > 0, "--max-request-body must be above 0");
     Ok(Proxy {
@@ -997,6 +1036,14 @@ mod tests {
                 "cannot exceed --header-read-timeout",
             ),
             ("--max-connections", "0", "at least 1"),
+            (
+                "--drain-timeout",
+                "0s",
+                "--drain-timeout must be longer than 0s",
+            ),
+            ("--method", "", "name at least one method"),
+            ("--store-pool-size", "0", "at least 1"),
+            ("--store-namespace", "shop", "one process's"),
         ] {
             let args = ["idem", "proxy", "--upstream", "http://x", flag, value];
             let error = format!("{:#}", proxy_from(&args).unwrap_err());
@@ -1105,6 +1152,75 @@ mod tests {
             assert!(error.contains(key), "{text:?}: {error}");
             assert!(error.contains(path), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_store_ca_file_is_refused_where_it_would_be_ignored() {
+        let ca = write("not read here");
+        let ca = ca.path().to_str().unwrap();
+        for (store, reason) in [
+            ("postgres://db/app", "sslmode=verify-full"),
+            ("postgres://db/app?sslmode=require", "sslmode=verify-full"),
+            ("redis://cache", "rediss://"),
+            ("redis+cluster://a:1,b:2", "rediss+cluster://"),
+            ("memory://", "PostgreSQL and Redis"),
+        ] {
+            let args = [
+                "idem",
+                "proxy",
+                "--upstream",
+                "http://x",
+                "--store",
+                store,
+                "--store-ca-file",
+                ca,
+            ];
+            let error = format!("{:#}", proxy_from(&args).unwrap_err());
+            assert!(error.contains(reason), "{store}: {error}");
+        }
+        let args = [
+            "idem",
+            "proxy",
+            "--upstream",
+            "http://x",
+            "--store",
+            "postgres://db/app?sslmode=verify-full",
+            "--store-ca-file",
+            ca,
+        ];
+        assert!(proxy_from(&args).is_ok());
+    }
+
+    #[test]
+    fn the_admin_commands_read_the_store_from_the_config_file_under_their_flags() {
+        let file = write("store = \"redis://cache\"\nstore_namespace = \"shop\"\n");
+        let path = file.path().to_str().unwrap();
+        let Command::Records {
+            action: crate::cli::RecordsAction::Show(args),
+        } = Cli::try_parse_from(["idem", "records", "show", "--config", path, "--key", "k"])
+            .unwrap()
+            .command
+        else {
+            panic!("records show")
+        };
+        let (location, options) = store_of(args.store).unwrap();
+        assert_eq!(location, StoreLocation::Redis("redis://cache".into()));
+        assert_eq!(options.namespace.as_deref(), Some("shop"));
+        let Command::Migrate(args) = Cli::try_parse_from([
+            "idem",
+            "migrate",
+            "--config",
+            path,
+            "--store-namespace",
+            "other",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("migrate")
+        };
+        let (_, options) = store_of(args).unwrap();
+        assert_eq!(options.namespace.as_deref(), Some("other"), "a flag wins");
     }
 
     #[test]

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, ConfigAction, LogFormat, RecordArgs, RecordsAction, StoreArgs};
+use crate::cli::{Cli, Command, ConfigAction, LogFormat, RecordArgs, RecordsAction};
 
 /// Runs one parsed command line to its end.
 ///
@@ -72,7 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let _tracing = init_logs(LogFormat::Human, None)?;
-            let (location, options) = store_of(args)?;
+            let (location, options) = config::store_of(args)?;
             store::migrate(&location, &options).await?;
             println!("idem migrate: {} is up to date", location.describe());
             Ok(())
@@ -131,7 +131,7 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
         grace,
         ttl,
     } = args;
-    let (location, options) = store_of(store)?;
+    let (location, options) = config::store_of(store)?;
     // No replay cache: an operator reads and resolves the store's records as they are.
     let mut engine =
         idem_core::Engine::builder(store::open(&location, &options, Duration::ZERO).await?)
@@ -151,19 +151,6 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
-}
-
-/// The store a command that is not a server works on (created or upgraded as by the
-/// servers, so that a new database answers "absent" rather than a missing table).
-fn store_of(args: StoreArgs) -> anyhow::Result<(store::StoreLocation, store::StoreOptions)> {
-    let location = store::StoreLocation::parse(&args.store)?;
-    let options = store::StoreOptions {
-        namespace: args.store_namespace,
-        ca_file: args.store_ca_file,
-        ..store::StoreOptions::default()
-    };
-    options.check(&location)?;
-    Ok((location, options))
 }
 
 /// What keeps the trace exporter running until the command ends (nothing without one).

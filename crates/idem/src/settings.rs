@@ -31,11 +31,11 @@ pub struct CommonSettings {
 
     /// Serve TLS on --listen with this certificate chain (PEM); needs --tls-key. HTTP/2 is
     /// offered by ALPN beside HTTP/1.1 [default: plain TCP, HTTP/1.1 and h2c].
-    #[arg(long, env = "IDEM_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(long, env = "IDEM_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
-    #[arg(long, env = "IDEM_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, env = "IDEM_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
     /// Where records live: `memory://`, `postgres://…` (`?sslmode=require` or `verify-full`
@@ -112,8 +112,8 @@ pub struct CommonSettings {
     pub header_read_timeout: Option<Duration>,
 
     /// How long an idle keep-alive connection stays open; `0s` closes each connection after
-    /// one request. At most --header-read-timeout, which also counts idle time [default: as
-    /// --header-read-timeout].
+    /// one request. At most --header-read-timeout, which also counts idle time [default:
+    /// 15s, or --header-read-timeout when shorter].
     #[arg(long, env = "IDEM_KEEP_ALIVE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, with = "duration")]
     pub keep_alive_timeout: Option<Duration>,
@@ -296,7 +296,7 @@ pub struct ProxySettings {
     pub max_request_body: Option<usize>,
 
     /// The largest response body stored for replay; a larger one reaches the first client in
-    /// full, and its retries get 409 `response_not_stored`.
+    /// full, and its retries get 410 `response_not_stored`.
     #[arg(long, env = "IDEM_MAX_STORED_RESPONSE", value_name = "SIZE", value_parser = parse_size)]
     #[serde(default, with = "size")]
     pub max_stored_response: Option<usize>,

@@ -91,6 +91,26 @@ impl StoreOptions {
                 "--store-ca-file {}: no such file",
                 path.display()
             );
+            // sqlx checks the server's certificate only under these modes; under `prefer`
+            // (the default) or `require` a CA file would be silently ignored.
+            if let StoreLocation::Postgres(url) = location {
+                anyhow::ensure!(
+                    url.contains("sslmode=verify-full") || url.contains("sslmode=verify-ca"),
+                    "--store-ca-file: add ?sslmode=verify-full (or verify-ca) to the PostgreSQL URL, or the certificate is never checked against it"
+                );
+            }
+            if let StoreLocation::Redis(url) = location {
+                anyhow::ensure!(
+                    url.starts_with("rediss://"),
+                    "--store-ca-file: use rediss:// for Redis over TLS"
+                );
+            }
+            if let StoreLocation::RedisCluster(nodes) = location {
+                anyhow::ensure!(
+                    nodes.iter().all(|node| node.starts_with("rediss://")),
+                    "--store-ca-file: use rediss+cluster:// for a Redis Cluster over TLS"
+                );
+            }
         }
         Ok(())
     }

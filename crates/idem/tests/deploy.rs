@@ -253,9 +253,9 @@ fn every_alert_has_its_runbook_in_the_monitoring_guide() {
 }
 
 /// `deploy/systemd/idem.service` is a unit systemd accepts (`systemd-analyze verify`, with
-/// `ExecStart` pointed at this build), runs idem as no root user, keeps the store in its
-/// state directory, ends the drain before systemd's stop timeout, and starts with settings
-/// `idem config check` accepts (the example file, with the unit's environment).
+/// `ExecStart` pointed at this build), runs idem as no root user, takes every setting from
+/// the config file (the example file passes `idem config check`), keeps the store in its
+/// state directory, and ends the drain before systemd's stop timeout.
 #[test]
 fn the_systemd_unit_is_valid_and_drains_before_it_is_killed() {
     let text = std::fs::read_to_string(root().join("deploy/systemd/idem.service")).unwrap();
@@ -265,47 +265,40 @@ fn the_systemd_unit_is_valid_and_drains_before_it_is_killed() {
             .map(str::to_owned)
             .collect()
     };
-    let environment: Vec<(String, String)> = setting("Environment")
-        .iter()
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect();
-    let variable = |name: &str| {
-        environment
-            .iter()
-            .find(|(variable, _)| variable == name)
-            .map(|(_, value)| value.clone())
-    };
-    let drain =
-        humantime::parse_duration(&variable("IDEM_DRAIN_TIMEOUT").expect("a drain")).unwrap();
-    let stop = humantime::parse_duration(&setting("TimeoutStopSec")[0]).unwrap();
     assert!(
-        drain + std::time::Duration::from_secs(5) <= stop,
-        "drain {drain:?} vs stop {stop:?}"
+        setting("Environment").is_empty(),
+        "the unit sets no IDEM_* variable: it would override the config file unseen"
     );
     assert_eq!(setting("DynamicUser"), ["yes"], "never root");
     assert_eq!(setting("StateDirectory"), ["idem"]);
-    assert_eq!(variable("IDEM_STORE").as_deref(), Some("/var/lib/idem"));
+    assert_eq!(setting("WorkingDirectory"), ["/var/lib/idem"]);
+    assert!(setting("ExecStart")[0].ends_with("--config /etc/idem/idem.toml"));
 
-    // The settings the unit starts with are ones idem accepts.
-    let mut check = Command::new(env!("CARGO_BIN_EXE_idem"));
-    check
+    // The shipped config, as the unit runs it: valid, its store in the state directory, its
+    // drain over before systemd's SIGKILL.
+    let output = Command::new(env!("CARGO_BIN_EXE_idem"))
         .args(["config", "check"])
         .arg(root().join("idem.example.toml"))
-        .env_clear();
-    for (name, value) in &environment {
-        check.env(name, value);
-    }
-    let output = check.output().unwrap();
+        .env_clear()
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let effective = String::from_utf8(output.stdout).unwrap();
+    let effective: toml::Table =
+        toml::from_str(&String::from_utf8(output.stdout).unwrap()).unwrap();
+    let store = effective["store"].as_str().unwrap();
     assert!(
-        effective.contains("store = \"/var/lib/idem\""),
-        "{effective}"
+        !store.starts_with('/') && !store.contains("://"),
+        "a path under WorkingDirectory: {store}"
+    );
+    let drain = humantime::parse_duration(effective["drain_timeout"].as_str().unwrap()).unwrap();
+    let stop = humantime::parse_duration(&setting("TimeoutStopSec")[0]).unwrap();
+    assert!(
+        drain + std::time::Duration::from_secs(5) <= stop,
+        "drain {drain:?} vs stop {stop:?}"
     );
 
     let Some(analyze) = required_tool("systemd-analyze", "IDEM_REQUIRE_SYSTEMD_ANALYZE") else {

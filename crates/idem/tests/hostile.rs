@@ -601,3 +601,111 @@ async fn a_client_that_never_reads_its_answer_is_cut_off() {
     );
     drop(hog);
 }
+
+/// An HTTP/2 (h2c, prior knowledge) connection to `idem`: the request sender, its
+/// connection driven in the background.
+async fn h2c(
+    idem: &Idem,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let stream = TcpStream::connect(address(idem)).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// Connections that say nothing, or half of HTTP/2's preface, are closed once the header
+/// read timeout from their accept has passed, even with no keep-alive (the worst case: no
+/// idle timer runs at all).
+#[tokio::test]
+async fn silent_connections_and_half_prefaces_are_closed_within_the_header_read_timeout() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(
+        &upstream.url(),
+        &["--header-read-timeout", "1s", "--keep-alive-timeout", "0s"],
+    );
+    let began = Instant::now();
+    let mut held = Vec::new();
+    for index in 0..20 {
+        let mut stream = TcpStream::connect(address(&idem)).await.unwrap();
+        if index % 2 == 0 {
+            stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        }
+        held.push(stream);
+    }
+    for mut stream in held {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("the server closes a connection that sent no request")
+            .ok();
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "closed about 1 s after their accept: {:?}",
+        began.elapsed()
+    );
+}
+
+/// An HTTP/2 client that stops granting flow-control window (it never reads the body) never
+/// blocks the socket; it is cut off after the send timeout all the same, so the only
+/// connection slot frees.
+#[tokio::test]
+async fn an_http2_client_that_stops_granting_window_is_cut_off() {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/big", get(|| async { vec![b'x'; 8 * 1024 * 1024] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let idem = proxy(
+        &upstream,
+        &["--max-connections", "1", "--send-timeout", "1s"],
+    );
+    let mut hog = h2c(&idem).await;
+    let request = hyper::Request::get("http://api.test/big")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    // The head arrives; the body is never read, so the window is never granted again.
+    let _unread = hog.send_request(request).await.unwrap();
+    let started = Instant::now();
+    let (status, _) = raw(
+        &idem,
+        "GET /whoami HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "served once the stalled HTTP/2 reader was cut off: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The same request over HTTP/1.1 and HTTP/2 is one request: `Host` (fingerprinted here) is
+/// what `:authority` names, so a retry that changes protocol is replayed, and another host
+/// is still another request.
+#[tokio::test]
+async fn a_retry_over_http2_is_the_same_request_as_over_http1() {
+    let upstream = Upstream::start().await;
+    let idem = proxy(&upstream.url(), &["--fingerprint-header", "host"]);
+    let (status, _) = raw(&idem, &post("/charges", Some("h2-same"))).await;
+    assert_eq!(status, 201);
+    let mut sender = h2c(&idem).await;
+    let retry = |authority: &str| {
+        hyper::Request::post(format!("http://{authority}/charges"))
+            .header("idempotency-key", "h2-same")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    let replayed = sender.send_request(retry("api.test")).await.unwrap();
+    assert_eq!(replayed.status(), 201);
+    assert_eq!(replayed.headers()["x-idempotent-replayed"], "true");
+    let other_host = sender.send_request(retry("other.test")).await.unwrap();
+    assert_eq!(other_host.status(), 422, "another host is another request");
+    assert_eq!(upstream.calls("/charges"), 1);
+}

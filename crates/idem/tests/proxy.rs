@@ -437,13 +437,16 @@ fn bad_configuration_is_refused_at_start_with_a_clear_message() {
             "--store",
             "memory://",
             "--upstream",
-            "https://api.example",
+            "ftp://api.example",
         ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("only http:// upstreams"), "{stderr}");
+    assert!(
+        stderr.contains("use an http:// or https:// URL"),
+        "{stderr}"
+    );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_idem"))
         .args(["proxy"])
         .output()

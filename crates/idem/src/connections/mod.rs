@@ -13,7 +13,20 @@
 //!
 //! Connections speak HTTP/1.1 or HTTP/2: over TLS (`--tls-cert`) as ALPN chose, over plain
 //! TCP HTTP/2 when the client starts with its preface (h2c with prior knowledge, as gRPC
-//! clients do). A TLS handshake must end within the header read timeout.
+//! clients do). The same limits hold for both:
+//!
+//! - the first request must begin within the header read timeout of the connection's accept,
+//!   TLS handshake and protocol detection included (hyper times only HTTP/1.1 heads);
+//! - an HTTP/2 connection carries at most [`MAX_STREAMS`] requests at once;
+//! - a client that stops granting HTTP/2 flow-control window is cut off like one that stops
+//!   reading its socket (see `held_bodies`);
+//! - `keep_alive_timeout = 0s` closes an HTTP/2 connection after its first response, as it
+//!   does an HTTP/1.1 one; an idle connection closing gracefully gets the send timeout to
+//!   flush, not longer.
+//!
+//! HTTP/2 requests are given the `Host` header their `:authority` names and one `Cookie`
+//! line (RFC 9113 §8.2.3), so that the layer, the fingerprint and an HTTP/1.1 upstream see
+//! the same request whichever protocol the client spoke.
 //!
 //! Written on hyper's connection API rather than `axum::serve`, which sets no timer (so
 //! hyper's header read timeout never runs) and bounds nothing.
@@ -37,8 +50,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use held_bodies::HeldBodies;
 use write_progress::{WatchedStream, WriteProgress};
 
+mod held_bodies;
 mod write_progress;
 
 /// The connection limits, resolved from the settings.
@@ -58,6 +73,11 @@ pub struct ConnectionLimits {
 /// `proto=https`.
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
+
+/// The most requests one HTTP/2 connection carries at once (nginx's
+/// `http2_max_concurrent_streams` is 128): with `max_connections`, what bounds the requests
+/// in flight, and so the memory buffered bodies take.
+pub const MAX_STREAMS: u32 = 128;
 
 /// How long to wait before accepting again after the process ran out of file descriptors
 /// (or another resource): retrying at once would spin.
@@ -163,6 +183,7 @@ fn serve_connection(
 ) {
     // Responses are written whole by hyper; Nagle would only delay the last segment.
     let _ = stream.set_nodelay(true);
+    let accepted = Instant::now();
     // Hyper bounds reading the head, not writing the response: a client that never reads
     // would hold its slot (and the drain) for as long as it likes. Its writes are watched
     // (below TLS, where the bytes leave) instead.
@@ -171,7 +192,12 @@ fn serve_connection(
     tokio::spawn(async move {
         let _permit = permit;
         match tls {
-            None => drive(stream, peer, app, limits, progress, shutdown, false).await,
+            None => {
+                drive(
+                    stream, peer, app, limits, progress, shutdown, false, accepted,
+                )
+                .await
+            }
             Some(acceptor) => {
                 // The handshake counts as the first request's head: a client that opens a
                 // connection and goes silent is closed as one that sends half a head.
@@ -179,7 +205,10 @@ fn serve_connection(
                     .await
                 {
                     Ok(Ok(stream)) => {
-                        drive(stream, peer, app, limits, progress, shutdown, true).await;
+                        drive(
+                            stream, peer, app, limits, progress, shutdown, true, accepted,
+                        )
+                        .await;
                     }
                     Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -193,6 +222,10 @@ fn serve_connection(
 
 /// Serves the requests of one connection (after its TLS handshake, if any) until it closes,
 /// stalls, idles out, or the server shuts down.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one connection's parts, passed once"
+)]
 async fn drive<S>(
     stream: S,
     peer: SocketAddr,
@@ -201,23 +234,29 @@ async fn drive<S>(
     progress: Arc<WriteProgress>,
     mut shutdown: watch::Receiver<bool>,
     over_tls: bool,
+    accepted: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
+    let held = Arc::new(HeldBodies::new());
     let service = {
-        let activity = Arc::clone(&activity);
+        let (activity, held) = (Arc::clone(&activity), Arc::clone(&held));
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            if request.version() == http::Version::HTTP_2 {
+                let uri = request.uri().clone();
+                as_one_message(request.headers_mut(), &uri);
+            }
             request.extensions_mut().insert(ConnectInfo(peer));
             if over_tls {
                 request.extensions_mut().insert(OverTls);
             }
             let busy = Busy::new(Arc::clone(&activity));
             let call = app.clone().oneshot(request.map(Body::new));
+            let held = Arc::clone(&held);
             async move {
-                let response = call.await;
-                drop(busy);
-                response
+                let response = call.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| held.watch(body, busy)))
             }
         })
     };
@@ -227,15 +266,27 @@ async fn drive<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(limits.keep_alive_timeout.is_some());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let mut connection = pin!(connection);
+    // Closing because the server stops (the drain bounds it) or because the connection
+    // idled out (then only unsent bytes are left: the send timeout bounds it).
     let mut closing = false;
+    let mut idle_closed: Option<Instant> = None;
+    let first_request_by = accepted + limits.header_read_timeout;
+    // `0s` (no keep-alive): an HTTP/2 connection closes once idle after its first response.
+    let idle_limit = limits.keep_alive_timeout.unwrap_or(Duration::ZERO);
     let mut stall = StallWatch::new(limits.send_timeout);
     loop {
-        let idle_deadline = limits
-            .keep_alive_timeout
-            .map(|limit| activity.idle_deadline(limit));
+        // Before the first request, the deadline is the first request's; after, the idle one.
+        let deadline = if activity.started() {
+            activity.idle_deadline(idle_limit)
+        } else {
+            first_request_by
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -250,20 +301,53 @@ async fn drive<S>(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
+            // A request began or ended: the deadline moves.
+            () = activity.changed.notified() => {}
             _ = stall.check.tick() => {
-                if stall.stalled(progress.snapshot()) {
+                if stall.stalled(progress.snapshot()) || held.longest_held() >= limits.send_timeout {
                     tracing::debug!(%peer, "client stopped reading its answer; connection closed");
                     return;
                 }
+                if idle_closed.is_some_and(|since| since.elapsed() >= limits.send_timeout) {
+                    tracing::debug!(%peer, "idle connection did not finish closing; dropped");
+                    return;
+                }
             }
-            () = sleep_until_some(idle_deadline), if !closing => {
-                if limits.keep_alive_timeout.is_some_and(|limit| activity.idle_for() >= limit) {
+            () = tokio::time::sleep_until(deadline), if !closing => {
+                if !activity.started() {
+                    tracing::debug!(%peer, "no request within the header read timeout; connection closed");
+                    return;
+                }
+                if activity.idle_for() >= idle_limit {
                     tracing::debug!(%peer, "idle keep-alive connection closed");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
+                    idle_closed = Some(Instant::now());
                 }
             }
         }
+    }
+}
+
+/// An HTTP/2 request's headers as an HTTP/1.1 message would carry them: `Host` from
+/// `:authority` (when no `Host` came along) and the `Cookie` fields joined into one with
+/// `; ` (RFC 9113 §8.2.3).
+fn as_one_message(headers: &mut http::HeaderMap, uri: &http::Uri) {
+    if !headers.contains_key(http::header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(http::header::HOST, host);
+    }
+    let cookies: Vec<&[u8]> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(http::HeaderValue::as_bytes)
+        .collect();
+    if cookies.len() > 1
+        && let Ok(joined) = http::HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+    {
+        headers.insert(http::header::COOKIE, joined);
     }
 }
 
@@ -303,17 +387,14 @@ impl StallWatch {
     }
 }
 
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// When a connection last finished a request, and how many it is serving now.
+/// When a connection last finished a request, how many it is serving now, and whether it
+/// began one yet.
 struct Activity {
     in_flight: AtomicUsize,
     last_done: Mutex<Instant>,
+    started: std::sync::atomic::AtomicBool,
+    /// Woken when a request begins or ends, so the connection's task moves its deadline.
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -321,7 +402,14 @@ impl Activity {
         Self {
             in_flight: AtomicUsize::new(0),
             last_done: Mutex::new(Instant::now()),
+            started: std::sync::atomic::AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Whether a request began on this connection.
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
     }
 
     fn last_done(&self) -> Instant {
@@ -349,12 +437,14 @@ impl Activity {
     }
 }
 
-/// Marks a connection busy while one request is being answered.
+/// Marks a connection busy while one request is being answered, its body included.
 struct Busy(Arc<Activity>);
 
 impl Busy {
     fn new(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.started.store(true, Ordering::Release);
+        activity.changed.notify_one();
         Self(activity)
     }
 }
@@ -367,6 +457,7 @@ impl Drop for Busy {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
