@@ -10,6 +10,9 @@
 //! - [`Engine`] runs the protocol: [`Begin`] answers acquired, replay, in flight, outcome
 //!   unknown or mismatch. An [`Execution`] owns an acquired key: it renews the lease while the
 //!   operation runs and completes or releases the key, retrying through store faults.
+//! - [`Engine::run`] is the same protocol for a typed function that is not an HTTP handler
+//!   (a queue consumer, a job): a [`Call`]'s key, its input fingerprinted as canonical JSON,
+//!   its output replayed.
 //! - [`store::transition`] is the executable spec of the five transitions every store shares.
 //!
 //! # Modules
@@ -30,6 +33,7 @@
 //! | `memory` | [`MemoryStore`], the in-process store |
 //! | `engine` | [`Engine`]: who executes, who replays, who waits; [`Engine::resolve`] for operators |
 //! | `execution` | [`Execution`]: the guard that owns an acquired key until it is completed or released |
+//! | [`function`] | [`Engine::run`]: a typed function executed at most once per [`Call`] key, its result replayed (queue consumers, jobs) |
 //! | `renewal` | the one background task per engine that renews the leases of running executions |
 //! | `engine_state` | what the engine, its executions and its renewer share: the store, the settings, the lease registry |
 //! | `testkit` | (feature `testkit`) the store conformance suite, a reference model and network faults |
@@ -64,6 +68,7 @@ mod engine;
 mod engine_state;
 mod execution;
 mod fingerprint;
+pub mod function;
 mod key;
 mod memory;
 mod record;
@@ -80,6 +85,7 @@ pub use engine::{
 };
 pub use execution::{Execution, Finish};
 pub use fingerprint::{Fingerprint, FingerprintBuilder, FingerprintPart, JsonFilter};
+pub use function::{Call, RunError};
 pub use key::{IdempotencyKey, KeyError, KeyPolicy, MAX_KEY_LEN};
 pub use memory::{DEFAULT_MEMORY_MAX_BYTES, DEFAULT_MEMORY_MAX_RECORDS, MemoryStore};
 pub use record::{
