@@ -136,9 +136,25 @@ impl Call {
         &self.name
     }
 
+    /// The record a call with this input (as JSON text) is kept under, and what makes two
+    /// calls the same: for callers that run the protocol themselves (other languages'
+    /// bindings), so that their records are [`Engine::run`]'s.
+    ///
+    /// # Errors
+    /// The input is not JSON, has no canonical form, or gives no usable key.
+    pub fn identify_json(&self, input: &[u8]) -> Result<(RecordId, Fingerprint), String> {
+        let (id, canonical) = self
+            .identify_encoded(input.to_vec())
+            .map_err(|refused| refused.to_string())?;
+        Ok((id, self.fingerprint(&canonical)))
+    }
+
     /// The record this call of `input` is kept under, and the input's canonical JSON.
     fn identify(&self, input: &impl Serialize) -> Result<(RecordId, Vec<u8>), Refused> {
-        let encoded = serde_json::to_vec(input).map_err(Refused::Input)?;
+        self.identify_encoded(serde_json::to_vec(input).map_err(Refused::Input)?)
+    }
+
+    fn identify_encoded(&self, encoded: Vec<u8>) -> Result<(RecordId, Vec<u8>), Refused> {
         let document = Json::parse(&encoded).map_err(Refused::Json)?;
         let canonical = document.canonical();
         let key = match &self.key {
@@ -294,8 +310,10 @@ impl<S: Store> Engine<S> {
     }
 }
 
-/// A function's result as a record keeps it.
-fn stored(body: Option<Vec<u8>>) -> StoredResponse {
+/// A function's result (JSON text, or `None` when it could not be kept) as a record keeps
+/// it: what [`Engine::run`] stores, for bindings that run the protocol themselves.
+#[must_use]
+pub fn stored(body: Option<Vec<u8>>) -> StoredResponse {
     StoredResponse {
         status: 200,
         headers: vec![(

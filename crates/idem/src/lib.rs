@@ -31,7 +31,7 @@ mod records;
 mod server;
 mod signals;
 mod status_page;
-mod store;
+pub mod store;
 mod tls;
 mod traces;
 mod upstream;
