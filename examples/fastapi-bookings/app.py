@@ -5,6 +5,7 @@ idem-engine instead of an in-memory dictionary "to be made persistent":
 Run: `IDEM_STORE=redis://127.0.0.1:6379 uvicorn app:app --workers 4`.
 """
 
+import asyncio
 import itertools
 import os
 
@@ -32,8 +33,28 @@ class BookingRequest(BaseModel):
 @idempotent(ttl_seconds=3600)  # 1 hour TTL
 async def create_booking(booking: BookingRequest, request: Request):
     number = next(numbers)
+    await asyncio.sleep(0.05)  # the booking system's round trip: duplicates overlap it
     effects = os.environ.get("BOOKINGS_EFFECTS")
     if effects:
         with open(effects, "a") as log:
             log.write(f"{booking.customer_name}\n")
     return {"booking_id": f"{os.getpid()}-{number}", **booking.model_dump()}
+
+
+class WorkerHeader:
+    """Outermost: names the worker process that answered (the tests check that the
+    duplicates of one key reached several)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-worker", str(os.getpid()).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
+app.add_middleware(WorkerHeader)

@@ -7,7 +7,7 @@
 //! input itself ([`Call::key_from_input`], a hash of its canonical JSON). The input is
 //! fingerprinted as canonical JSON (RFC 8785 order and whitespace, numbers by exact value),
 //! so a retry with the same key and another input is a mismatch, never a replay. The
-//! output is stored as canonical JSON and decoded again on replay.
+//! output is stored as JSON (`serde_json`) and decoded again on replay.
 //!
 //! The protocol is the layer's: the first call acquires the key and runs the function while
 //! its lease is renewed; a retry meanwhile is told it is in flight (or waits, with
@@ -174,12 +174,14 @@ impl Call {
                 IdempotencyKey::parse(digest.as_bytes(), KeyPolicy::Any).map_err(Refused::Key)?
             }
         };
-        // The function's name scopes the key: `0` cannot occur in a name's UTF-8 twice over
-        // the boundary, so (name, scope) pairs never collide.
-        let mut principal = Vec::with_capacity(self.name.len() + 1 + self.scope.as_bytes().len());
-        principal.extend_from_slice(b"function:");
+        // The function's name scopes the key: length-prefixed, so no (name, scope) pair
+        // spells another.
+        let prefix = b"function:";
+        let mut principal =
+            Vec::with_capacity(prefix.len() + 8 + self.name.len() + self.scope.as_bytes().len());
+        principal.extend_from_slice(prefix);
+        principal.extend_from_slice(&(self.name.len() as u64).to_be_bytes());
         principal.extend_from_slice(self.name.as_bytes());
-        principal.push(0);
         principal.extend_from_slice(self.scope.as_bytes());
         Ok((RecordId::new(&Scope::new(principal), &key), canonical))
     }

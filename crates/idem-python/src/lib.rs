@@ -92,7 +92,7 @@ impl Engine {
     }
 
     /// The HTTP layer on this engine (see `idem_engine.IdempotencyMiddleware`).
-    #[pyo3(signature = (*, ttl = None, methods = None, require_key = false, key_header = None, uuid_keys = false, scope_header = None, scope_cookie = None, canonical_json = false, mismatch_status = 422, max_request_body = None, max_stored_response = None, store_server_errors = true, transient_statuses = None))]
+    #[pyo3(signature = (*, ttl = None, methods = None, require_key = false, require_principal = false, key_header = None, uuid_keys = false, scope_header = None, scope_cookie = None, canonical_json = false, mismatch_status = 422, max_request_body = None, max_stored_response = None, store_server_errors = true, transient_statuses = None))]
     #[allow(
         clippy::too_many_arguments,
         reason = "one Python call with keyword arguments"
@@ -102,6 +102,7 @@ impl Engine {
         ttl: Option<f64>,
         methods: Option<Vec<String>>,
         require_key: bool,
+        require_principal: bool,
         key_header: Option<String>,
         uuid_keys: bool,
         scope_header: Option<String>,
@@ -129,6 +130,7 @@ impl Engine {
         }
         let mut builder = IdempotencyLayerBuilder::from_engine(self.engine.clone())
             .require_key(require_key)
+            .require_principal(require_principal)
             .canonical_json(canonical_json)
             .mismatch_status(mismatch)
             .store_server_errors(store_server_errors);
@@ -186,7 +188,10 @@ impl Engine {
     /// hash. Answers `("acquired", Execution)`, `("replay", bytes)`, `("in_flight",
     /// seconds)`, `("outcome_unknown", None)` or `("mismatch", None)`.
     #[pyo3(signature = (name, input, *, key = None, key_from = None, scope = None, ttl = None))]
-    #[allow(clippy::too_many_arguments, reason = "one Python call with keyword arguments")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one Python call with keyword arguments"
+    )]
     fn begin_call<'py>(
         &self,
         py: Python<'py>,
@@ -381,9 +386,14 @@ enum Step {
     Done(Answer),
 }
 
+/// Python went away before it was handed the request: nothing ran, so the layer releases
+/// the key.
+#[derive(Debug)]
+struct NotRun;
+
 impl Service<Request<InnerBody<Full<Bytes>>>> for Bridge {
     type Response = Response<Full<Bytes>>;
-    type Error = std::convert::Infallible;
+    type Error = NotRun;
     type Future =
         std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -466,7 +476,12 @@ impl HttpLayer {
         runtime().spawn(async move {
             let answer = match service.oneshot(request).await {
                 Ok(response) => collect(response).await,
-                Err(never) => match never {},
+                // Nothing ran and the key is released: a retry executes.
+                Err(NotRun) => (
+                    503,
+                    vec![(b"retry-after".to_vec(), b"1".to_vec())],
+                    b"not executed; retry with the same key".to_vec(),
+                ),
             };
             let _ = steps.send(Step::Done(answer));
         });

@@ -82,3 +82,19 @@ def test_the_default_engine_comes_from_idem_store(monkeypatch, unique):
 def test_a_bad_store_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown store scheme"):
         Engine("mysql://db")
+
+
+def test_a_result_that_is_not_json_is_kept_as_run_and_never_run_again(unique):
+    engine = Engine("memory://")
+    runs = []
+
+    @idempotent_function(engine=engine)
+    def opaque(value):
+        runs.append(value)
+        return {1, 2}
+
+    with pytest.raises(TypeError):
+        opaque(unique)
+    with pytest.raises(idem_engine.IdempotencyError, match="nothing to replay"):
+        opaque(unique)
+    assert runs == [unique]

@@ -128,3 +128,112 @@ def test_the_decorator_needs_the_request():
         @idempotent(ttl_seconds=60)
         async def endpoint(booking: dict):
             return booking
+
+
+def test_a_client_that_hangs_up_mid_body_runs_nothing(unique):
+    app, created = todo_app(Engine("memory://"))
+    middleware = IdempotencyMiddleware(app, engine=Engine("memory://"))
+    messages = [
+        {"type": "http.request", "body": b'{"title": "hal', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive():
+        return messages.pop(0)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/todos", "raw_path": b"/todos", "query_string": b"",
+        "headers": [(b"idempotency-key", unique.encode()), (b"content-type", b"application/json")],
+    }
+    asyncio.run(middleware(scope, receive, send))
+    assert not created and not sent
+
+
+def test_an_http_exception_is_answered_and_replayed_as_fastapi_answers_it(unique):
+    from fastapi import HTTPException
+
+    app = FastAPI()
+    runs = []
+
+    class UserOut(BaseModel):
+        name: str
+
+    @app.post("/declines")
+    @idempotent(engine=Engine("memory://"))
+    async def decline(request: Request):
+        runs.append(1)
+        raise HTTPException(status_code=402, detail="card declined")
+
+    @app.post("/users", status_code=201, response_model=UserOut)
+    @idempotent(engine=Engine("memory://"))
+    async def create_user(request: Request):
+        return {"name": "ada", "password_hash": "secret"}
+
+    async def scenario():
+        async with client(app) as http:
+            for _ in range(2):
+                answer = await http.post("/declines", headers={"Idempotency-Key": unique})
+                assert answer.status_code == 402
+                assert answer.json() == {"detail": "card declined"}
+            user = await http.post("/users", headers={"Idempotency-Key": unique})
+            assert user.status_code == 201
+            assert user.json() == {"name": "ada"}, "response_model filters as FastAPI does"
+
+    asyncio.run(scenario())
+    assert len(runs) == 1
+
+
+def test_the_middleware_and_the_decorator_together_run_once(unique):
+    app = FastAPI()
+    runs = []
+
+    @app.post("/both")
+    @idempotent(engine=Engine("memory://"))
+    async def both(request: Request):
+        runs.append(1)
+        return {"runs": len(runs)}
+
+    app.add_middleware(IdempotencyMiddleware, engine=Engine("memory://"))
+
+    async def scenario():
+        async with client(app) as http:
+            first = await http.post("/both", headers={"Idempotency-Key": unique})
+            again = await http.post("/both", headers={"Idempotency-Key": unique})
+            assert first.status_code == again.status_code == 200
+            assert again.headers["x-idempotent-replayed"] == "true"
+
+    asyncio.run(scenario())
+    assert runs == [1]
+
+
+def test_a_background_task_failing_after_the_answer_keeps_the_answer(unique):
+    from fastapi import BackgroundTasks
+
+    app = FastAPI()
+    runs = []
+
+    def fails():
+        raise RuntimeError("the e-mail server is down")
+
+    @app.post("/orders", status_code=201)
+    async def order(background: BackgroundTasks):
+        runs.append(1)
+        background.add_task(fails)
+        return {"order": 1}
+
+    app.add_middleware(IdempotencyMiddleware, engine=Engine("memory://"))
+
+    async def scenario():
+        async with client(app) as http:
+            first = await http.post("/orders", headers={"Idempotency-Key": unique})
+            again = await http.post("/orders", headers={"Idempotency-Key": unique})
+            assert first.status_code == again.status_code == 201
+            assert again.json() == {"order": 1}
+
+    asyncio.run(scenario())
+    assert runs == [1]

@@ -41,6 +41,21 @@ def wait_for(port, process):
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def wait_for_workers(port, count, timeout=20):
+    """Waits until `count` distinct workers have answered (each names itself in
+    `x-worker`): uvicorn's workers start one after another."""
+    import time as _time
+    seen = set()
+    deadline = _time.monotonic() + timeout
+    while len(seen) < count and _time.monotonic() < deadline:
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", limits=httpx.Limits(max_keepalive_connections=0)) as http:
+                seen.add(http.get("/nowhere").headers.get("x-worker"))
+        except httpx.TransportError:
+            _time.sleep(0.05)
+    return seen
+
+
 @pytest.mark.parametrize("store", [POSTGRES, REDIS], ids=["postgres", "redis"])
 def test_duplicates_across_worker_processes_run_once(store, unique, tmp_path):
     effects = tmp_path / "effects"
@@ -51,32 +66,44 @@ def test_duplicates_across_worker_processes_run_once(store, unique, tmp_path):
         cwd=Path(__file__).parent,
         env={**os.environ, "IDEM_STORE": store, "IDEM_TEST_EFFECTS": str(effects)},
     )
+    spread = False
     try:
         wait_for(port, server)
+        assert len(wait_for_workers(port, 3)) == 3
+        # Bursts of duplicates until the duplicates of some key were answered by several
+        # workers (the kernel hands connections to whichever worker accepts first); every
+        # burst must run each key once.
+        for attempt in range(5):
+            run = f"{unique}-{attempt}"
+            effects.write_text("")
 
-        async def burst():
-            # A connection per request: the workers take turns accepting them, so the
-            # duplicates of one key land on different processes.
-            limits = httpx.Limits(max_keepalive_connections=0)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits) as http:
-                requests = [
-                    http.post("/charges", json={"order": f"{unique}-{order}"}, headers={"Idempotency-Key": f"{unique}-{order}"})
-                    for order in range(5)
-                    for _ in range(8)
-                ]
-                return await asyncio.gather(*requests)
+            async def burst():
+                # A connection per request: the workers take turns accepting them.
+                limits = httpx.Limits(max_keepalive_connections=0)
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits) as http:
+                    requests = [
+                        http.post("/charges", json={"order": f"{run}-{order}"}, headers={"Idempotency-Key": f"{run}-{order}"})
+                        for order in range(5)
+                        for _ in range(8)
+                    ]
+                    return await asyncio.gather(*requests)
 
-        answers = asyncio.run(burst())
+            answers = asyncio.run(burst())
+            assert {answer.status_code for answer in answers} == {201}
+            lines = effects.read_text().splitlines()
+            assert sorted(line.split()[0] for line in lines) == sorted(f"{run}-{order}" for order in range(5)), lines
+            by_order, workers = {}, {}
+            for answer in answers:
+                by_order.setdefault(answer.json()["order"], set()).add(answer.text)
+                workers.setdefault(answer.json()["order"], set()).add(answer.headers["x-worker"])
+            assert all(len(bodies) == 1 for bodies in by_order.values()), "every duplicate got the first answer"
+            if any(len(answered_by) > 1 for answered_by in workers.values()):
+                spread = True
+                break
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert {answer.status_code for answer in answers} == {201}
-    lines = effects.read_text().splitlines()
-    assert sorted(line.split()[0] for line in lines) == sorted(f"{unique}-{order}" for order in range(5)), lines
-    by_order = {}
-    for answer in answers:
-        by_order.setdefault(answer.json()["order"], set()).add(answer.text)
-    assert all(len(bodies) == 1 for bodies in by_order.values()), "every duplicate got the first answer"
+    assert spread, "the duplicates of some key reached several workers"
 
 
 class Upstream(BaseHTTPRequestHandler):

@@ -20,3 +20,22 @@ async def charge(body: dict):
 
 
 app.add_middleware(IdempotencyMiddleware, engine=Engine(os.environ["IDEM_STORE"], wait=10.0))
+
+
+class WorkerHeader:
+    """Outermost: names the worker that answered, replay or not, so the test can tell the
+    duplicates of one key reached several processes."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-worker", str(os.getpid()).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
+app.add_middleware(WorkerHeader)

@@ -122,7 +122,24 @@ pub async fn consume<S: Store>(
                 Ok(_receipt) => {}
                 // Another consumer is sending it right now: let JetStream redeliver.
                 Err(RunError::InFlight { .. }) => continue,
-                Err(error) => return Err(anyhow::anyhow!("{error}")),
+                // The effect failed, key released: JetStream redelivers and it runs again.
+                // (`send_welcome_email` fails only before its row is committed; a lost
+                // commit acknowledgement would be ambiguous, see the function.)
+                Err(RunError::Failed(error)) => {
+                    eprintln!("signup {}: {error}; redelivered later", signup.signup_id);
+                    continue;
+                }
+                // No retry will ever run it (a reused id with another payload, an unknown
+                // outcome for an operator, an unreadable payload): park the message rather
+                // than stop the consumer.
+                Err(error) => {
+                    eprintln!("signup {}: {error}; terminated", signup.signup_id);
+                    message
+                        .ack_with(jetstream::AckKind::Term)
+                        .await
+                        .map_err(|error| anyhow::anyhow!("{error}"))?;
+                    continue;
+                }
             }
             if lose_ack(&signup) {
                 continue;
@@ -138,7 +155,10 @@ pub async fn consume<S: Store>(
     }
 }
 
-/// The effect: one email, one row.
+/// The effect: one email, one row. An error means the row was not written, with one
+/// exception no client can rule out: the connection breaking after PostgreSQL committed but
+/// before it said so. A real system closes that gap by writing the idempotency record in
+/// the same transaction as the effect, or by an effect that checks for itself.
 async fn send_welcome_email(pool: &sqlx::PgPool, signup: &Signup) -> Result<Receipt, sqlx::Error> {
     let email_id = sqlx::query_scalar(
         "INSERT INTO example_welcome_emails (signup_id, email) VALUES ($1, $2) RETURNING id",

@@ -101,23 +101,36 @@ def default_engine() -> Engine:
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
+# Set in the ASGI scope of a request the middleware handles.
+_HANDLED = "idem_engine.handled"
 Send = Callable[[dict], Awaitable[None]]
 
 
-async def _read_body(receive: Receive) -> bytes:
+DEFAULT_MAX_REQUEST_BODY = 10 * 1024 * 1024
+
+
+async def _read_body(receive: Receive, limit: int) -> Optional[bytes]:
+    """The whole request body, or ``None`` when the client hung up before sending it all
+    (nothing is run for a request that never fully arrived). Reading stops one byte past
+    ``limit``: the layer then answers 413."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
+            return None
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[: limit + 1]
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
-async def _run_app(app: Callable, scope: Scope, body: bytes) -> tuple:
-    """Runs the ASGI ``app`` with ``body`` and collects its whole response."""
+async def _run_app(app: Callable, scope: Scope, body: bytes, client_receive: Receive) -> tuple:
+    """Runs the ASGI ``app`` with ``body`` (already read) and collects its whole response;
+    after the body, the app hears the real client (a disconnect, say)."""
     sent = False
 
     async def receive() -> dict:
@@ -125,23 +138,31 @@ async def _run_app(app: Callable, scope: Scope, body: bytes) -> tuple:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # a client that stays: the app may wait for disconnect
-        return {"type": "http.disconnect"}
+        return await client_receive()
 
-    status = 500
+    status: Optional[int] = None
     headers: list = []
     chunks: list = []
+    complete = False
 
     async def send(message: dict) -> None:
-        nonlocal status, headers
-        if message["type"] == "http.response.start":
+        nonlocal status, headers, complete
+        if message["type"] == "http.response.start" and status is None:
             status = message["status"]
             headers = [(bytes(name), bytes(value)) for name, value in message.get("headers", [])]
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
+            complete = complete or not message.get("more_body", False)
 
-    await app(scope, receive, send)
-    return status, headers, b"".join(chunks)
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        # Failed after its whole response was sent (a background task, say): that response
+        # is what the client got and what took effect; keep it. Before: the caller's 500.
+        if status is not None and complete:
+            return status, headers, b"".join(chunks)
+        raise
+    return (status if status is not None else 500), headers, b"".join(chunks)
 
 
 def _target(scope: Scope) -> str:
@@ -163,9 +184,10 @@ async def _through_layer(layer: Any, scope: Scope, body: bytes, run: Callable[[b
             return value
         try:
             status, response_headers, response_body = await run(value)
-        except BaseException:
+        except Exception:
             # The app failed before answering: answer 500, and the layer keeps it as any
-            # 5xx (stored by default: it may have taken effect).
+            # 5xx (stored by default: it may have taken effect). A cancellation answers
+            # nothing; the layer then keeps a 500 all the same, never releasing the key.
             exchange.respond(500, [(b"content-type", b"text/plain")], b"Internal Server Error")
             raise
         exchange.respond(status, response_headers, response_body)
@@ -199,6 +221,9 @@ class IdempotencyMiddleware:
         self._layer: Any = None
         methods = options.get("methods") or ["POST", "PUT", "PATCH", "DELETE"]
         self._methods = {method.upper() for method in methods}
+        self._key_header = (options.get("key_header") or "idempotency-key").lower().encode()
+        self._require_key = bool(options.get("require_key"))
+        self._limit = int(options.get("max_request_body") or DEFAULT_MAX_REQUEST_BODY)
 
     def _get_layer(self) -> Any:
         if self._layer is None:
@@ -209,9 +234,18 @@ class IdempotencyMiddleware:
         if scope["type"] != "http" or scope["method"].upper() not in self._methods:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        keyed = any(bytes(name).lower() == self._key_header for name, _ in scope.get("headers", []))
+        if not keyed and not self._require_key:
+            # Nothing to do for it: passed through untouched, streaming and all.
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive, self._limit)
+        if body is None:
+            return  # the client hung up mid-body: nothing ran, nobody to answer
+        # `@idempotent` inside this app leaves the request to this middleware.
+        scope = {**scope, _HANDLED: True}
         answer = await _through_layer(
-            self._get_layer(), scope, body, lambda body: _run_app(self.app, scope, body)
+            self._get_layer(), scope, body, lambda body: _run_app(self.app, scope, body, receive)
         )
         await _send_answer(send, answer)
 
@@ -252,22 +286,33 @@ def idempotent(
 
         @functools.wraps(endpoint)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from fastapi.encoders import jsonable_encoder
-            from starlette.responses import JSONResponse, Response
+            from starlette.concurrency import run_in_threadpool
+            from starlette.exceptions import HTTPException
+            from starlette.responses import Response
 
             request: Request = kwargs[request_name]
+            if request.scope.get(_HANDLED):
+                # The app's IdempotencyMiddleware already handles this request.
+                result = endpoint(*args, **kwargs)
+                return await result if inspect.isawaitable(result) else result
             if not layer:
                 layer.append((engine or default_engine()).http_layer(**layer_options))
             body = await request.body()
             route = request.scope.get("route")
-            status_code = getattr(route, "status_code", None) or 200
 
             async def run(_body: bytes) -> tuple:
-                result = endpoint(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
+                try:
+                    if inspect.iscoroutinefunction(endpoint):
+                        result = await endpoint(*args, **kwargs)
+                    else:
+                        result = await run_in_threadpool(endpoint, *args, **kwargs)
+                except HTTPException as refused:
+                    # As FastAPI would answer it: the client's answer, and the one kept.
+                    result = _json_response(
+                        {"detail": refused.detail}, refused.status_code, getattr(refused, "headers", None)
+                    )
                 if not isinstance(result, Response):
-                    result = JSONResponse(jsonable_encoder(result), status_code=status_code)
+                    result = _as_route_would(route, result)
                 return result.status_code, list(result.raw_headers), bytes(result.body)
 
             status, headers, answer = await _through_layer(layer[0], request.scope, body, run)
@@ -278,6 +323,44 @@ def idempotent(
         return wrapper
 
     return decorate
+
+
+def _json_response(content: Any, status_code: int, headers: Optional[dict] = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(content, status_code=status_code, headers=headers)
+
+
+def _as_route_would(route: Any, result: Any) -> Any:
+    """An endpoint's return value as its FastAPI route answers it: validated and filtered
+    by ``response_model`` (its include / exclude / exclude_unset options too), encoded, in
+    ``response_class``, with the route's ``status_code``."""
+    from fastapi.encoders import jsonable_encoder
+    from starlette.responses import JSONResponse
+
+    status_code = getattr(route, "status_code", None) or 200
+    model = getattr(route, "response_model", None)
+    if model is not None:
+        from pydantic import TypeAdapter
+
+        result = TypeAdapter(model).validate_python(
+            jsonable_encoder(result) if not hasattr(result, "model_dump") else result,
+            from_attributes=True,
+        )
+    content = jsonable_encoder(
+        result,
+        include=getattr(route, "response_model_include", None),
+        exclude=getattr(route, "response_model_exclude", None),
+        by_alias=getattr(route, "response_model_by_alias", True),
+        exclude_unset=getattr(route, "response_model_exclude_unset", False),
+        exclude_defaults=getattr(route, "response_model_exclude_defaults", False),
+        exclude_none=getattr(route, "response_model_exclude_none", False),
+    )
+    response_class = getattr(route, "response_class", None)
+    response_class = getattr(response_class, "value", response_class)
+    if not isinstance(response_class, type):
+        response_class = JSONResponse
+    return response_class(content, status_code=status_code)
 
 
 # --- Functions --------------------------------------------------------------------------
@@ -298,6 +381,14 @@ def _jsonable(value: Any) -> Any:
 
         return dataclasses.asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _replayed(output: bytes) -> Any:
+    if not output:
+        raise IdempotencyError(
+            "this call ran once, and its result could not be kept as JSON: there is nothing to replay"
+        )
+    return json.loads(output)
 
 
 def _raise(kind: str, value: Any) -> None:
@@ -340,7 +431,7 @@ def idempotent_function(
                 runner = engine or default_engine()
                 kind, value = await runner.begin_call(call_name, _input_of(signature, args, kwargs), **begin_options())
                 if kind == "replay":
-                    return json.loads(value)
+                    return _replayed(value)
                 _raise(kind, value)
                 try:
                     result = await function(*args, **kwargs)
@@ -350,7 +441,13 @@ def idempotent_function(
                     # an unknown outcome, never into a second run.
                     await value.arelease()
                     raise
-                await value.acomplete(json.dumps(result, default=_jsonable).encode())
+                try:
+                    output = json.dumps(result, default=_jsonable).encode()
+                except (TypeError, ValueError):
+                    # It ran: kept as run, with nothing to replay, rather than run again.
+                    await value.acomplete(None)
+                    raise
+                await value.acomplete(output)
                 return result
 
             return run_async  # type: ignore[return-value]
@@ -362,14 +459,19 @@ def idempotent_function(
                 runner, call_name, _input_of(signature, args, kwargs), **begin_options()
             )
             if kind == "replay":
-                return json.loads(value)
+                return _replayed(value)
             _raise(kind, value)
             try:
                 result = function(*args, **kwargs)
             except Exception:
                 value.release()
                 raise
-            value.complete(json.dumps(result, default=_jsonable).encode())
+            try:
+                output = json.dumps(result, default=_jsonable).encode()
+            except (TypeError, ValueError):
+                value.complete(None)
+                raise
+            value.complete(output)
             return result
 
         return run
