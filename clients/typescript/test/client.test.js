@@ -107,7 +107,7 @@ test("4xx answers are final: a 422 mismatch and a 400 invalid key are not retrie
   assert.match(mismatch.headers.get("content-type"), /application\/problem\+json/);
   assert.equal(mismatch.retry, "new_key");
   assert.ok(mismatch.body.differs.includes("body"), `differs: ${JSON.stringify(mismatch.body.differs)}`);
-  assert.match(mismatch.body.type, /errors\.md#idempotency_key_mismatch$/);
+  assert.match(mismatch.body.type, /idem_http\/errors\/index\.html#idempotency_key_mismatch$/);
   assert.equal(mismatch.headers.get("link"), `<${mismatch.body.type}>; rel="describedby"`);
 
   const invalid = await client.post("/charges", { key: "k".repeat(300), body: { amount: 3 } });
@@ -201,7 +201,7 @@ test("retries spent on retryable answers throw IdempotencyError with status, cod
   assert.equal(error.attempts, 3);
   assert.equal(error.retryable, true);
   assert.equal(error.retry, "same_key");
-  assert.match(error.type, /errors\.md#upstream_unreachable$/);
+  assert.match(error.type, /idem_http\/errors\/index\.html#upstream_unreachable$/);
 });
 
 test("network errors that never end throw IdempotencyError with the cause; the signal cancels backoff", async () => {

@@ -125,7 +125,7 @@ test("execute throws IdempotencyError with the API's code, without retrying fina
   assert.equal(mismatch.retryable, false);
   assert.equal(mismatch.retry, "new_key");
   assert.deepEqual(mismatch.differs, ["payload"], "the payload differs, not the operation");
-  assert.match(mismatch.type, /errors\.md#idempotency_key_mismatch$/);
+  assert.match(mismatch.type, /idem_http\/errors\/index\.html#idempotency_key_mismatch$/);
 
   const unknown = await rejection(client.execute("payment.nope", {}));
   assert.equal(unknown.status, 404);
@@ -157,7 +157,7 @@ test("an operation's own 4xx is OPERATION_REJECTED: its status and body exposed,
   assert.equal(rejected.retry, "new_key");
   assert.equal(rejected.retryable, false);
   assert.equal(rejected.attempts, 1);
-  assert.match(rejected.type, /errors\.md#operation_rejected$/);
+  assert.match(rejected.type, /idem_http\/errors\/index\.html#operation_rejected$/);
 
   const replayed = await rejection(client.execute("payment.declining", { amount: 9 }, { key: "k-402" }));
   assert.deepEqual(replayed.operation, rejected.operation);

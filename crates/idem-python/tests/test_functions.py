@@ -98,3 +98,28 @@ def test_a_result_that_is_not_json_is_kept_as_run_and_never_run_again(unique):
     with pytest.raises(idem_engine.IdempotencyError, match="nothing to replay"):
         opaque(unique)
     assert runs == [unique]
+
+
+def test_the_embedded_store_keeps_records_and_refuses_a_second_process(tmp_path, unique):
+    import subprocess
+    import sys
+
+    directory = str(tmp_path / "idem-data")
+    engine = Engine(directory)
+    runs = []
+
+    @idempotent_function(engine=engine)
+    def once(value):
+        runs.append(value)
+        return value
+
+    assert once(unique) == once(unique) == unique
+    assert runs == [unique]
+    # A second process (a second uvicorn worker, say) cannot open the directory, and says so.
+    second = subprocess.run(
+        [sys.executable, "-c", f"import idem_engine; idem_engine.Engine({directory!r})"],
+        capture_output=True,
+        text=True,
+    )
+    assert second.returncode != 0
+    assert "is another idem process using it?" in second.stderr, second.stderr
