@@ -136,6 +136,22 @@ impl Call {
         &self.name
     }
 
+    /// The record this function's call with `key` is kept under: for operators resolving a
+    /// key of unknown outcome (`idem records … --function NAME --key KEY`).
+    #[must_use]
+    pub fn record_id(&self, key: &IdempotencyKey) -> RecordId {
+        // The function's name scopes the key: length-prefixed, so no (name, scope) pair
+        // spells another.
+        let prefix = b"function:";
+        let mut principal =
+            Vec::with_capacity(prefix.len() + 8 + self.name.len() + self.scope.as_bytes().len());
+        principal.extend_from_slice(prefix);
+        principal.extend_from_slice(&(self.name.len() as u64).to_be_bytes());
+        principal.extend_from_slice(self.name.as_bytes());
+        principal.extend_from_slice(self.scope.as_bytes());
+        RecordId::new(&Scope::new(principal), key)
+    }
+
     /// The record a call with this input (as JSON text) is kept under, and what makes two
     /// calls the same: for callers that run the protocol themselves (other languages'
     /// bindings), so that their records are [`Engine::run`]'s.
@@ -174,16 +190,7 @@ impl Call {
                 IdempotencyKey::parse(digest.as_bytes(), KeyPolicy::Any).map_err(Refused::Key)?
             }
         };
-        // The function's name scopes the key: length-prefixed, so no (name, scope) pair
-        // spells another.
-        let prefix = b"function:";
-        let mut principal =
-            Vec::with_capacity(prefix.len() + 8 + self.name.len() + self.scope.as_bytes().len());
-        principal.extend_from_slice(prefix);
-        principal.extend_from_slice(&(self.name.len() as u64).to_be_bytes());
-        principal.extend_from_slice(self.name.as_bytes());
-        principal.extend_from_slice(self.scope.as_bytes());
-        Ok((RecordId::new(&Scope::new(principal), &key), canonical))
+        Ok((self.record_id(&key), canonical))
     }
 
     /// What makes two calls the same: the function and its input.
@@ -374,6 +381,10 @@ mod tests {
             .unwrap();
         assert_eq!(refund, 1);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // Operators find the record by the function's name and the key.
+        let key = IdempotencyKey::parse(b"7", KeyPolicy::Any).unwrap();
+        let snapshot = engine.status(call.record_id(&key)).await.unwrap().unwrap();
+        assert!(snapshot.lease_left().is_none(), "completed");
     }
 
     #[tokio::test]

@@ -173,3 +173,29 @@ def test_one_record_format_with_idem_proxy(store, unique):
         upstream.shutdown()
     assert len(runs) == 1
     assert Upstream.calls == 2, "the proxy ran its own key and the stranger's, never Python's"
+
+
+def test_an_operator_finds_a_functions_record_by_its_name_and_key(unique):
+    from idem_engine import idempotent_function
+
+    engine = Engine(POSTGRES)
+
+    @idempotent_function(key="/order", engine=engine, name="billing.charge")
+    def charge(order):
+        return {"charged": order}
+
+    charge(f"{unique}-1")
+    shown = subprocess.run(
+        [IDEM, "records", "show", "--store", POSTGRES, "--function", "billing.charge", "--key", f"{unique}-1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert '"state": "completed"' in shown.stdout, shown.stdout
+    other = subprocess.run(
+        [IDEM, "records", "show", "--store", POSTGRES, "--function", "billing.refund", "--key", f"{unique}-1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert '"state": "absent"' in other.stdout, other.stdout

@@ -190,6 +190,7 @@ fn record_ref(key: String, headers: &HeaderMap) -> crate::records::RecordRef {
         credential: headers
             .get(CREDENTIAL_HEADER)
             .map(|value| value.as_bytes().to_vec()),
+        function: None,
         key,
     }
 }

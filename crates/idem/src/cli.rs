@@ -125,6 +125,11 @@ pub struct RecordArgs {
     /// none.
     #[arg(long, env = "IDEM_RECORD_CREDENTIAL", hide_env_values = true)]
     pub credential: Option<String>,
+    /// The key belongs to this idempotent function (Rust's `Engine::run` `Call` name, or
+    /// Python's `@idempotent_function` name: its module and qualified name by default), not
+    /// to an HTTP request.
+    #[arg(long, value_name = "NAME", conflicts_with = "credential")]
+    pub function: Option<String>,
     /// The instances' `--lease`: a key lapsed less than a lease ago is not resolved (its
     /// owner may only be cut off from the store) [default: 30s].
     #[arg(long, env = "IDEM_LEASE", value_name = "DURATION", value_parser = parse_duration)]

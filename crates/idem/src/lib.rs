@@ -127,6 +127,7 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
         store,
         key,
         credential,
+        function,
         lease,
         grace,
         ttl,
@@ -143,6 +144,7 @@ async fn records_command(action: RecordsAction) -> anyhow::Result<()> {
     let engine = engine.build();
     let record = records::RecordRef {
         credential: credential.map(String::into_bytes),
+        function,
         key,
     };
     let answer = match resolution {

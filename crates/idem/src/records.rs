@@ -17,11 +17,15 @@ use serde_json::{Value, json};
 
 use idem_core::DynStore;
 
-/// Which record: the credential that scoped the request (if any) and the key.
+/// Which record: the credential that scoped the request (if any), or the idempotent
+/// function it belongs to, and the key.
 #[derive(Debug, Clone)]
 pub struct RecordRef {
     /// The value of the scoping header, `None` for the anonymous scope.
     pub credential: Option<Vec<u8>>,
+    /// The function (`Engine::run`'s `Call`, Python's `@idempotent_function`) whose key it
+    /// is, instead of an HTTP request's.
+    pub function: Option<String>,
     /// The idempotency key as the client sent it.
     pub key: String,
 }
@@ -31,6 +35,9 @@ impl RecordRef {
     pub fn id(&self) -> anyhow::Result<RecordId> {
         let key = IdempotencyKey::parse(self.key.as_bytes(), KeyPolicy::Any)
             .map_err(|error| anyhow::anyhow!("invalid key {:?}: {error}", self.key))?;
+        if let Some(name) = &self.function {
+            return Ok(idem_core::Call::new(name.clone()).record_id(&key));
+        }
         let scope = self
             .credential
             .as_deref()
