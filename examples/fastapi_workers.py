@@ -19,6 +19,32 @@ STORES = {
 }
 
 
+class WorkerHeader:
+    """Outermost: names the worker process that answered (replayed or not) in `x-worker`, so
+    the tests see that the duplicates of one key reached several processes."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def named(message):
+            if message["type"] == "http.response.start":
+                worker = (b"x-worker", str(os.getpid()).encode())
+                message = {**message, "headers": [*message.get("headers", []), worker]}
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
+def named_app():
+    """The example in the working directory (its `app.py`), as written, wrapped in
+    `WorkerHeader`: uvicorn's factory for `workers`."""
+    sys.path.insert(0, os.getcwd())
+    from app import app
+
+    return WorkerHeader(app)
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -30,7 +56,11 @@ def workers(example: Path, count: int, env: dict):
     """`uvicorn app:app --workers count` in `example`, once every worker answers: its URL."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--workers", str(count), "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable, "-m", "uvicorn", "fastapi_workers:named_app", "--factory",
+            "--app-dir", str(Path(__file__).resolve().parent),
+            "--workers", str(count), "--port", str(port), "--log-level", "warning",
+        ],
         cwd=example,
         env={**os.environ, **env},
     )

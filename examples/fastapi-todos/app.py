@@ -53,21 +53,3 @@ app.add_middleware(
     engine=Engine(os.environ.get("IDEM_STORE", "memory://"), wait=10.0),
 )
 
-
-class WorkerHeader:
-    """Outermost: names the worker process that answered (the tests check that the
-    duplicates of one key reached several)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        async def named(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-worker", str(os.getpid()).encode())]}
-            await send(message)
-
-        await self.app(scope, receive, named)
-
-
-app.add_middleware(WorkerHeader)

@@ -316,6 +316,21 @@ async fn a_grpc_style_stream_passes_through_the_proxy_over_h2c() {
     assert_eq!(trailers["grpc-status"], "0", "trailers pass through");
 }
 
+/// POSTs `/orders` with `key` twice through `idem`: both answered 201, the upstream ran it
+/// once more than `before`.
+async fn ordered_once(idem: &Idem, upstream: &Upstream, key: &str, before: usize) {
+    for _ in 0..2 {
+        let response = support::client()
+            .post(idem.url("/orders"))
+            .header("idempotency-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    assert_eq!(upstream.calls("/orders"), before + 1, "{key} executed once");
+}
+
 /// A process killed when the test ends.
 struct Server(Child);
 
@@ -446,16 +461,7 @@ async fn postgres_over_tls_only_with_verify_full_and_a_namespace() {
             "gateway_a",
         ],
     );
-    for _ in 0..2 {
-        let response = support::client()
-            .post(idem.url("/orders"))
-            .header("idempotency-key", "pg-tls-1")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
-    assert_eq!(upstream.calls("/orders"), 1);
+    ordered_once(&idem, &upstream, "pg-tls-1", 0).await;
     // The record is in the namespace's schema, on a server that refuses plain connections.
     let rows = as_postgres(Path::new("psql"))
         .arg(format!(
@@ -570,16 +576,7 @@ async fn redis_over_tls_only_with_a_namespace() {
             "shop",
         ],
     );
-    for _ in 0..2 {
-        let response = support::client()
-            .post(idem.url("/orders"))
-            .header("idempotency-key", "redis-tls-1")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
-    assert_eq!(upstream.calls("/orders"), 1);
+    ordered_once(&idem, &upstream, "redis-tls-1", 0).await;
     let keys = redis_cli(&pki, port, &["--scan", "--pattern", "shop:*"]);
     assert_eq!(
         keys.lines().count(),
@@ -647,20 +644,7 @@ async fn a_redis_cluster_over_tls_only() {
         &upstream.url(),
         &["--store-ca-file", path(&pki.ca())],
     );
-    for key in ["a", "b", "c", "d", "e", "f"] {
-        for _ in 0..2 {
-            let response = support::client()
-                .post(idem.url("/orders"))
-                .header("idempotency-key", key)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 201);
-        }
+    for (before, key) in ["a", "b", "c", "d", "e", "f"].into_iter().enumerate() {
+        ordered_once(&idem, &upstream, key, before).await;
     }
-    assert_eq!(
-        upstream.calls("/orders"),
-        6,
-        "each key executed once across the TLS cluster"
-    );
 }
