@@ -41,18 +41,28 @@ impl HeldBodies {
         }
     }
 
-    /// `body`, watched, holding `busy` until its end.
-    pub(super) fn watch<B>(self: &Arc<Self>, body: B, busy: super::Busy) -> WatchedBody<B> {
-        let held = Arc::new(HeldSince::default());
-        let mut bodies = self.bodies.lock().unwrap_or_else(PoisonError::into_inner);
-        // Forget the bodies already dropped, so that a long keep-alive connection's list
-        // stays as short as its responses in flight.
-        bodies.retain(|body| body.strong_count() > 0);
-        bodies.push(Arc::downgrade(&held));
+    /// `body` holding `busy` until its end, its frames watched by `connection` when given
+    /// (HTTP/2).
+    pub(super) fn watch<B>(
+        connection: Option<&Arc<Self>>,
+        body: B,
+        busy: super::Busy,
+    ) -> WatchedBody<B> {
+        let watched = connection.map(|connection| {
+            let held = Arc::new(HeldSince::default());
+            let mut bodies = connection
+                .bodies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Forget the bodies already dropped, so that a long connection's list stays as
+            // short as its responses in flight.
+            bodies.retain(|body| body.strong_count() > 0);
+            bodies.push(Arc::downgrade(&held));
+            (held, Arc::clone(connection))
+        });
         WatchedBody {
             inner: body,
-            held,
-            connection: Arc::clone(self),
+            watched,
             busy: Some(busy),
         }
     }
@@ -79,8 +89,8 @@ impl HeldBodies {
 /// A response body watched by [`HeldBodies`].
 pub(super) struct WatchedBody<B> {
     inner: B,
-    held: Arc<HeldSince>,
-    connection: Arc<HeldBodies>,
+    /// This body's state and its connection's list, for an HTTP/2 response.
+    watched: Option<(Arc<HeldSince>, Arc<HeldBodies>)>,
     /// The connection's busy mark, released at the body's end (or drop).
     busy: Option<super::Busy>,
 }
@@ -95,21 +105,23 @@ impl<B: Body + Unpin> Body for WatchedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_frame(context);
-        let held = match &poll {
+        let ended = match &poll {
             // The last frame: hyper sends it without asking for more (nor, always, dropping
             // the body at once), so the response is done as far as this connection waits.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                this.busy = None;
-                0
-            }
-            Poll::Ready(Some(Ok(_))) => this.connection.nanos() + 1,
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                this.busy = None;
-                0
-            }
-            Poll::Pending => 0,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Pending => false,
         };
-        this.held.0.store(held, Ordering::Relaxed);
+        if ended {
+            this.busy = None;
+        }
+        if let Some((held, connection)) = &this.watched {
+            let since = match &poll {
+                Poll::Ready(Some(Ok(_))) if !ended => connection.nanos() + 1,
+                _ => 0,
+            };
+            held.0.store(since, Ordering::Relaxed);
+        }
         poll
     }
 
@@ -138,7 +150,11 @@ mod tests {
             move |context| receiver.poll_recv(context)
         });
         let body = http_body_util::StreamBody::new(stream);
-        let mut body = connection.watch(body, super::super::Busy::new(Arc::clone(&activity)));
+        let mut body = HeldBodies::watch(
+            Some(&connection),
+            body,
+            super::super::Busy::new(Arc::clone(&activity)),
+        );
         sender
             .send(Ok(Frame::data(bytes::Bytes::from_static(b"a"))))
             .await

@@ -243,7 +243,8 @@ async fn drive<S>(
     let service = {
         let (activity, held) = (Arc::clone(&activity), Arc::clone(&held));
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            if request.version() == http::Version::HTTP_2 {
+            let http2 = request.version() == http::Version::HTTP_2;
+            if http2 {
                 let uri = request.uri().clone();
                 as_one_message(request.headers_mut(), &uri);
             }
@@ -253,10 +254,14 @@ async fn drive<S>(
             }
             let busy = Busy::new(Arc::clone(&activity));
             let call = app.clone().oneshot(request.map(Body::new));
-            let held = Arc::clone(&held);
+            // Over HTTP/1.1 a client that stops reading blocks the socket, which the write
+            // watch sees: only HTTP/2 responses need their frames watched.
+            let held = http2.then(|| Arc::clone(&held));
             async move {
                 let response = call.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| held.watch(body, busy)))
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| HeldBodies::watch(held.as_ref(), body, busy)),
+                )
             }
         })
     };
@@ -281,11 +286,16 @@ async fn drive<S>(
     let idle_limit = limits.keep_alive_timeout.unwrap_or(Duration::ZERO);
     let mut stall = StallWatch::new(limits.send_timeout);
     loop {
-        // Before the first request, the deadline is the first request's; after, the idle one.
+        // Before the first request, the deadline is the first request's (looked at again
+        // after one keep-alive period, in case a request began meanwhile); after, the idle
+        // one. Moved only when it passes: waking the task on every request would cost two
+        // timer registrations a request.
         let deadline = if activity.started() {
             activity.idle_deadline(idle_limit)
-        } else {
+        } else if idle_limit.is_zero() {
             first_request_by
+        } else {
+            first_request_by.min(Instant::now() + idle_limit)
         };
         tokio::select! {
             result = connection.as_mut() => {
@@ -301,8 +311,6 @@ async fn drive<S>(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            // A request began or ended: the deadline moves.
-            () = activity.changed.notified() => {}
             _ = stall.check.tick() => {
                 if stall.stalled(progress.snapshot()) || held.longest_held() >= limits.send_timeout {
                     tracing::debug!(%peer, "client stopped reading its answer; connection closed");
@@ -314,11 +322,11 @@ async fn drive<S>(
                 }
             }
             () = tokio::time::sleep_until(deadline), if !closing => {
-                if !activity.started() {
+                if !activity.started() && Instant::now() >= first_request_by {
                     tracing::debug!(%peer, "no request within the header read timeout; connection closed");
                     return;
                 }
-                if activity.idle_for() >= idle_limit {
+                if activity.started() && activity.idle_for() >= idle_limit {
                     tracing::debug!(%peer, "idle keep-alive connection closed");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
@@ -393,8 +401,6 @@ struct Activity {
     in_flight: AtomicUsize,
     last_done: Mutex<Instant>,
     started: std::sync::atomic::AtomicBool,
-    /// Woken when a request begins or ends, so the connection's task moves its deadline.
-    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -403,7 +409,6 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_done: Mutex::new(Instant::now()),
             started: std::sync::atomic::AtomicBool::new(false),
-            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -444,7 +449,6 @@ impl Busy {
     fn new(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.started.store(true, Ordering::Release);
-        activity.changed.notify_one();
         Self(activity)
     }
 }
@@ -457,7 +461,6 @@ impl Drop for Busy {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
     }
 }
 
